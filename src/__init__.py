@@ -1,0 +1,1 @@
+"""ptq-mia: membership inference on post-training-quantized networks."""
