@@ -1,0 +1,157 @@
+"""Content-addressed artifact store (DESIGN.md "Rules").
+
+An artifact is one ``torch.save``d dict under ``<root>/<kind>/<key>.pt`` where ``key`` is the SHA-256
+of exactly the config that determines it (canonical JSON). Next to it, ``<key>.json`` is a manifest
+holding the key's config, the SHA-256 of the artifact bytes and library versions.
+
+- **Atomic**: bytes go to a temporary file in the same directory, are fsynced, then ``os.replace``d
+  into place; the manifest is written last, so an artifact without a valid manifest is never trusted.
+- **Verified**: on load the checksum is recomputed; a corrupt or partial artifact is reported in one
+  line, deleted and rebuilt.
+- **Locked**: builders take a per-artifact lock, so parallel jobs (joblib, SLURM on a shared cache
+  dir) build each artifact once; the others wait and load. ``lock: soft`` uses filelock's
+  SoftFileLock (an atomically created lock file, works on NFS/Lustre where flock is unreliable);
+  ``lock: flock`` uses the OS lock.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from filelock import FileLock, SoftFileLock
+
+log = logging.getLogger(__name__)
+FORMAT_VERSION = 1
+
+
+class CacheError(RuntimeError):
+    pass
+
+
+def canonical(obj: Any) -> Any:
+    """JSON-able, order-independent form of a (possibly OmegaConf) config."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+
+        if isinstance(obj, (DictConfig, ListConfig)):
+            obj = OmegaConf.to_container(obj, resolve=True)
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(obj, dict):
+        return {str(k): canonical(v) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(obj, (list, tuple)):
+        return [canonical(v) for v in obj]
+    if isinstance(obj, float) and obj.is_integer():
+        return int(obj) if abs(obj) < 2 ** 53 else obj
+    return obj
+
+
+def cache_key(config: Any) -> str:
+    text = json.dumps(canonical(config), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(Path(path), text.encode())
+
+
+class ArtifactStore:
+    def __init__(self, root: str | os.PathLike, lock: str = "soft", lock_timeout: float = -1,
+                 stale_after: float = 6 * 3600):
+        self.root = Path(root)
+        self.lock_kind = lock
+        self.lock_timeout = lock_timeout
+        self.stale_after = stale_after
+
+    def paths(self, kind: str, key: str) -> tuple[Path, Path, Path]:
+        d = self.root / kind
+        return d / f"{key}.pt", d / f"{key}.json", d / f"{key}.lock"
+
+    def _lock(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if self.lock_kind == "soft":
+            # a lock file left by a killed process is removed once older than stale_after
+            try:
+                import time
+
+                if path.exists() and time.time() - path.stat().st_mtime > self.stale_after:
+                    log.warning("removing stale lock %s", path)
+                    path.unlink(missing_ok=True)
+            except OSError:
+                pass
+            return SoftFileLock(str(path), timeout=self.lock_timeout)
+        return FileLock(str(path), timeout=self.lock_timeout)
+
+    def load(self, kind: str, key: str) -> Any | None:
+        """The artifact if present and intact; None if absent; a corrupt one is removed (warned)."""
+        art, man, _ = self.paths(kind, key)
+        if not art.exists():
+            return None
+        try:
+            meta = json.loads(man.read_text())
+            data = art.read_bytes()
+            if meta.get("sha256") != _sha256(data) or meta.get("key") != key:
+                raise CacheError("checksum mismatch")
+            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+        except Exception as e:  # corrupt, truncated, or manifest missing: rebuild
+            log.warning("cache: %s/%s is corrupt or incomplete (%s); rebuilding it",
+                        kind, key, type(e).__name__ if not isinstance(e, CacheError) else e)
+            art.unlink(missing_ok=True)
+            man.unlink(missing_ok=True)
+            return None
+
+    def save(self, kind: str, key: str, obj: Any, config: Any = None) -> None:
+        art, man, _ = self.paths(kind, key)
+        buf = io.BytesIO()
+        torch.save(obj, buf)
+        data = buf.getvalue()
+        man.unlink(missing_ok=True)  # never leave an old manifest vouching for new bytes
+        atomic_write_bytes(art, data)
+        meta = {"key": key, "kind": kind, "sha256": _sha256(data), "bytes": len(data),
+                "format": FORMAT_VERSION, "torch": torch.__version__, "config": canonical(config)}
+        atomic_write_text(man, json.dumps(meta, indent=1, default=str))
+
+    def exists(self, kind: str, key: str) -> bool:
+        art, man, _ = self.paths(kind, key)
+        return art.exists() and man.exists()
+
+    def get_or_create(self, kind: str, config: Any, build: Callable[[], Any]) -> tuple[Any, bool]:
+        """(artifact, built_now). Built under the artifact's lock; loaded if another process built it."""
+        key = cache_key(config)
+        obj = self.load(kind, key)
+        if obj is not None:
+            return obj, False
+        _, _, lock_path = self.paths(kind, key)
+        with self._lock(lock_path):
+            obj = self.load(kind, key)
+            if obj is not None:
+                return obj, False
+            obj = build()
+            self.save(kind, key, obj, config)
+        return obj, True

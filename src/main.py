@@ -1,0 +1,58 @@
+"""Hydra entry point: one job = one (dataset, model, quant, bits, attack) point.
+
+    dataset → membership → pool (train + score, cached) → quantize each target (cached)
+            → attack (other pool models are references) → results.json, scores.npz, W&B, table
+"""
+from __future__ import annotations
+
+import logging
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from src import pipeline as P
+from src.cache import ArtifactStore
+from src.data import DataError, load_dataset
+from src.report.results import build_results, job_dir, print_results, write_job
+from src.report.wandb_sink import WandbSink
+from src.validate import ConfigError, validate, validate_with_data
+
+log = logging.getLogger("src.main")
+
+
+def run(cfg: DictConfig) -> dict | None:
+    validate(cfg)
+    data = load_dataset(cfg.dataset, cfg.paths.data_dir)
+    keep = P.membership(cfg, data)
+    targets = P.target_indices(cfg)
+    validate_with_data(cfg, keep, len(data.y_test), targets)
+    store = ArtifactStore(cfg.paths.cache_dir, lock=cfg.get("cache_lock", "soft"))
+    with WandbSink(cfg, job_dir()) as sink:
+        if cfg.stage == "train":  # fill the cache only (split the pool across jobs with model_range)
+            P.train_pool(cfg, data, keep, store, range(*(cfg.model_range or [0, keep.shape[0]])),
+                         sink.lightning_logger())
+            return None
+        pool = P.train_pool(cfg, data, keep, store, logger=sink.lightning_logger())
+        quantized = [P.quantize_pool_model(cfg, data, keep, t, store) for t in targets]
+        ref_phi = P.reference_phi(cfg, data, keep, pool, store, targets)
+        scores = {t.index: P.attack_target(cfg, keep, ref_phi, t.index, t.phi) for t in quantized}
+        fp_scores = {t: P.attack_target(cfg, keep, pool.phi, t, pool.phi[t]) for t in targets}
+        results, arrays = build_results(cfg, data, pool, quantized, scores, fp_scores)
+        write_job(job_dir(), results, arrays, {q.index: q.export for q in quantized})
+        print_results(results)
+        sink.log_results(results)
+    return results
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    try:
+        run(cfg)
+    except (ConfigError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

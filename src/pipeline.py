@@ -1,0 +1,207 @@
+"""The stages of one job as functions over cached artifacts (DESIGN.md "What one job does").
+
+    membership → train_pool → quantize_target (per target) → attack_target → metrics
+
+Each stage takes what it needs explicitly and goes through the ``ArtifactStore``; keys hold exactly
+the config that determines the artifact (never logger, paths, devices or progress flags).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from src.attacks.scores import compute_phi
+from src.cache import ArtifactStore, cache_key
+from src.data import ImageData, data_digest, keep_matrix
+from src.models import build_model
+from src.quant import FULL_PRECISION, quantize
+from src.quant.bn_fold import fold_batchnorm
+from src.training.pool import evaluate_accuracy, resolve_device, train_model
+
+log = logging.getLogger(__name__)
+QUANT_KEYS_IGNORED = ("progress", "row_batch")  # change speed or display, not the result
+
+
+@dataclass
+class Pool:
+    """The full-precision model pool: membership, scores and utility of every model."""
+
+    keep: np.ndarray          # [M, N] bool
+    phi: np.ndarray           # [M, N, Q] float32
+    test_acc: np.ndarray      # [M]
+    train_acc: np.ndarray     # [M] accuracy on each model's own members
+    model_keys: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class QuantTarget:
+    """One quantized pool model (the attack target or, with reference=matched, a reference)."""
+
+    index: int
+    model: nn.Module
+    phi: np.ndarray           # [N, Q]
+    test_acc: float
+    train_acc: float
+    layer_bits: dict
+    seconds: float
+    calib_idx: np.ndarray
+    export: dict
+
+
+def _plain(node):
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+
+
+def membership(cfg, data: ImageData) -> np.ndarray:
+    return keep_matrix(int(cfg.n_models), len(data.y_train), float(cfg.pkeep), int(cfg.seed))
+
+
+def model_key(cfg, digest: str, index: int) -> dict:
+    aug = _plain(cfg.dataset.get("augment", {}))
+    return {"kind": "pool_model", "data": digest, "augment": aug, "model": _plain(cfg.model),
+            "train": _plain(cfg.train), "seed": int(cfg.seed), "n_models": int(cfg.n_models),
+            "pkeep": float(cfg.pkeep), "index": int(index)}
+
+
+def _model_seed(cfg, index: int) -> int:
+    return int(cfg.seed) * 100_003 + int(index)
+
+
+def get_pool_model(cfg, data: ImageData, keep: np.ndarray, index: int, store: ArtifactStore,
+                   digest: str | None = None, logger=None) -> tuple[nn.Module, dict]:
+    """Pool model ``index`` (trained on its IN half, or loaded from the cache) and its utility."""
+    digest = digest or data_digest(data)
+    key = model_key(cfg, digest, index)
+    device = resolve_device(cfg.get("device", "auto"))
+
+    def build():
+        members = torch.from_numpy(np.flatnonzero(keep[index]))
+        log.info("pool: training model %d of %d (%d examples)", index + 1, keep.shape[0], len(members))
+        model = train_model(cfg, data, members, _model_seed(cfg, index), name=f"pool model {index}", logger=logger)
+        return {"state_dict": model.state_dict(),
+                "test_acc": evaluate_accuracy(model, data.x_test, data.y_test, data.mean, data.std, device),
+                "train_acc": evaluate_accuracy(model, data.x_train[members], data.y_train[members], data.mean,
+                                               data.std, device)}
+
+    art, _ = store.get_or_create("models", key, build)
+    model = build_model(cfg.model.name, data.num_classes, data.in_channels, int(cfg.model.get("width", 16)))
+    model.load_state_dict(art["state_dict"])
+    return model.eval(), {"key": key, "test_acc": art["test_acc"], "train_acc": art["train_acc"]}
+
+
+def get_scores(cfg, data: ImageData, model_cfg_key: dict, model_fn, store: ArtifactStore) -> np.ndarray:
+    """φ [N, Q] of a model over the training set, cached by (model key, queries)."""
+    queries = list(cfg.dataset.get("queries", ["identity", "mirror"]))
+    key = {"kind": "scores", "model": cache_key(model_cfg_key), "queries": queries}
+    device = resolve_device(cfg.get("device", "auto"))
+    art, _ = store.get_or_create("scores", key, lambda: {
+        "phi": compute_phi(model_fn(), data.x_train, data.y_train, data.mean, data.std, queries, device)})
+    return art["phi"]
+
+
+def train_pool(cfg, data: ImageData, keep: np.ndarray, store: ArtifactStore, indices=None, logger=None) -> Pool:
+    """Train (or load) every pool model in ``indices`` (default: all) and score it."""
+    digest = data_digest(data)
+    m_total = keep.shape[0]
+    indices = range(m_total) if indices is None else indices
+    phis, test_acc, train_acc, keys = [], [], [], []
+    for m in indices:
+        model, info = get_pool_model(cfg, data, keep, m, store, digest, logger)
+        phis.append(get_scores(cfg, data, info["key"], lambda model=model: model, store))
+        test_acc.append(info["test_acc"])
+        train_acc.append(info["train_acc"])
+        keys.append(info["key"])
+    return Pool(keep, np.stack(phis), np.array(test_acc), np.array(train_acc), keys)
+
+
+def calibration_indices(cfg, data: ImageData, keep: np.ndarray, index: int) -> tuple[str, np.ndarray]:
+    """Seeded choice of calibration images: the model's members (paper), non-members, or test."""
+    source = cfg.quant.get("calibration", "members")
+    n = int(cfg.quant.get("n_calib", 1024))
+    if source == "members":
+        pool_idx = np.flatnonzero(keep[index])
+    elif source == "nonmembers":
+        pool_idx = np.flatnonzero(~keep[index])
+    elif source == "test":
+        pool_idx = np.arange(len(data.y_test))
+    else:
+        raise ValueError(f"quant.calibration={source!r}: allowed: members, nonmembers, test")
+    if n > len(pool_idx):
+        raise ValueError(f"quant.n_calib={n}: larger than the {len(pool_idx)} {source} images available")
+    rng = np.random.default_rng(int(cfg.seed) * 7919 + index)
+    return source, np.sort(rng.choice(pool_idx, size=n, replace=False))
+
+
+def quant_key(cfg, pool_model_key: dict) -> dict:
+    qcfg = {k: v for k, v in _plain(cfg.quant).items() if k not in QUANT_KEYS_IGNORED}
+    return {"kind": "quantized", "model": cache_key(pool_model_key), "quant": qcfg, "bits": float(cfg.bits),
+            "policy": cfg.bitwidth.policy, "dataset": cfg.dataset.name, "seed": int(cfg.seed)}
+
+
+def quantize_pool_model(cfg, data: ImageData, keep: np.ndarray, index: int, store: ArtifactStore,
+                        digest: str | None = None) -> QuantTarget:
+    """Quantize pool model ``index`` with (quant, bits, policy), calibrating on its members; cached."""
+    digest = digest or data_digest(data)
+    fp_model, info = get_pool_model(cfg, data, keep, index, store, digest)
+    if cfg.quant.name in FULL_PRECISION:
+        phi = get_scores(cfg, data, info["key"], lambda: fp_model, store)
+        return QuantTarget(index, fp_model, phi, info["test_acc"], info["train_acc"], {}, 0.0, np.array([], int), {})
+    key = quant_key(cfg, info["key"])
+    device = resolve_device(cfg.get("device", "auto"))
+
+    def build():
+        source, idx = calibration_indices(cfg, data, keep, index)
+        x_src = data.x_test if source == "test" else data.x_train
+        from src.data import normalize
+
+        calib_x = normalize(x_src[torch.from_numpy(idx)], data.mean, data.std)
+        qcfg = OmegaConf.merge(cfg.quant, {"seed": int(cfg.seed) + index, "progress": bool(cfg.get("progress", True))})
+        log.info("quantize: model %d with %s at %s bits (%s policy), %d %s calibration images",
+                 index, cfg.quant.name, cfg.bits, cfg.bitwidth.policy, len(idx), source)
+        res = quantize(fp_model, float(cfg.bits), qcfg, cfg.bitwidth.policy, calib_x, cfg.dataset.name, device)
+        members = torch.from_numpy(np.flatnonzero(keep[index]))
+        return {"state_dict": res.model.state_dict(), "layer_bits": res.layer_bits, "export": res.export,
+                "seconds": res.seconds, "calib_idx": idx, "calib_source": source,
+                "fold_bn": bool(cfg.quant.get("fold_bn", True)),
+                "test_acc": evaluate_accuracy(res.model, data.x_test, data.y_test, data.mean, data.std, device),
+                "train_acc": evaluate_accuracy(res.model, data.x_train[members], data.y_train[members], data.mean,
+                                               data.std, device)}
+
+    art, _ = store.get_or_create("quantized", key, build)
+    qmodel = build_model(cfg.model.name, data.num_classes, data.in_channels, int(cfg.model.get("width", 16)))
+    if art["fold_bn"]:
+        fold_batchnorm(qmodel)
+    qmodel.load_state_dict(art["state_dict"])
+    qmodel.eval()
+    phi = get_scores(cfg, data, key, lambda: qmodel, store)
+    return QuantTarget(index, qmodel, phi, art["test_acc"], art["train_acc"], art["layer_bits"], art["seconds"],
+                       art["calib_idx"], art["export"])
+
+
+def target_indices(cfg) -> list[int]:
+    if cfg.get("n_targets"):
+        return list(range(int(cfg.n_targets)))
+    return [int(t) for t in cfg.targets]
+
+
+def reference_phi(cfg, data: ImageData, keep: np.ndarray, pool: Pool, store: ArtifactStore,
+                  targets: list[int]) -> np.ndarray:
+    """φ of the reference models: the FP pool (``attack.reference=fp``, the paper), or every model
+    quantized with the job's quantizer and bits (``matched``: the attacker knows the deployment)."""
+    if cfg.attack.get("reference", "fp") == "fp" or cfg.quant.name in FULL_PRECISION:
+        return pool.phi
+    digest = data_digest(data)
+    return np.stack([quantize_pool_model(cfg, data, keep, m, store, digest).phi for m in range(keep.shape[0])])
+
+
+def attack_target(cfg, keep: np.ndarray, ref_phi: np.ndarray, target: int, target_phi: np.ndarray) -> dict:
+    """Membership scores [N] per attack for one target; references = every other pool model."""
+    from src.attacks import run_attacks
+
+    refs = np.array([m for m in range(keep.shape[0]) if m != target])
+    return run_attacks(list(cfg.attack.names), ref_phi[refs], keep[refs], target_phi, cfg.attack)

@@ -1,0 +1,241 @@
+"""AdaRound's learned rounding, shared by AdaRound and BRECQ (Nagel et al. 2020, Sec. 3.3–3.4).
+
+For a weight W on a per-channel grid (scale s, zero point z, codes in [qmin, qmax]):
+
+    W̃ = s · (clamp(⌊W/s⌋ + h(V) + z, qmin, qmax) − z),                                   (AdaRound eq. 22)
+    h(V) = clamp(σ(V)(ζ − γ) + γ, 0, 1),   ζ = 1.1, γ = −0.1      (rectified sigmoid, eq. 23)
+    f_reg(V) = Σ_ij 1 − |2h(V_ij) − 1|^β                                                   (eq. 24)
+
+V starts where h(V) equals the fractional part W/s − ⌊W/s⌋, i.e. W̃ = W before clamping, and the
+hard rounding that ends the optimisation (h = 1 where V ≥ 0, else 0) is then plain round-to-nearest.
+β is annealed linearly from ``b_start`` to ``b_end`` after a warm-up fraction during which the
+regulariser is off (``BetaSchedule``). The grid's convention matches ``grid.ChannelGrid``
+(q = round(w/s) + z, ŵ = s(q − z)); ternary grids (qmin = −1, qmax = 1, z = 0) need nothing special.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .grid import ChannelGrid
+
+ZETA, GAMMA = 1.1, -0.1
+
+
+def rectified_sigmoid(v: torch.Tensor) -> torch.Tensor:
+    return torch.clamp(torch.sigmoid(v) * (ZETA - GAMMA) + GAMMA, 0.0, 1.0)
+
+
+def inverse_rectified_sigmoid(h: torch.Tensor) -> torch.Tensor:
+    """V with rectified_sigmoid(V) = h for h ∈ [0, 1) (finite: σ(V) ∈ [1/12, 11/12])."""
+    sig = ((h - GAMMA) / (ZETA - GAMMA)).clamp(1e-6, 1 - 1e-6)
+    return torch.log(sig) - torch.log1p(-sig)
+
+
+class AdaRoundWeight(nn.Module):
+    """The rounding variables V of one weight tensor and the (soft or hard) quantized weight."""
+
+    def __init__(self, weight: torch.Tensor, grid: ChannelGrid):
+        super().__init__()
+        w = weight.detach().float()
+        shape = (-1,) + (1,) * (w.dim() - 1)
+        s = grid.scale.detach().float().to(w.device).view(shape)
+        z = grid.zero_point.detach().float().to(w.device).view(shape)
+        w_floor = torch.floor(w / s)
+        self.register_buffer("scale", s)
+        self.register_buffer("zero_point", z)
+        self.register_buffer("w_floor", w_floor)
+        self.qmin, self.qmax = int(grid.qmin), int(grid.qmax)
+        self.V = nn.Parameter(inverse_rectified_sigmoid(w / s - w_floor))
+
+    def h(self) -> torch.Tensor:
+        return rectified_sigmoid(self.V)
+
+    def soft_weight(self) -> torch.Tensor:
+        q = torch.clamp(self.w_floor + self.h() + self.zero_point, self.qmin, self.qmax)
+        return self.scale * (q - self.zero_point)
+
+    @torch.no_grad()
+    def hard_codes(self) -> torch.Tensor:
+        """Integer codes (as float) after hard rounding: up where V ≥ 0."""
+        return torch.clamp(self.w_floor + (self.V >= 0).float() + self.zero_point, self.qmin, self.qmax)
+
+    @torch.no_grad()
+    def hard_weight(self) -> torch.Tensor:
+        return self.scale * (self.hard_codes() - self.zero_point)
+
+    def regularizer(self, beta: float) -> torch.Tensor:
+        """Σ 1 − |2h(V) − 1|^β (summed, as in the paper and its reference setting)."""
+        return (1.0 - (2.0 * self.h() - 1.0).abs().pow(beta)).sum()
+
+
+@dataclass
+class BetaSchedule:
+    """β of the rounding regulariser: off during the first ``warmup``·iters iterations, then linear
+    from ``b_start`` to ``b_end`` over the rest (AdaRound Sec. 4 / appendix, reference setting)."""
+
+    iters: int
+    warmup: float = 0.2
+    b_start: float = 20.0
+    b_end: float = 2.0
+
+    @property
+    def start(self) -> int:
+        return int(self.warmup * self.iters)
+
+    def active(self, t: int) -> bool:
+        return t >= self.start
+
+    def __call__(self, t: int) -> float:
+        if t < self.start:
+            return self.b_start
+        rel = (t - self.start) / max(self.iters - self.start, 1)
+        return self.b_end + (self.b_start - self.b_end) * max(0.0, 1.0 - rel)
+
+
+# --------------------------------------------------------------------------------------------------
+# The reconstruction loop shared by AdaRound (one layer per unit) and BRECQ (one block per unit).
+# --------------------------------------------------------------------------------------------------
+import copy  # noqa: E402
+from typing import Callable  # noqa: E402
+
+from torch.func import functional_call  # noqa: E402
+
+from .calibration import capture, make_fabric  # noqa: E402
+from .grid import init_grid, is_ternary  # noqa: E402
+
+
+@dataclass
+class Unit:
+    """A piece of the network reconstructed as a whole.
+
+    ``module`` is called as ``module(x)`` (its own forward, so shared sub-modules such as
+    BasicBlock's single ReLU keep running twice); ``params`` maps the parameter name *inside*
+    ``module`` (e.g. ``"conv2.weight"``) to the qualified name of the quantized layer in the model.
+    ``entry`` is the qualified name of the module whose first input is the unit input (None: the
+    model input); ``exit`` the module whose output is the unit output (for gradient hooks).
+    """
+
+    name: str
+    module: nn.Module
+    params: dict[str, str]
+    entry: str | None
+    exit: str
+
+
+class _Rounders(nn.Module):
+    """All rounding variables of one unit; ``forward`` gives the soft weights and the regulariser."""
+
+    def __init__(self, rounders: dict[str, AdaRoundWeight]):
+        super().__init__()
+        self.keys = list(rounders)
+        self.r = nn.ModuleList(rounders.values())
+
+    def forward(self, beta: float | None):
+        weights = {k: r.soft_weight() for k, r in zip(self.keys, self.r)}
+        reg = sum(r.regularizer(beta) for r in self.r) if beta is not None else None
+        return weights, reg
+
+
+def layer_grid(weight: torch.Tensor, bits: float, cfg):
+    method = cfg.get("init", "lp")
+    if method in ("absmean", "twn") and not is_ternary(bits):
+        method = "lp"  # ternary-only scale inits; other layers (e.g. 8-bit ends) use the L_p search
+    return init_grid(weight, bits, bool(cfg.get("symmetric", False)), method, float(cfg.get("p", 2.4)))
+
+
+@torch.no_grad()
+def _batched(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, bs: int = 256) -> torch.Tensor:
+    return torch.cat([fn(x[i:i + bs]) for i in range(0, len(x), bs)])
+
+
+def reconstruct(model: nn.Module, layer_bits: dict[str, float], cfg, calib_x: torch.Tensor, device,
+                build_units: Callable[[nn.Module], list[Unit]], title: str,
+                weight_fn: Callable | None = None) -> dict:
+    """Quantize ``model`` in place, unit by unit in forward order (see AdaRound / BRECQ docstrings).
+
+    Per unit: x̂ = unit input in the already-quantized model, y = unit output of the FP model on
+    its FP input (asymmetric reconstruction); minimise
+        mean_batch,spatial Σ_channels ω ⊙ (unit(x̂; W̃) − y)²  +  λ Σ_layers f_reg(V)
+    with Adam on V (ω = 1, or BRECQ's Fisher weights from ``weight_fn``). The reconstruction term
+    sums over the channel axis and averages over the rest, the regulariser sums over all weights
+    (the reference setting that λ = 0.01 was tuned for). Then hard rounding, weights written back.
+    """
+    if calib_x is None or len(calib_x) == 0:
+        raise ValueError(f"quant.name={cfg.get('name')}: needs calibration images (calib_x is empty)")
+    fabric = make_fabric(device)
+    dev = fabric.device
+    iters, bs = int(cfg.get("iters", 20000)), int(cfg.get("batch_size", 32))
+    lam, lr = float(cfg.get("reg_lambda", 0.01)), float(cfg.get("lr", 1e-3))
+    sched = BetaSchedule(iters, float(cfg.get("warmup", 0.2)), float(cfg.get("b_start", 20)),
+                         float(cfg.get("b_end", 2)))
+    gen = torch.Generator().manual_seed(int(cfg.get("seed", 0)))
+    torch.manual_seed(int(cfg.get("seed", 0)))  # nothing random besides batches; belt and braces
+
+    grad_flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    model.requires_grad_(False).eval()
+    fp_model = copy.deepcopy(model).eval()
+    model.to(dev)
+    fp_model.to(dev)
+    calib_x = calib_x.float()
+    q_units, fp_units = build_units(model), build_units(fp_model)
+    covered = [q for u in q_units for q in u.params.values()]
+    missing = set(layer_bits) - set(covered)
+    if missing:
+        raise RuntimeError(f"{title}: layers not covered by any unit: {sorted(missing)}")
+    modules = dict(model.named_modules())
+
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    export: dict = {}
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                        TextColumn("loss {task.fields[loss]:.4g}"), TimeElapsedColumn(),
+                        disable=not bool(cfg.get("progress", True)))
+    with progress:
+        for qu, fu in zip(q_units, fp_units):
+            names = {k: q for k, q in qu.params.items() if q in layer_bits}
+            if not names:
+                continue
+            x_fp = calib_x.to(dev) if fu.entry is None else capture(fp_model, fp_model.get_submodule(fu.entry), calib_x,
+                                                                    device=dev, keep_output=False)[0]
+            x_q = calib_x.to(dev) if qu.entry is None else capture(model, model.get_submodule(qu.entry), calib_x,
+                                                                   device=dev, keep_output=False)[0]
+            target = _batched(fu.module, x_fp)
+            del x_fp
+            grids = {q: layer_grid(modules[q].weight, layer_bits[q], cfg) for q in names.values()}
+            omega = weight_fn(qu, grids) if weight_fn is not None else None
+
+            core = _Rounders({k: AdaRoundWeight(modules[q].weight, grids[q]) for k, q in names.items()})
+            opt = torch.optim.Adam(core.parameters(), lr=lr)
+            rounders, opt = fabric.setup(core, opt)
+            task = progress.add_task(f"{title} {qu.name}", total=iters, loss=float("nan"))
+            every = max(1, iters // 50)
+            n = len(x_q)
+            for t in range(iters):
+                idx = torch.randperm(n, generator=gen)[:bs].to(dev)
+                beta = sched(t) if sched.active(t) else None
+                weights, reg = rounders(beta)
+                out = functional_call(qu.module, weights, (x_q[idx],))
+                err = (out - target[idx]).pow(2)
+                if omega is not None:
+                    err = err * omega[idx]
+                rec = err.sum(1).mean()
+                loss = rec + lam * reg if reg is not None else rec
+                opt.zero_grad(set_to_none=True)
+                fabric.backward(loss)
+                opt.step()
+                if (t + 1) % every == 0 or t + 1 == iters:
+                    progress.update(task, completed=t + 1, loss=float(rec.detach()))
+            with torch.no_grad():
+                for k, r in zip(core.keys, core.r):
+                    q = names[k]
+                    codes = r.hard_codes()
+                    modules[q].weight.copy_(grids[q].dequantize(codes).to(modules[q].weight))
+                    export[q] = grids[q].export(codes)
+            del x_q, target, omega
+    for n_, p in model.named_parameters():
+        p.requires_grad_(grad_flags.get(n_, True))
+    model.cpu().eval()
+    return export

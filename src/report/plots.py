@@ -1,0 +1,134 @@
+"""The two summary figures: privacy–utility trade-off and log-log ROC.
+
+Both are drawn with matplotlib's Agg backend (no display needed) and saved as PNG.
+Low-FPR behaviour is what matters for membership inference (Carlini et al., "Membership
+Inference Attacks From First Principles", 2022, §3), hence log-log ROC axes and
+TPR@0.1%FPR as the privacy axis.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+MARKERS = "osD^vP<>Xhp*"
+ROC_FLOOR = 1e-5  # results.json ROCs are downsampled down to this FPR
+
+
+def _combos(items: list[Any], get) -> list[tuple]:
+    return list(dict.fromkeys(get(x) for x in items))
+
+
+def _axes(n: int, size: tuple[float, float] = (5.0, 4.2)):
+    fig, axes = plt.subplots(1, n, figsize=(size[0] * n, size[1]), squeeze=False)
+    return fig, list(axes[0])
+
+
+def privacy_utility(rows: list[dict], attack: str | None, path: str | Path) -> Path:
+    """Test accuracy (x) vs TPR@0.1%FPR (y) of ``attack``: one marker shape per method,
+    bits annotated next to each point, FP a black star. ``rows`` are summary rows
+    (:func:`src.report.summary.rows_from_results`); error bars show the bootstrap CI
+    when present. One panel per (dataset, model)."""
+    rows = [r for r in rows if r["attack"] == attack and r.get("test_acc") is not None]
+    combos = _combos(rows, lambda r: (r["dataset"], r["model"])) or [(None, None)]
+    methods = [m for m in _combos(rows, lambda r: r["quant"]) if m != "fp"]
+    fig, axes = _axes(len(combos))
+    for ax, (ds, model) in zip(axes, combos):
+        sub = [r for r in rows if (r["dataset"], r["model"]) == (ds, model)]
+        ys = [r["tpr_at_fpr_1e-3"] for r in sub if r.get("tpr_at_fpr_1e-3") is not None]
+        for r in sub:
+            y = r.get("tpr_at_fpr_1e-3")
+            if y is None:
+                continue
+            lo, hi = r.get("tpr_at_fpr_1e-3_ci_lo"), r.get("tpr_at_fpr_1e-3_ci_hi")
+            yerr = [[max(y - lo, 0.0)], [max(hi - y, 0.0)]] if lo is not None and hi is not None else None
+            if r["quant"] == "fp":
+                style = dict(marker="*", color="black", markersize=14, label="FP (32 bit)", zorder=3)
+            else:
+                i = methods.index(r["quant"])
+                style = dict(marker=MARKERS[i % len(MARKERS)], color=f"C{i % 10}", markersize=8,
+                             label=str(r["quant"]), linestyle="none")
+            ax.errorbar(r["test_acc"], y, yerr=yerr, capsize=3, **style)
+            bits = f"{r['bits']:g}" if r.get("bits") is not None else "?"
+            ax.annotate(f"{bits}b", (r["test_acc"], y), textcoords="offset points",
+                        xytext=(5, 4), fontsize=8)
+        if ys and min(ys) > 0 and max(ys) / min(ys) > 20:
+            ax.set_yscale("log")
+        handles, labels = ax.get_legend_handles_labels()
+        uniq = dict(zip(labels, handles))  # one legend entry per method
+        if uniq:
+            ax.legend(uniq.values(), uniq.keys(), fontsize=8)
+        ax.set_xlabel("test accuracy")
+        ax.set_ylabel("TPR @ 0.1% FPR")
+        ax.set_title(f"{ds} / {model} — {attack}" if ds is not None else f"{attack}")
+        ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _label(result: dict) -> str:
+    job = result.get("job", {})
+    bits = job.get("bits")
+    bits = f"{float(bits):g}" if bits is not None else "?"
+    policy = job.get("policy")
+    extra = f" {policy}" if policy not in (None, "uniform") else ""
+    return f"{job.get('quant')} {bits}b{extra}"
+
+
+def _plot_curve(ax, roc: dict | None, **style) -> None:
+    if not roc or not roc.get("fpr"):
+        return
+    pts = [(f, t) for f, t in zip(roc["fpr"], roc["tpr"]) if f > 0 and t > 0]
+    if pts:
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], **style)
+
+
+def roc(results: list[dict], attack: str | None, path: str | Path) -> Path:
+    """Log-log ROC of ``attack`` for every job (``results`` as returned by
+    :func:`src.report.summary.collect`, or a single job's results in a list), plus the
+    full-precision target's curve (dashed black) once per (dataset, model)."""
+    from src.report.summary import is_fp_job
+
+    combos = _combos(results, lambda r: (r["job"].get("dataset"), r["job"].get("model")))
+    combos = combos or [(None, None)]
+    fig, axes = _axes(len(combos), size=(5.5, 4.8))
+    for ax, (ds, model) in zip(axes, combos):
+        sub = [r for r in results if (r["job"].get("dataset"), r["job"].get("model")) == (ds, model)]
+        fp_done = False
+        for r in sorted(sub, key=lambda r: not is_fp_job(r)):
+            if is_fp_job(r):
+                if not fp_done:
+                    _plot_curve(ax, (r.get("attacks") or {}).get(attack, {}).get("roc"),
+                                color="black", linestyle="--", linewidth=2, label="FP (32 bit)")
+                    fp_done = True
+                continue
+            if not fp_done:
+                fpa = (r.get("fp_attacks") or {}).get(attack, {}).get("roc")
+                if fpa:
+                    _plot_curve(ax, fpa, color="black", linestyle="--", linewidth=2, label="FP (32 bit)")
+                    fp_done = True
+            _plot_curve(ax, (r.get("attacks") or {}).get(attack, {}).get("roc"),
+                        linewidth=1.2, label=_label(r))
+        ax.plot([ROC_FLOOR, 1], [ROC_FLOOR, 1], color="grey", linewidth=0.8, linestyle=":", label="chance")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlim(ROC_FLOOR, 1)
+        ax.set_ylim(ROC_FLOOR, 1)
+        ax.set_xlabel("false positive rate")
+        ax.set_ylabel("true positive rate")
+        ax.set_title(f"{ds} / {model} — {attack}" if ds is not None else f"{attack}")
+        ax.grid(True, which="both", alpha=0.2)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,50 @@
+"""LightningModule that trains one classifier of the pool on in-memory uint8 tensors.
+
+Batches arrive as (uint8 images, labels); crop+flip augmentation and normalisation run batched on
+the training device inside ``training_step`` (no per-image PIL transforms). SGD with momentum,
+weight decay and a cosine schedule over all steps (the paper's recipe; ``train=paper``).
+"""
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from src.data.augment import normalize, random_crop_flip
+
+
+class Classifier(L.LightningModule):
+    def __init__(self, model: nn.Module, mean, std, lr: float, momentum: float, weight_decay: float,
+                 epochs: int, steps_per_epoch: int, pad: int = 0, flip: bool = False, schedule: str = "cosine",
+                 name: str = "model"):
+        super().__init__()
+        self.model = model
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
+        self.total_steps = max(1, epochs * steps_per_epoch)
+        self.pad, self.flip, self.schedule, self.name = pad, flip, schedule, name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        x = random_crop_flip(x, self.pad, self.flip)
+        logits = self.model(normalize(x, self.mean, self.std))
+        loss = F.cross_entropy(logits, y)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"training {self.name}: non-finite loss at step {self.global_step}")
+        self.log("train/loss", loss, prog_bar=True, on_step=False, on_epoch=True)
+        return loss
+
+    def configure_optimizers(self):
+        opt = torch.optim.SGD(self.model.parameters(), lr=self.lr, momentum=self.momentum,
+                              weight_decay=self.weight_decay, nesterov=False)
+        if self.schedule != "cosine":
+            return opt
+        total = self.total_steps
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

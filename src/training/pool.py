@@ -1,0 +1,61 @@
+"""Training one pool model on its IN half with the ``train`` recipe, through a Lightning Trainer."""
+from __future__ import annotations
+
+import logging
+import warnings
+
+import lightning as L
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from src.data import ImageData, normalize
+from src.models import build_model
+
+from .module import Classifier
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(device: str) -> str:
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(device)
+
+
+def train_model(cfg, data: ImageData, member_idx: torch.Tensor, seed: int, name: str = "model",
+                logger=None) -> nn.Module:
+    """Train a fresh ``cfg.model`` on ``data.x_train[member_idx]``; returns it on CPU, eval mode."""
+    L.seed_everything(seed, workers=True, verbose=False)
+    model = build_model(cfg.model.name, data.num_classes, data.in_channels, int(cfg.model.get("width", 16)))
+    x, y = data.x_train[member_idx], data.y_train[member_idx]
+    g = torch.Generator().manual_seed(seed)
+    loader = DataLoader(TensorDataset(x, y), batch_size=int(cfg.train.batch_size), shuffle=True, generator=g,
+                        num_workers=int(cfg.get("num_workers", 0)), drop_last=len(x) > int(cfg.train.batch_size))
+    aug = cfg.dataset.get("augment", {}) or {}
+    module = Classifier(model, data.mean, data.std, float(cfg.train.lr), float(cfg.train.momentum),
+                        float(cfg.train.weight_decay), int(cfg.train.epochs), len(loader),
+                        int(aug.get("pad", 0)), bool(aug.get("flip", False)), cfg.train.get("schedule", "cosine"),
+                        name=name)
+    accel = "gpu" if resolve_device(cfg.get("device", "auto")).startswith("cuda") else "cpu"
+    trainer = L.Trainer(max_epochs=int(cfg.train.epochs), accelerator=accel, devices=1,
+                        precision=cfg.train.get("precision", "32-true"), logger=logger if logger else False,
+                        enable_checkpointing=False, enable_model_summary=False,
+                        enable_progress_bar=bool(cfg.get("progress", True)), deterministic=True,
+                        log_every_n_steps=max(1, min(50, len(loader))))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*(does not have many workers|LeafSpec|GPU available).*")
+        trainer.fit(module, loader)
+    return model.cpu().eval()
+
+
+@torch.no_grad()
+def evaluate_accuracy(model: nn.Module, x_uint8: torch.Tensor, y: torch.Tensor, mean, std, device: str = "cpu",
+                      batch_size: int = 1024) -> float:
+    model = model.to(device).eval()
+    correct = 0
+    for i in range(0, len(y), batch_size):
+        xb = normalize(x_uint8[i:i + batch_size].to(device), mean, std)
+        correct += (model(xb).argmax(1).cpu() == y[i:i + batch_size]).sum().item()
+    model.cpu()
+    return correct / max(1, len(y))
