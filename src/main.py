@@ -9,6 +9,7 @@ import logging
 import sys
 
 import hydra
+import torch
 from omegaconf import DictConfig
 
 from src import pipeline as P
@@ -23,6 +24,8 @@ log = logging.getLogger("src.main")
 
 def run(cfg: DictConfig) -> dict | None:
     validate(cfg)
+    if cfg.get("num_threads"):
+        torch.set_num_threads(int(cfg.num_threads))
     data = load_dataset(cfg.dataset, cfg.paths.data_dir)
     keep = P.membership(cfg, data)
     targets = P.target_indices(cfg)

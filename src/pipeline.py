@@ -160,7 +160,8 @@ def quantize_pool_model(cfg, data: ImageData, keep: np.ndarray, index: int, stor
         from src.data import normalize
 
         calib_x = normalize(x_src[torch.from_numpy(idx)], data.mean, data.std)
-        qcfg = OmegaConf.merge(cfg.quant, {"seed": int(cfg.seed) + index, "progress": bool(cfg.get("progress", True))})
+        qcfg = OmegaConf.create(_plain(cfg.quant))
+        qcfg.seed, qcfg.progress = int(cfg.seed) + index, bool(cfg.get("progress", True))
         log.info("quantize: model %d with %s at %s bits (%s policy), %d %s calibration images",
                  index, cfg.quant.name, cfg.bits, cfg.bitwidth.policy, len(idx), source)
         res = quantize(fp_model, float(cfg.bits), qcfg, cfg.bitwidth.policy, calib_x, cfg.dataset.name, device)

@@ -205,7 +205,7 @@ def reconstruct(model: nn.Module, layer_bits: dict[str, float], cfg, calib_x: to
             target = _batched(fu.module, x_fp)
             del x_fp
             grids = {q: layer_grid(modules[q].weight, layer_bits[q], cfg) for q in names.values()}
-            omega = weight_fn(qu, grids) if weight_fn is not None else None
+            omega = weight_fn(model, fp_model, qu, grids, calib_x) if weight_fn is not None else None
 
             core = _Rounders({k: AdaRoundWeight(modules[q].weight, grids[q]) for k, q in names.items()})
             opt = torch.optim.Adam(core.parameters(), lr=lr)

@@ -47,7 +47,12 @@ def _evaluate(cfg, keep: np.ndarray, scores: dict[int, dict[str, np.ndarray]]) -
     for name in cfg.attack.names:
         per_target = [attack_metrics(s[name], keep[t], fprs=fprs, n_bootstrap=n_boot, seed=int(cfg.seed))
                       for t, s in scores.items()]
-        agg = aggregate(per_target)
+        stats = aggregate(per_target)  # {metric: {mean, std, ci, n, values}}
+        agg = {k: v["mean"] for k, v in stats.items()}
+        agg["std"] = {k: v["std"] for k, v in stats.items()}
+        agg["ci"] = {k: v["ci"] for k, v in stats.items()}
+        agg["ci_kind"] = "t over targets" if len(per_target) > 1 else "bootstrap (members/non-members resampled)"
+        agg["n_targets"] = len(per_target)
         fpr, tpr = pooled_roc([s[name] for s in scores.values()], [keep[t] for t in scores])
         pf, pt = roc_points(fpr, tpr)
         agg["per_target"] = per_target

@@ -1,0 +1,78 @@
+"""Hydra callback: at the end of a multirun, summarize all jobs of the sweep.
+
+Registered in conf/config.yaml under ``hydra.callbacks.summary``. Writes summary.csv,
+summary.md, privacy_utility.png and roc.png into ``hydra.sweep.dir`` and, when the logger
+is W&B and not disabled, mirrors them to one extra W&B run (job_type ``summary``) in the
+jobs' group. A callback that raises would turn a finished sweep into a failed command, so
+everything here is guarded: failures are one warning line.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+log = logging.getLogger(__name__)
+
+
+def _job_config(config: DictConfig) -> DictConfig:
+    """The sweep's base config without the ``hydra`` node (what a job's cfg looks like)."""
+    cfg = OmegaConf.create(OmegaConf.to_container(config, resolve=False))
+    with open_dict(cfg):
+        cfg.pop("hydra", None)
+    return cfg
+
+
+class SummaryCallback(Callback):
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            self._run(config)
+        except Exception as e:  # never fail the sweep over its summary
+            log.warning("summary callback failed (%s: %s)", type(e).__name__, e)
+
+    def _run(self, config: DictConfig) -> None:
+        from src.report.summary import write_summary
+
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        paths = write_summary(sweep_dir)
+        if not paths:
+            log.warning("summary: no */results.json under %s (all jobs failed?)", sweep_dir)
+            return
+        log.info("summary written to %s", sweep_dir)
+
+        if str(OmegaConf.select(config, "logger.name", default="none")).lower() != "wandb":
+            return
+        try:
+            self._log_wandb(config, sweep_dir, paths)
+        except Exception as e:
+            log.warning("W&B: summary run failed (%s: %s); local summary is complete",
+                        type(e).__name__, e)
+
+    def _log_wandb(self, config: DictConfig, sweep_dir: Path, paths: dict) -> None:
+        from src.report.summary import collect, markdown_table, primary_attack, rows_from_results
+        from src.report.wandb_sink import WandbSink
+
+        results = collect(sweep_dir)
+        rows = rows_from_results(results)
+        # group = the jobs' group: their experiment_name (when they agree) + sweep stamp
+        names = {(r.get("config") or {}).get("experiment_name") for r in results} - {None}
+        cfg = _job_config(config)
+        if len(names) == 1:
+            experiment = names.pop()
+        else:
+            try:
+                experiment = OmegaConf.select(cfg, "experiment_name", throw_on_resolution_failure=False)
+            except Exception:
+                experiment = None
+            experiment = experiment or "sweep"
+        group = f"{experiment}-{sweep_dir.name}"
+        tags = sorted({str(r["dataset"]) for r in rows} | {str(r["model"]) for r in rows}) + ["summary"]
+        with WandbSink(cfg, sweep_dir, job_type="summary", name="summary", tags=tags, group=group) as sink:
+            if sink.run is None:
+                return
+            images = {k: paths[k] for k in ("privacy_utility", "roc") if k in paths}
+            sink.log_summary(rows, images, markdown_table(rows, primary_attack(results)))

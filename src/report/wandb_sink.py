@@ -1,0 +1,377 @@
+"""Weights & Biases sink: one W&B run per job, never a reason for a job to fail.
+
+Local ``results.json`` is the source of truth (DESIGN.md); W&B only mirrors it. Every W&B
+call goes through :meth:`WandbSink._guard`, which turns any exception into one warning line.
+
+Mode (``logger.mode``):
+
+* ``auto`` (default): ``online`` when credentials exist (``WANDB_API_KEY``, an api key for
+  the W&B host in ``~/.netrc``/``$NETRC``), else ``offline``. ``WANDB_MODE`` in the
+  environment decides instead of the credential check when set.
+* ``online`` | ``offline`` | ``disabled``: forced; ``WANDB_MODE=disabled`` still wins (the
+  usual "switch W&B off" switch for tests and CI).
+* An online ``wandb.init`` that fails (no network, bad key) is retried offline.
+
+Offline runs land in ``<dir>/wandb/offline-run-*`` where ``dir`` is ``logger.dir`` or, when
+null, the job dir (``outputs/runs/<stamp>`` or ``outputs/multirun/<stamp>/<n>``), so
+``wandb sync $(find outputs -path '*/wandb/offline-run-*' -prune)`` (``make sync``) uploads
+them all later (the glob ``outputs/**/wandb/offline-run-*`` with bash globstar is the same set).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import netrc
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+from urllib.parse import urlparse
+
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+JOB_TYPE = "quantize-attack"
+MODES = ("online", "offline", "disabled")
+# every offline run dir under outputs/ (runs, multirun jobs, multirun summary); shell-safe
+# without globstar, for `make sync`: wandb sync $(find outputs -path '*/wandb/offline-run-*' -prune)
+SYNC_CMD = "wandb sync $(find outputs -path '*/wandb/offline-run-*' -prune)"
+_ENV_MODES = {"online": "online", "run": "online", "offline": "offline", "dryrun": "offline",
+              "disabled": "disabled"}
+# Per-process flags (multirun jobs share a process): print the upload hint once, and after
+# one failed online init go straight to offline instead of waiting for the network per job.
+_sync_hint_shown = False
+_online_failed = False
+
+
+def _settings(online: bool):
+    """Offline runs are quiet (no per-job wall of summary lines; we print one upload hint);
+    online init gives up after 30 s instead of wandb's 90 s, then we retry offline."""
+    import wandb
+
+    return wandb.Settings(init_timeout=30) if online else wandb.Settings(quiet=True)
+
+
+def _one_line(e: BaseException) -> str:
+    return f"{type(e).__name__}: {' '.join(str(e).split())}"[:500]
+
+
+def has_credentials() -> bool:
+    """True if wandb could log in without prompting: ``WANDB_API_KEY`` or a netrc entry for
+    the W&B host (``WANDB_BASE_URL``, default api.wandb.ai). Never touches the network."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname or ""
+    candidates = [os.environ.get("NETRC"), "~/.netrc", "~/_netrc"]
+    for c in candidates:
+        if not c:
+            continue
+        p = Path(c).expanduser()
+        try:
+            if p.is_file():
+                auth = netrc.netrc(str(p)).authenticators(host)
+                return bool(auth and auth[2])
+        except (netrc.NetrcParseError, OSError):
+            continue
+    return False
+
+
+def resolve_mode(mode: str | None = "auto") -> str:
+    """``online`` | ``offline`` | ``disabled`` from ``logger.mode`` and the environment
+    (see module docstring for the precedence)."""
+    env = _ENV_MODES.get((os.environ.get("WANDB_MODE") or "").strip().lower())
+    if env == "disabled" or os.environ.get("WANDB_DISABLED", "").lower() in ("true", "1"):
+        return "disabled"
+    mode = (mode or "auto").strip().lower()
+    if mode in _ENV_MODES:
+        return _ENV_MODES[mode]
+    if mode != "auto":
+        log.warning("W&B: unknown logger.mode=%r, using auto", mode)
+    if env:
+        return env
+    return "online" if has_credentials() else "offline"
+
+
+def sweep_stamp(job_dir: str | Path | None = None) -> str:
+    """The sweep's start time: basename of ``hydra.sweep.dir`` in a multirun, of the run dir
+    otherwise. Without a Hydra context, derived from ``job_dir`` (``<stamp>/<n>`` layout)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        if HydraConfig.initialized():
+            hc = HydraConfig.get()
+            if hc.mode == RunMode.MULTIRUN:
+                return Path(str(hc.sweep.dir)).name
+            return Path(str(hc.runtime.output_dir or hc.run.dir)).name
+    except Exception:  # no/partial Hydra context: fall through
+        pass
+    if job_dir is None:
+        return "local"
+    p = Path(job_dir).resolve()
+    return p.parent.name if p.name.isdigit() else p.name
+
+
+def _to_cfg(cfg: Any) -> DictConfig:
+    if isinstance(cfg, DictConfig):
+        return cfg
+    return OmegaConf.create(cfg or {})
+
+
+def config_dict(cfg: Any) -> dict:
+    """Resolved config as a plain dict, without the ``hydra`` node (falls back to
+    unresolved when an interpolation cannot be resolved outside Hydra)."""
+    cfg = _to_cfg(cfg)
+    try:
+        d = OmegaConf.to_container(cfg, resolve=True)
+    except Exception:
+        d = OmegaConf.to_container(cfg, resolve=False)
+    d.pop("hydra", None)
+    return d
+
+
+def summary_values(results: dict) -> dict[str, float]:
+    """Headline numbers for ``run.summary``: utility, and per attack ``<attack>/<metric>``,
+    ``<attack>/<metric>_ci_lo|hi``; the FP target's under ``fp/<attack>/...``."""
+    out: dict[str, float] = {}
+    util = results.get("utility") or {}
+    for k in ("test_acc", "fp_test_acc", "accuracy_drop", "train_acc", "fp_train_acc"):
+        if util.get(k) is not None:
+            out[k] = util[k]
+    for section, prefix in (("attacks", ""), ("fp_attacks", "fp/")):
+        for attack, m in (results.get(section) or {}).items():
+            for k, v in m.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    out[f"{prefix}{attack}/{k}"] = v
+            for k, lo_hi in (m.get("ci") or {}).items():
+                if isinstance(lo_hi, (list, tuple)) and len(lo_hi) == 2:
+                    out[f"{prefix}{attack}/{k}_ci_lo"] = lo_hi[0]
+                    out[f"{prefix}{attack}/{k}_ci_hi"] = lo_hi[1]
+    if (results.get("quant") or {}).get("seconds") is not None:
+        out["quant_seconds"] = results["quant"]["seconds"]
+    return out
+
+
+class WandbSink:
+    """Context manager owning one W&B run for one job (or the multirun summary).
+
+    ``with WandbSink(cfg, job_dir) as sink: ...`` — the run starts on enter and is finished
+    on exit, even when the body raises, so jobs sharing a process never share a run. With
+    ``logger.name == 'none'``, mode ``disabled`` or a failed ``wandb.init``, ``sink.run`` is
+    None and every method is a no-op.
+    """
+
+    def __init__(
+        self,
+        cfg: Any,
+        job_dir: str | Path,
+        job_type: str = JOB_TYPE,
+        name: str | None = None,
+        tags: list[str] | None = None,
+        group: str | None = None,
+    ) -> None:
+        self.cfg = _to_cfg(cfg)
+        self.job_dir = Path(job_dir)
+        self.job_type = job_type
+        self._name, self._tags, self._group = name, tags, group
+        self.run = None
+        lcfg = OmegaConf.select(self.cfg, "logger", default=None) or {}
+        self.enabled = str(lcfg.get("name", "none")).lower() == "wandb"
+        self.mode = resolve_mode(lcfg.get("mode", "auto")) if self.enabled else "disabled"
+        if self.mode == "disabled":
+            self.enabled = False
+
+    # -- guard ------------------------------------------------------------------------
+
+    @contextmanager
+    def _guard(self, what: str) -> Iterator[None]:
+        """Any exception inside becomes one warning line; the job goes on."""
+        try:
+            yield
+        except Exception as e:
+            log.warning("W&B: %s failed (%s); continuing without it", what, _one_line(e))
+
+    # -- run lifecycle ----------------------------------------------------------------
+
+    def _init_kwargs(self) -> dict:
+        c = self.cfg
+        sel = lambda key, default=None: OmegaConf.select(c, key, default=default)  # noqa: E731
+        quant = str(sel("quant.name", "none"))
+        bits = sel("bits")
+        bits_s = f"{float(bits):g}" if bits is not None else "?"
+        fp = quant.lower() in ("none", "fp")
+        name = self._name or ("fp" if fp else f"{quant}-{bits_s}bit")
+        tags = self._tags
+        if tags is None:
+            tags = [str(sel("dataset.name", "")), str(sel("model.name", "")), quant,
+                    "32bit" if fp else f"{bits_s}bit"]
+        tags = [t[:64] for t in tags if t]
+        exp = sel("experiment_name") or f"{sel('dataset.name', 'run')}-{sel('model.name', '')}"
+        group = self._group or f"{exp}-{sweep_stamp(self.job_dir)}"
+        base = sel("logger.dir")
+        wdir = Path(str(base)) if base else self.job_dir
+        wdir.mkdir(parents=True, exist_ok=True)
+        return dict(
+            project=sel("logger.project") or "ptq-mia",
+            entity=sel("logger.entity") or None,
+            group=group[:128],
+            job_type=self.job_type,
+            name=name,
+            tags=tags,
+            config=config_dict(c),
+            dir=str(wdir),
+            reinit="finish_previous",
+        )
+
+    def start(self) -> "WandbSink":
+        if not self.enabled:
+            return self
+        kwargs = None
+        with self._guard("building wandb.init arguments"):
+            kwargs = self._init_kwargs()
+        if kwargs is None:
+            return self
+        global _online_failed
+        import wandb
+
+        if self.mode == "online" and _online_failed:
+            self.mode = "offline"  # don't wait for the network again in this process
+        if self.mode == "online":
+            try:
+                self.run = wandb.init(mode="online", settings=_settings(online=True), **kwargs)
+                return self
+            except Exception as e:
+                _online_failed = True
+                log.warning("W&B: online init failed (%s); falling back to offline", _one_line(e))
+                self.mode = "offline"
+        with self._guard("wandb.init"):
+            self.run = wandb.init(mode=self.mode, settings=_settings(online=False), **kwargs)
+        if self.run is not None and self.mode == "offline":
+            self._sync_hint()
+        return self
+
+    def _sync_hint(self) -> None:
+        global _sync_hint_shown
+        if _sync_hint_shown:
+            return
+        _sync_hint_shown = True
+        run_dir = Path(getattr(self.run, "dir", "") or ".").parent
+        print(
+            f"[wandb] offline: runs are saved locally (this one: {run_dir}). Upload later with "
+            f"`wandb login` then `make sync` (= {SYNC_CMD}).",
+            flush=True,
+        )
+
+    def finish(self, exit_code: int = 0) -> None:
+        run, self.run = self.run, None
+        if run is None:
+            return
+        with self._guard("run.finish"):
+            run.finish(exit_code=exit_code)
+
+    def __enter__(self) -> "WandbSink":
+        return self.start()
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        self.finish(exit_code=0 if exc_type is None else 1)
+        return False  # never swallow the job's own exceptions
+
+    # -- logging ----------------------------------------------------------------------
+
+    def lightning_logger(self, **kwargs: Any):
+        """A ``lightning.pytorch.loggers.WandbLogger`` bound to this sink's run (so training
+        curves land in the same run), or None when W&B is off. ``kwargs`` go to WandbLogger
+        (e.g. ``prefix="pool/3/"``); its save_dir (Lightning's checkpoint root when the
+        Trainer checkpoints) defaults to the job dir instead of the cwd."""
+        if self.run is None:
+            return None
+        with self._guard("WandbLogger"):
+            from lightning.pytorch.loggers import WandbLogger
+
+            kwargs.setdefault("save_dir", str(self.job_dir))
+            kwargs.setdefault("project", getattr(self.run, "project", None))
+            return WandbLogger(experiment=self.run, **kwargs)
+        return None
+
+    def log_results(self, results: dict) -> None:
+        """Headline numbers into ``run.summary``; per-job results table; log-log ROC."""
+        if self.run is None:
+            return
+        with self._guard("run.summary"):
+            self.run.summary.update(summary_values(results))
+        with self._guard("results table"):
+            self._log_results_table(results)
+        with self._guard("ROC plot"):
+            self._log_roc(results)
+
+    def _log_results_table(self, results: dict) -> None:
+        import wandb
+
+        from src.report.summary import COLUMNS, job_rows
+
+        res = dict(results, job_dir=str(self.job_dir))
+        rows = job_rows(res) + job_rows(res, fp=True)
+        self.run.log({"results": rows_table(rows, COLUMNS)})
+
+    def _log_roc(self, results: dict) -> None:
+        """Our own ROC points (exact low-FPR values, unlike wandb.plot.roc_curve which
+        rounds FPR): a table of (curve, fpr, tpr, log10 fpr, log10 tpr), a line chart on
+        log10 axes, and the matplotlib log-log figure as an image."""
+        import wandb
+
+        from src.report import plots
+        from src.report.summary import primary_attack
+
+        table = wandb.Table(columns=["curve", "fpr", "tpr", "log10_fpr", "log10_tpr"])
+        xs, ys, keys = [], [], []
+        for section, prefix in (("attacks", ""), ("fp_attacks", "fp/")):
+            for attack, m in (results.get(section) or {}).items():
+                roc = m.get("roc") or {}
+                pts = [(f, t) for f, t in zip(roc.get("fpr", []), roc.get("tpr", [])) if f > 0 and t > 0]
+                if not pts:
+                    continue
+                for f, t in pts:
+                    table.add_data(prefix + attack, f, t, math.log10(f), math.log10(t))
+                xs.append([math.log10(f) for f, _ in pts])
+                ys.append([math.log10(t) for _, t in pts])
+                keys.append(prefix + attack)
+        if not keys:
+            return
+        payload = {
+            "roc/points": table,
+            "roc/log10": wandb.plot.line_series(
+                xs=xs, ys=ys, keys=keys, title="ROC (log10 TPR vs log10 FPR)", xname="log10 FPR"
+            ),
+        }
+        attack = primary_attack([results])
+        with tempfile.TemporaryDirectory() as tmp:
+            png = plots.roc([dict(results, job_dir=str(self.job_dir))], attack, Path(tmp) / "roc.png")
+            payload["roc/loglog"] = wandb.Image(str(png))
+            self.run.log(payload)
+
+    def log_summary(self, rows: list[dict], images: dict[str, str | Path], markdown: str | None = None) -> None:
+        """For the multirun summary run: the summary table, the plots, the markdown."""
+        if self.run is None:
+            return
+        import wandb
+
+        from src.report.summary import COLUMNS
+
+        with self._guard("summary table"):
+            self.run.log({"summary": rows_table(rows, COLUMNS)})
+        for key, path in images.items():
+            with self._guard(f"image {key}"):
+                self.run.log({key: wandb.Image(str(path))})
+        if markdown:
+            with self._guard("summary markdown"):
+                self.run.summary["summary_md"] = markdown
+
+
+def rows_table(rows: list[dict], columns: tuple[str, ...]):
+    import wandb
+
+    cols = [c for c in columns if c != "job_dir"]
+    return wandb.Table(columns=cols, data=[[r.get(c) for c in cols] for r in rows])

@@ -1,0 +1,446 @@
+"""The fast training path: K pool models trained together in one process (DESIGN.md "Rules").
+
+Same recipe as ``src.training.module.Classifier`` (SGD with momentum and weight decay, cosine
+schedule per step, random crop + horizontal flip, per-channel normalisation, cross-entropy), but
+organised for throughput on a GPU:
+
+- the whole training set lives on the device as uint8; each model draws its batches by index from
+  its own member list with its own ``torch.Generator`` (shuffling *and* augmentation), so model k
+  only ever sees ``x_train[member_idx_list[k]]``;
+- augmentation runs on the device with random numbers drawn on the device (``crop_flip``: the
+  arithmetic of ``src.data.augment.random_crop_flip``, whose CPU-side draws would force a
+  pageable host→device copy, i.e. a stream synchronisation, at every step);
+- each model runs on its own CUDA stream, so the kernels of K models interleave (one ResNet-18 at
+  batch 128 leaves most of an H200 idle); nothing inside the step synchronises with the host: the
+  loss is accumulated on the device and checked for finiteness once per epoch;
+- bf16 autocast and channels_last on CUDA; fused SGD on CUDA (foreach on CPU);
+- optional ``torch.compile`` of each model (``train.compile: true | <mode>``), or optional
+  whole-step CUDA graphs (``train.cuda_graphs: true``: forward, backward and the SGD step of each
+  model captured once and replayed; the learning rate is computed inside the graph from a device
+  step counter). On CPU streams are no-ops and the graph step body runs eagerly, so the same
+  arithmetic is exercised by the CPU tests.
+
+The loop runs through Lightning Fabric (device placement, launch, loggers). Fabric rather than a
+``LightningModule`` because the Trainer owns one optimisation loop per module, while here K
+independent optimisers are interleaved on K streams, which needs a hand-written loop.
+
+Config keys (``cfg.train``, all optional): ``fast`` ('auto' = on CUDA only | true | false),
+``models_per_step`` (K, 4), ``compile`` (false | true | mode string), ``channels_last`` (true),
+``bf16`` (true), ``cuda_graphs`` (false).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from dataclasses import dataclass
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from lightning.fabric import Fabric
+from torch import nn
+
+from src.attacks.scores import logit_confidence
+from src.data.augment import apply_query
+from src.models import build_model
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------------------- options
+def _flag(value, default: bool) -> bool:
+    if value is None:
+        return default
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
+
+
+def use_fast_path(cfg, device) -> bool:
+    """``train.fast``: 'auto' → only on CUDA (the plain Lightning path stays the CPU default)."""
+    fast = cfg.train.get("fast", "auto")
+    if isinstance(fast, str) and fast.strip().lower() == "auto":
+        return str(device).startswith("cuda")
+    return _flag(fast, False)
+
+
+@dataclass
+class FastOptions:
+    models_per_step: int = 4
+    compile: str | None = None     # None = off, else a torch.compile mode ("default", "max-autotune", ...)
+    channels_last: bool = True
+    bf16: bool = True
+    cuda_graphs: bool = False
+
+    @classmethod
+    def from_cfg(cls, train_cfg) -> "FastOptions":
+        comp = train_cfg.get("compile", False)
+        if isinstance(comp, str) and comp.strip().lower() not in ("false", "0", "no", "off", "none", ""):
+            mode = "default" if comp.strip().lower() in ("true", "1", "yes", "on") else comp.strip()
+        else:
+            mode = "default" if (not isinstance(comp, str) and comp) else None
+        return cls(int(train_cfg.get("models_per_step", 4)), mode, _flag(train_cfg.get("channels_last"), True),
+                   _flag(train_cfg.get("bf16"), True), _flag(train_cfg.get("cuda_graphs"), False))
+
+
+# ------------------------------------------------------------------------------------ augmentation
+def crop_flip(x: torch.Tensor, pad: int, flip: bool, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random crop after zero padding + random horizontal flip, per example, drawn on ``x.device``.
+
+    Same arithmetic and the same order of draws (dx, dy, flip) as
+    ``src.data.augment.random_crop_flip``; with a CPU generator the two are bit-identical.
+    """
+    b, _, h, w = x.shape
+    dev = x.device
+    if pad > 0:
+        xp = F.pad(x, (pad, pad, pad, pad))
+        dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator, device=dev)
+        dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator, device=dev)
+        rows = dy.view(b, 1) + torch.arange(h, device=dev).view(1, h)
+        cols = dx.view(b, 1) + torch.arange(w, device=dev).view(1, w)
+        idx_b = torch.arange(b, device=dev).view(b, 1, 1)
+        x = xp.permute(0, 2, 3, 1)[idx_b, rows.view(b, h, 1), cols.view(b, 1, w)].permute(0, 3, 1, 2)
+    if flip:
+        m = torch.rand(b, generator=generator, device=dev) < 0.5
+        x = torch.where(m.view(b, 1, 1, 1), x.flip(-1), x)
+    return x.contiguous()
+
+
+def _normalizer(mean, std, device):
+    """uint8 → standardised float, with mean/std uploaded once (``augment.normalize`` builds them
+    from Python lists at every call, a host→device copy per step on CUDA). Same operations, same bits."""
+    m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1).to(device)
+    s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1).to(device)
+    return lambda x: (x.float().div_(255.0) - m) / s
+
+
+def _cosine(step, total: int):
+    """λ(t) of the plain path's LambdaLR: 0.5(1 + cos(π min(t,T)/T)); float or device tensor."""
+    if isinstance(step, torch.Tensor):
+        return 0.5 * (1 + torch.cos(math.pi * torch.clamp(step, max=total) / total))
+    return 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+
+
+# ------------------------------------------------------------------------------------------ trainer
+class _Slot:
+    """One model of the K trained together, with everything that is private to it."""
+
+    def __init__(self, index, name, model, opt, gen, members, steps, total, stream, device, base_lr, schedule):
+        self.index, self.name, self.model, self.opt, self.gen = index, name, model, opt, gen
+        self.members, self.steps_per_epoch, self.total_steps = members, steps, total
+        self.stream, self.base_lr, self.schedule = stream, base_lr, schedule
+        self.t = 0                        # steps taken (host counter; the schedule's t)
+        self.pos = 0                      # batch position within the epoch
+        self.order: torch.Tensor | None = None
+        self.loss_sum = torch.zeros((), device=device)
+        self.n_loss = 0
+        # whole-step graph state (cuda_graphs): created lazily
+        self.graph = None
+        self.static_x = self.static_y = None
+        self.t_dev = None
+        self.lr_t = None
+
+
+class MultiModelTrainer:
+    """K models, one optimiser and one stream each, trained step by step in lock-step.
+
+    ``train_models_fast`` drives it epoch by epoch; the benchmark drives it with ``steps(n)``.
+    """
+
+    def __init__(self, cfg, x_train: torch.Tensor, y_train: torch.Tensor, mean, std, num_classes: int,
+                 member_idx_list: list[torch.Tensor], seeds: list[int], device, names: list[str] | None = None,
+                 options: FastOptions | None = None, model_fn=None, logger=None):
+        if len(member_idx_list) != len(seeds):
+            raise ValueError(f"{len(member_idx_list)} member sets but {len(seeds)} seeds")
+        self.opts = options or FastOptions.from_cfg(cfg.train)
+        dev = torch.device(device)
+        self.fabric = Fabric(accelerator="cuda" if dev.type == "cuda" else "cpu", devices=1,
+                             precision="32-true", loggers=logger if logger is not None else None)
+        self.fabric.launch()
+        self.device = self.fabric.device if dev.type == "cuda" else dev
+        self.cuda = self.device.type == "cuda"
+        self.bf16 = self.opts.bf16 and self.cuda
+        self.channels_last = self.opts.channels_last and self.cuda
+        self.graphs = self.opts.cuda_graphs
+        tc = cfg.train
+        self.batch = int(tc.batch_size)
+        self.epochs = int(tc.epochs)
+        aug = cfg.dataset.get("augment", {}) or {}
+        self.pad, self.flip = int(aug.get("pad", 0)), bool(aug.get("flip", False))
+        # data: uint8 resident on the device, uploaded once
+        self.x = self.fabric.to_device(x_train.contiguous())
+        self.y = self.fabric.to_device(y_train.long())
+        self.norm = _normalizer(mean, std, self.device)
+        names = names or [f"model {i}" for i in range(len(seeds))]
+        if model_fn is None:
+            in_ch = int(x_train.shape[1])
+
+            def model_fn():
+                return build_model(cfg.model.name, num_classes, in_ch, int(cfg.model.get("width", 16)))
+
+        self.slots: list[_Slot] = []
+        for k, (members, seed) in enumerate(zip(member_idx_list, seeds)):
+            L.seed_everything(int(seed), workers=True, verbose=False)  # same init as the plain path
+            model = model_fn().to(self.device)
+            if self.channels_last:
+                model = model.to(memory_format=torch.channels_last)
+            model.train()
+            n = len(members)
+            if n == 0:
+                raise ValueError(f"fast training: {names[k]} has no members")
+            steps = n // self.batch if n > self.batch else 1   # DataLoader drop_last as in the plain path
+            total = max(1, self.epochs * steps)
+            lr = float(tc.lr)
+            lr_arg = torch.tensor(lr, device=self.device) if self.graphs else lr
+            opt = torch.optim.SGD(model.parameters(), lr=lr_arg, momentum=float(tc.momentum),
+                                  weight_decay=float(tc.weight_decay), nesterov=False,
+                                  **({"fused": True} if self.cuda else {}))
+            if self.opts.compile and not self.graphs:
+                model.compile(mode=None if self.opts.compile == "default" else self.opts.compile)
+            gen = torch.Generator(device=self.device).manual_seed(int(seed))
+            stream = torch.cuda.Stream(device=self.device) if self.cuda else None
+            slot = _Slot(k, names[k], model, opt, gen, self.fabric.to_device(members.long()), steps, total, stream,
+                         self.device, lr, tc.get("schedule", "cosine"))
+            if self.graphs:
+                slot.lr_t = opt.param_groups[0]["lr"]
+                slot.t_dev = torch.zeros((), device=self.device)
+            self.slots.append(slot)
+        self._join_default()  # side streams start after the uploads of the default stream
+
+    # -- streams ------------------------------------------------------------------------------
+    def _stream(self, slot: _Slot):
+        return torch.cuda.stream(slot.stream) if slot.stream is not None else contextlib.nullcontext()
+
+    def _join_default(self):
+        """Every side stream waits for the default stream (uploads, resets)."""
+        if self.cuda:
+            cur = torch.cuda.current_stream(self.device)
+            for s in self.slots:
+                s.stream.wait_stream(cur)
+
+    def synchronize(self):
+        """The default stream waits for every model's stream (then the host, on CUDA)."""
+        if self.cuda:
+            cur = torch.cuda.current_stream(self.device)
+            for s in self.slots:
+                cur.wait_stream(s.stream)
+            torch.cuda.synchronize(self.device)
+
+    def _autocast(self):
+        if self.bf16:
+            # cache_enabled=False: the autocast weight-cast cache must not outlive a graph capture
+            return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=not self.graphs)
+        return contextlib.nullcontext()
+
+    # -- one step of one model ------------------------------------------------------------------
+    def _batch(self, slot: _Slot) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next batch of ``slot``'s own members: indices, gather, crop+flip, normalise (on device)."""
+        if slot.pos == 0:
+            perm = torch.randperm(len(slot.members), generator=slot.gen, device=self.device)
+            slot.order = slot.members[perm]
+        b = min(self.batch, len(slot.members))
+        idx = slot.order[slot.pos * b:(slot.pos + 1) * b]
+        slot.pos = (slot.pos + 1) % slot.steps_per_epoch
+        xb = crop_flip(self.x.index_select(0, idx), self.pad, self.flip, slot.gen)
+        xb = self.norm(xb)
+        if self.channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        return xb, self.y.index_select(0, idx)
+
+    def _lr_factor(self, slot: _Slot, t):
+        return _cosine(t, slot.total_steps) if slot.schedule == "cosine" else 1.0
+
+    def _fwd_bwd_opt(self, slot: _Slot, xb, yb, tensor_lr: bool):
+        """Forward, backward, SGD step; with ``tensor_lr`` the lr comes from the device step counter
+        (the body of the captured graph); otherwise from the host counter."""
+        if tensor_lr:
+            slot.lr_t.copy_(slot.base_lr * self._lr_factor(slot, slot.t_dev) if slot.schedule == "cosine"
+                            else torch.full_like(slot.lr_t, slot.base_lr))
+        else:
+            slot.opt.param_groups[0]["lr"] = slot.base_lr * self._lr_factor(slot, slot.t)
+        slot.opt.zero_grad(set_to_none=True)
+        with self._autocast():
+            logits = slot.model(xb)
+        loss = F.cross_entropy(logits.float(), yb)
+        loss.backward()
+        slot.opt.step()
+        slot.loss_sum.add_(loss.detach())
+        if tensor_lr:
+            slot.t_dev.add_(1)
+
+    def _step(self, slot: _Slot):
+        with self._stream(slot):
+            xb, yb = self._batch(slot)
+            if not self.graphs:
+                self._fwd_bwd_opt(slot, xb, yb, False)
+            elif not self.cuda:                       # CPU: the graph body, run eagerly (tests)
+                self._fwd_bwd_opt(slot, xb, yb, True)
+            else:
+                self._graph_step(slot, xb, yb)
+        slot.t += 1
+        slot.n_loss += 1
+
+    # -- whole-step CUDA graph ----------------------------------------------------------------------
+    GRAPH_WARMUP = 3  # eager steps (real training steps) on the side stream before capture
+
+    def _graph_step(self, slot: _Slot, xb, yb):
+        if slot.graph is None and slot.t < self.GRAPH_WARMUP:
+            self._fwd_bwd_opt(slot, xb, yb, True)     # also creates the momentum buffers
+            return
+        if slot.graph is None:
+            slot.static_x = xb.clone()
+            slot.static_y = yb.clone()
+            slot.graph = torch.cuda.CUDAGraph()
+            slot.stream.synchronize()
+            with torch.cuda.graph(slot.graph, stream=slot.stream):  # records, does not run
+                self._fwd_bwd_opt(slot, slot.static_x, slot.static_y, True)
+        slot.static_x.copy_(xb)
+        slot.static_y.copy_(yb)
+        slot.graph.replay()                           # on the current (= slot's) stream
+
+    # -- loops ------------------------------------------------------------------------------------
+    def steps(self, n: int):
+        """``n`` steps of every model (epochs wrap around); no host synchronisation."""
+        for _ in range(n):
+            for slot in self.slots:
+                self._step(slot)
+
+    def epoch(self):
+        """One epoch of every model (models with fewer batches sit out the last steps)."""
+        for s in range(max(sl.steps_per_epoch for sl in self.slots)):
+            for slot in self.slots:
+                if s < slot.steps_per_epoch:
+                    self._step(slot)
+
+    def check_losses(self, epoch: int) -> list[float]:
+        """The one host synchronisation per epoch: mean loss per model; raises on a non-finite one."""
+        self.synchronize()
+        sums = torch.stack([s.loss_sum for s in self.slots]).float().cpu()
+        means = [float(v) / max(1, s.n_loss) for v, s in zip(sums, self.slots)]
+        for s, m in zip(self.slots, means):
+            if not math.isfinite(m):
+                raise FloatingPointError(f"fast training: model index {s.index} ({s.name}): non-finite loss "
+                                         f"in epoch {epoch}")
+        for s in self.slots:
+            s.loss_sum.zero_()
+            s.n_loss = 0
+        self._join_default()
+        return means
+
+    def models(self) -> list[nn.Module]:
+        self.synchronize()
+        out = []
+        for s in self.slots:
+            m = getattr(s.model, "_orig_mod", s.model)
+            m = m.to(memory_format=torch.contiguous_format) if self.channels_last else m
+            out.append(m.cpu().eval())
+        return out
+
+
+@contextlib.contextmanager
+def _nondeterministic_ok(cuda: bool):
+    """The plain path's ``Trainer(deterministic=True)`` switches on deterministic algorithms for the
+    whole process; some CUDA backward kernels (e.g. adaptive average pooling) then raise. The fast
+    path does not promise bitwise determinism on CUDA, so lift the switch while it runs (restored)."""
+    if not cuda:
+        yield
+        return
+    was, warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    bench = torch.backends.cudnn.benchmark
+    torch.use_deterministic_algorithms(False)
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(was, warn_only=warn)
+        torch.backends.cudnn.benchmark = bench
+
+
+def train_models_fast(cfg, data, member_idx_list: list[torch.Tensor], seeds: list[int], device,
+                      names: list[str] | None = None, logger=None) -> list[nn.Module]:
+    """Train ``len(seeds)`` fresh ``cfg.model``s, model k on ``data.x_train[member_idx_list[k]]`` with
+    seed ``seeds[k]`` (init, shuffling, augmentation). Returns them on CPU, eval mode.
+
+    All K models are trained in one loop (call it with ``models_per_step`` models at a time; see
+    ``train_pool_fast``). Raises ``FloatingPointError`` naming the model whose loss became non-finite
+    (checked once per epoch).
+    """
+    dev = torch.device(device)
+    with _nondeterministic_ok(dev.type == "cuda"):
+        tr = MultiModelTrainer(cfg, data.x_train, data.y_train, data.mean, data.std, data.num_classes,
+                               member_idx_list, seeds, dev, names, logger=logger)
+        for e in range(tr.epochs):
+            tr.epoch()
+            losses = tr.check_losses(e)
+            if logger is not None:
+                tr.fabric.log_dict({f"train/loss/{s.name}": v for s, v in zip(tr.slots, losses)}, step=e)
+        return tr.models()
+
+
+def train_pool_fast(cfg, data, keep: np.ndarray, store, indices=None, digest: str | None = None,
+                    logger=None) -> list[int]:
+    """Fill the artifact cache with the pool models in ``indices`` that are not cached yet, training
+    them ``train.models_per_step`` at a time. Artifacts are exactly those of
+    ``pipeline.get_pool_model`` (same key, same fields), so ``train_pool`` then just loads them.
+    Returns the indices trained here."""
+    from src.cache import cache_key
+    from src.data import data_digest
+    from src.pipeline import _model_seed, model_key
+    from src.training.pool import evaluate_accuracy, resolve_device
+
+    digest = digest or data_digest(data)
+    device = resolve_device(cfg.get("device", "auto"))
+    indices = list(range(keep.shape[0]) if indices is None else indices)
+    todo = [m for m in indices if not store.exists("models", cache_key(model_key(cfg, digest, m)))]
+    k = max(1, int(cfg.train.get("models_per_step", 4)))
+    for g in range(0, len(todo), k):
+        group = todo[g:g + k]
+        members = [torch.from_numpy(np.flatnonzero(keep[m])) for m in group]
+        log.info("pool (fast): training models %s together", group)
+        models = train_models_fast(cfg, data, members, [_model_seed(cfg, m) for m in group], device,
+                                   [f"pool model {m}" for m in group], logger)
+        for m, mem, model in zip(group, members, models):
+            art = {"state_dict": model.state_dict(),
+                   "test_acc": evaluate_accuracy(model, data.x_test, data.y_test, data.mean, data.std, device),
+                   "train_acc": evaluate_accuracy(model, data.x_train[mem], data.y_train[mem], data.mean,
+                                                  data.std, device)}
+            store.get_or_create("models", model_key(cfg, digest, m), lambda art=art: art)
+    return todo
+
+
+# ------------------------------------------------------------------------------------------ scoring
+@torch.no_grad()
+def compute_phi_fast(models: list[nn.Module], x_uint8: torch.Tensor, y: torch.Tensor, mean, std, queries,
+                     device="cpu", batch_size: int = 4096, bf16: bool = True,
+                     channels_last: bool = True) -> np.ndarray:
+    """φ [M, N, Q] float32 of every model, example and query view (``scores.compute_phi`` for M
+    models at once). Data uploaded once, each view built once per batch and shared by all models,
+    results kept on the device until the end (one transfer). bf16 autocast and channels_last apply
+    on CUDA only; on CPU this equals ``compute_phi`` up to float32 rounding."""
+    dev = torch.device(device)
+    cuda = dev.type == "cuda"
+    bf16, channels_last = bf16 and cuda, channels_last and cuda
+    x = x_uint8.to(dev)
+    yd = y.to(dev).long()
+    norm = _normalizer(mean, std, dev)
+    out = torch.empty(len(models), len(y), len(queries), device=dev, dtype=torch.float32)
+    prepared = []
+    for m in models:
+        m = m.to(dev).eval()
+        prepared.append(m.to(memory_format=torch.channels_last) if channels_last else m)
+    ctx = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    with ctx:
+        for i in range(0, len(y), batch_size):
+            xb, yb = x[i:i + batch_size], yd[i:i + batch_size]
+            for q, name in enumerate(queries):
+                xq = norm(apply_query(xb, name))
+                if channels_last:
+                    xq = xq.contiguous(memory_format=torch.channels_last)
+                for j, m in enumerate(prepared):
+                    out[j, i:i + len(yb), q] = logit_confidence(m(xq), yb)
+    res = out.cpu().numpy()
+    for m in prepared:
+        (m.to(memory_format=torch.contiguous_format) if channels_last else m).cpu()
+    return res

@@ -1,0 +1,263 @@
+"""AdaRound and BRECQ (src/quant/rounding.py, adaround.py, brecq.py) on a small trained ResNet.
+
+CPU only; one module-scoped SmallResNet trained for a few seconds on scikit-learn digits.
+"""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from torch import nn
+
+from src.data import load_dataset, normalize
+from src.models import SmallResNet, residual_blocks
+from src.quant import quantize
+from src.quant.adaround import quantize_adaround, relu_followed_layers
+from src.quant.bn_fold import fold_batchnorm
+from src.quant.brecq import block_units, fisher_weights, quantize_brecq
+from src.quant.calibration import capture
+from src.quant.grid import init_grid
+from src.quant.policy import layer_bits as policy_layer_bits
+from src.quant.rounding import AdaRoundWeight, BetaSchedule, rectified_sigmoid
+from src.quant.rtn import quantize_rtn
+
+ITERS = 200
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Tiny convolutions: one intra-op thread is far faster than several on a shared CPU.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    data = load_dataset(OmegaConf.create({"name": "digits"}), str(tmp_path_factory.mktemp("data")))
+    x = normalize(data.x_train, data.mean, data.std)
+    xte = normalize(data.x_test, data.mean, data.std)
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    model = SmallResNet(10, 1, 16)
+    opt = torch.optim.Adam(model.parameters(), 3e-3)
+    for _ in range(8):
+        model.train()
+        perm = torch.randperm(len(x), generator=g)
+        for i in range(0, len(x), 64):
+            idx = perm[i:i + 64]
+            loss = F.cross_entropy(model(x[idx]), data.y_train[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    with torch.no_grad():
+        acc = (model(xte).argmax(1) == data.y_test).float().mean().item()
+    assert acc > 0.9
+    return model, x[:512], xte, data.y_test
+
+
+def cfg(name: str, **kw):
+    base = {"name": name, "iters": ITERS, "batch_size": 32, "lr": 1e-3, "reg_lambda": 0.01, "warmup": 0.2,
+            "b_start": 20, "b_end": 2, "init": "lp", "p": 2.4, "symmetric": False, "fold_bn": True,
+            "loss": "mse", "progress": False, "seed": 0}
+    base.update(kw)
+    return OmegaConf.create(base)
+
+
+def folded(model):
+    m = copy.deepcopy(model).eval()
+    fold_batchnorm(m)
+    return m, policy_layer_bits(m, 2, "uniform")
+
+
+def run(method, model, bits, calib, **kw):
+    m, _ = folded(model)
+    lb = policy_layer_bits(m, bits, "uniform")
+    fn = {"rtn": quantize_rtn, "adaround": quantize_adaround, "brecq": quantize_brecq}[method]
+    export = fn(m, lb, cfg(method, **kw), calib, "cpu")
+    return m, export, lb
+
+
+@pytest.fixture(scope="module")
+def results(trained):
+    model, calib, _, _ = trained
+    return {key: run(method, model, bits, calib, **kw) for key, method, bits, kw in [
+        ("rtn2", "rtn", 2, {}), ("ada2", "adaround", 2, {}), ("brecq2", "brecq", 2, {}),
+        ("fisher2", "brecq", 2, {"loss": "fisher"}), ("rtn3", "rtn", 1.58, {}),
+        ("ada3", "adaround", 1.58, {}), ("brecq3", "brecq", 1.58, {})]}
+
+
+# ---------------------------------------------------------------------------------------- rounding
+
+def test_rounding_init_is_identity_and_hard_is_nearest():
+    torch.manual_seed(0)
+    w = torch.randn(8, 4, 3, 3)
+    grid = init_grid(w, 4, False, "lp", 2.4)
+    r = AdaRoundWeight(w, grid)
+    inside = (grid.codes(w) > grid.qmin) & (grid.codes(w) < grid.qmax)
+    assert torch.allclose(r.soft_weight()[inside], w[inside], atol=1e-5)
+    assert torch.equal(r.hard_codes(), grid.codes(w))
+    h = rectified_sigmoid(torch.tensor([-100.0, 0.0, 100.0]))
+    assert h.tolist() == [0.0, 0.5, 1.0]
+
+
+def test_beta_schedule():
+    s = BetaSchedule(100, 0.2, 20, 2)
+    assert not s.active(19) and s.active(20)
+    assert s(20) == 20 and abs(s(60) - 11) < 1e-9 and abs(s(100) - 2) < 1e-9
+
+
+# ---------------------------------------------------------------------------------------- grids
+
+@pytest.mark.parametrize("key", ["ada2", "brecq2", "fisher2", "ada3", "brecq3"])
+def test_weights_on_grid_and_match_export(results, key):
+    m, export, lb = results[key]
+    modules = dict(m.named_modules())
+    assert set(export) == set(lb)
+    for name, bits in lb.items():
+        w = modules[name].weight.detach()
+        e = export[name]
+        shape = (-1,) + (1,) * (w.dim() - 1)
+        deq = e["scale"].view(shape) * (e["codes"].float() - e["zero_point"].float().view(shape))
+        assert torch.allclose(w, deq, atol=1e-6), name
+        assert int(e["codes"].min()) >= e["qmin"] and int(e["codes"].max()) <= e["qmax"]
+        for c in range(w.shape[0]):
+            vals = torch.unique(w[c])
+            if bits == 1.58:
+                s = e["scale"][c]
+                allowed = torch.stack([-s, torch.zeros(()), s])
+                assert all(torch.isclose(v, allowed, atol=1e-6).any() for v in vals), (name, c)
+                assert e["qmin"] == -1 and e["qmax"] == 1 and int(e["zero_point"][c]) == 0
+            else:
+                assert len(vals) <= 2 ** int(bits)
+
+
+def test_model_comes_back_on_cpu_in_eval(results):
+    for m, _, _ in results.values():
+        assert not m.training and all(p.device.type == "cpu" for p in m.parameters())
+
+
+# ---------------------------------------------------------------------------------------- errors
+
+def _layer_errors(fp: nn.Module, q: nn.Module, calib: torch.Tensor, names) -> dict[str, float]:
+    """‖f_a(W x) − f_a(Ŵ x̂)‖² per layer: x from the FP model, x̂ from the quantized one."""
+    relu = relu_followed_layers(fp)
+    out = {}
+    for name in names:
+        lf, lq = fp.get_submodule(name), q.get_submodule(name)
+        x = capture(fp, lf, calib, keep_output=False)[0]
+        xq = capture(q, lq, calib, keep_output=False)[0]
+        with torch.no_grad():
+            a, b = lf(x), lq(xq)
+            if name in relu:
+                a, b = a.relu(), b.relu()
+        out[name] = (a - b).pow(2).sum().item()
+    return out
+
+
+def _block_errors(fp: nn.Module, q: nn.Module, calib: torch.Tensor, names) -> dict[str, float]:
+    out = {}
+    for uf, uq in zip(block_units(fp, names), block_units(q, names)):
+        x = calib if uf.entry is None else capture(fp, fp.get_submodule(uf.entry), calib, keep_output=False)[0]
+        xq = calib if uq.entry is None else capture(q, q.get_submodule(uq.entry), calib, keep_output=False)[0]
+        with torch.no_grad():
+            out[uf.name] = (uf.module(x) - uq.module(xq)).pow(2).sum().item()
+    return out
+
+
+def test_adaround_beats_rtn_per_layer(trained, results):
+    model, calib, _, _ = trained
+    fp, lb = folded(model)
+    rtn = _layer_errors(fp, results["rtn2"][0], calib, lb)
+    ada = _layer_errors(fp, results["ada2"][0], calib, lb)
+    assert sum(ada.values()) < 0.7 * sum(rtn.values()), (ada, rtn)
+    for name in lb:
+        assert ada[name] < rtn[name], (name, ada[name], rtn[name])
+
+
+@pytest.mark.parametrize("key", ["brecq2", "fisher2"])
+def test_brecq_beats_rtn_per_block(trained, results, key):
+    model, calib, _, _ = trained
+    fp, lb = folded(model)
+    rtn = _block_errors(fp, results["rtn2"][0], calib, lb)
+    br = _block_errors(fp, results[key][0], calib, lb)
+    assert list(br) == ["stem", "layer1.0", "layer2.0", "head"]
+    for name in br:
+        assert br[name] < rtn[name], (name, br[name], rtn[name])
+
+
+@pytest.mark.parametrize("bits,keys", [(2, ("ada2", "brecq2", "fisher2")), (1.58, ("ada3", "brecq3"))])
+def test_accuracy_beats_rtn(trained, results, bits, keys):
+    _, _, xte, yte = trained
+    rtn_key = "rtn2" if bits == 2 else "rtn3"
+
+    def acc(m):
+        with torch.no_grad():
+            return (m(xte).argmax(1) == yte).float().mean().item()
+    for k in keys:
+        assert acc(results[k][0]) > acc(results[rtn_key][0]) + 0.05, k
+
+
+# ---------------------------------------------------------------------------------------- structure
+
+def test_brecq_keeps_post_addition_relu(trained, results):
+    """BasicBlock's one ReLU runs twice; BRECQ must not swap it (else the post-add ReLU vanishes)."""
+    _, calib, _, _ = trained
+    m = results["brecq2"][0]
+    for name, block in residual_blocks(m):
+        assert isinstance(block.relu, nn.ReLU)
+        out = capture(m, block, calib, keep_output=True)[1]
+        assert (out >= 0).all() and (out == 0).any(), name
+    relus = [n for n, mod in m.named_modules() if isinstance(mod, nn.ReLU)]
+    assert relus == ["relu", "layer1.0.relu", "layer2.0.relu"]
+
+    def block_fwd(b, x):
+        y = F.relu(F.conv2d(x, b.conv1.weight, b.conv1.bias, b.conv1.stride, b.conv1.padding))
+        y = F.conv2d(y, b.conv2.weight, b.conv2.bias, b.conv2.stride, b.conv2.padding)
+        idn = x if b.downsample is None else F.conv2d(x, b.downsample[0].weight, b.downsample[0].bias,
+                                                       b.downsample[0].stride)
+        return F.relu(y + idn)
+
+    with torch.no_grad():
+        x = calib[:64]
+        h = F.relu(F.conv2d(x, m.conv1.weight, m.conv1.bias, 1, 1))
+        h = block_fwd(m.layer2[0], block_fwd(m.layer1[0], h))
+        manual = F.linear(h.mean((2, 3)), m.fc.weight, m.fc.bias)
+        assert torch.allclose(m(x), manual, atol=1e-4)
+
+
+def test_determinism(trained):
+    model, calib, _, _ = trained
+    a = run("brecq", model, 2, calib[:128], iters=40)[0]
+    b = run("brecq", model, 2, calib[:128], iters=40)[0]
+    for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
+        assert torch.equal(p, q), n
+
+
+def test_quantize_interface_and_validation(trained):
+    model, calib, _, _ = trained
+    res = quantize(model, 4, cfg("adaround", iters=20), "8bit_ends", calib[:64], device="cpu")
+    assert res.layer_bits["conv1"] == 8.0 and res.layer_bits["layer1.0.conv1"] == 4.0
+    assert set(res.export) == set(res.layer_bits)
+    assert all(not isinstance(mod, nn.BatchNorm2d) for mod in res.model.modules())
+    with pytest.raises(ValueError, match="quant.loss"):
+        quantize(model, 2, cfg("brecq", loss="hessian"), "uniform", calib[:64], device="cpu")
+    with pytest.raises(ValueError, match="calibration"):
+        quantize(model, 2, cfg("brecq"), "uniform", calib[:0], device="cpu")
+
+
+def test_fisher_weights_exact_vs_monte_carlo(trained):
+    model, calib, _, _ = trained
+    fp, lb = folded(model)
+    unit = block_units(fp, list(lb))[1]  # layer1.0
+    exact = fisher_weights(fp, calib[:32], unit, samples=16)
+    gen = torch.Generator().manual_seed(0)
+    mc = torch.stack([fisher_weights(fp, calib[:32], unit, samples=8, generator=gen) for _ in range(20)]).mean(0)
+    assert exact.shape == mc.shape == (32, 16, 8, 8)
+    assert abs(exact.mean().item() - 1) < 1e-4 and (exact >= 0).all()
+    assert torch.corrcoef(torch.stack([exact.flatten(), mc.flatten()]))[0, 1] > 0.9

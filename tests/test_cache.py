@@ -1,0 +1,80 @@
+"""Artifact store: atomic, verified, locked, content-addressed."""
+import multiprocessing as mp
+import time
+from pathlib import Path
+
+import torch
+
+from src.cache import ArtifactStore, cache_key
+
+
+def test_key_is_order_independent_and_value_sensitive():
+    a = cache_key({"model": {"name": "x", "width": 16}, "seed": 0})
+    b = cache_key({"seed": 0, "model": {"width": 16, "name": "x"}})
+    c = cache_key({"seed": 1, "model": {"width": 16, "name": "x"}})
+    assert a == b != c
+    assert cache_key({"bits": 4.0}) == cache_key({"bits": 4})
+
+
+def test_get_or_create_builds_once(tmp_path):
+    store = ArtifactStore(tmp_path)
+    calls = []
+
+    def build():
+        calls.append(1)
+        return {"w": torch.arange(5)}
+
+    obj1, built1 = store.get_or_create("models", {"i": 0}, build)
+    obj2, built2 = store.get_or_create("models", {"i": 0}, build)
+    assert built1 and not built2 and len(calls) == 1
+    assert torch.equal(obj1["w"], obj2["w"])
+    # no temp files left behind
+    assert not [p for p in (tmp_path / "models").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_truncated_artifact_is_detected_and_rebuilt(tmp_path, caplog):
+    store = ArtifactStore(tmp_path)
+    store.get_or_create("models", {"i": 1}, lambda: {"w": torch.randn(1000)})
+    art, man, _ = store.paths("models", cache_key({"i": 1}))
+    art.write_bytes(art.read_bytes()[:100])  # a half-written file
+    calls = []
+    obj, built = store.get_or_create("models", {"i": 1}, lambda: calls.append(1) or {"w": torch.zeros(3)})
+    assert built and calls == [1] and obj["w"].shape == (3,)
+    assert "corrupt" in caplog.text
+    # and the rebuilt artifact verifies
+    assert store.load("models", cache_key({"i": 1}))["w"].shape == (3,)
+
+
+def test_artifact_without_manifest_is_not_trusted(tmp_path):
+    store = ArtifactStore(tmp_path)
+    store.get_or_create("scores", {"i": 2}, lambda: {"phi": 1})
+    art, man, _ = store.paths("scores", cache_key({"i": 2}))
+    man.unlink()  # killed between the artifact rename and the manifest write
+    obj, built = store.get_or_create("scores", {"i": 2}, lambda: {"phi": 2})
+    assert built and obj["phi"] == 2
+
+
+def _worker(root, log_path, lock):
+    store = ArtifactStore(root, lock=lock)
+
+    def build():
+        with open(log_path, "a") as f:
+            f.write("built\n")
+        time.sleep(1.0)
+        return {"v": 7}
+
+    obj, _ = store.get_or_create("models", {"shared": True}, build)
+    assert obj["v"] == 7
+
+
+def test_two_processes_build_once(tmp_path):
+    for lock in ("soft", "flock"):
+        root, log_path = tmp_path / lock, tmp_path / f"{lock}.log"
+        ctx = mp.get_context("spawn")
+        procs = [ctx.Process(target=_worker, args=(str(root), str(log_path), lock)) for _ in range(2)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+        assert all(p.exitcode == 0 for p in procs)
+        assert Path(log_path).read_text().count("built") == 1, lock

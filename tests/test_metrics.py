@@ -1,0 +1,164 @@
+"""Exact ROC metrics against scikit-learn and brute-force threshold scans."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats
+from sklearn.metrics import roc_auc_score
+from sklearn.metrics import roc_curve as sk_roc_curve
+
+from src.attacks.metrics import (
+    aggregate,
+    alpha_key,
+    attack_metrics,
+    auc,
+    balanced_accuracy,
+    n_nonmembers_at,
+    pooled_roc,
+    roc_curve,
+    roc_points,
+    tpr_at_fpr,
+)
+
+
+def data(n=2000, seed=0, ties=False, shift=0.8):
+    rng = np.random.default_rng(seed)
+    y = rng.random(n) < 0.5
+    s = rng.normal(size=n) + shift * y
+    if ties:
+        s = np.round(s * 3)  # heavy ties
+    return s, y
+
+
+def brute_points(s, y):
+    """(fpr, tpr) for the predicate score ≥ t at every unique t, plus t = +inf."""
+    ts = np.r_[np.inf, np.unique(s)]
+    pos, neg = s[y], s[~y]
+    return np.array([np.mean(neg >= t) for t in ts]), np.array([np.mean(pos >= t) for t in ts])
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_roc_and_auc_match_sklearn(ties):
+    s, y = data(ties=ties)
+    fpr, tpr = roc_curve(s, y)
+    f2, t2, _ = sk_roc_curve(y, s, drop_intermediate=False)
+    np.testing.assert_allclose(fpr, f2)
+    np.testing.assert_allclose(tpr, t2)
+    assert auc(fpr, tpr) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+    assert fpr[0] == 0 and tpr[0] == 0 and fpr[-1] == 1 and tpr[-1] == 1
+    assert len(fpr) == len(np.unique(s)) + 1  # ties form one point
+
+
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("alpha", [0.0, 1e-3, 1e-2, 0.05, 0.3])
+def test_tpr_at_fpr_and_balanced_accuracy_brute_force(ties, alpha):
+    s, y = data(n=1500, seed=1, ties=ties)
+    fpr, tpr = roc_curve(s, y)
+    bf, bt = brute_points(s, y)
+    assert tpr_at_fpr(fpr, tpr, alpha) == pytest.approx(bt[bf <= alpha].max(), abs=0)
+    assert balanced_accuracy(fpr, tpr) == pytest.approx(np.max(1 - (bf + (1 - bt)) / 2), abs=1e-15)
+
+
+def test_n_nonmembers_at():
+    assert n_nonmembers_at(1e-3, 25_000) == 25
+    assert n_nonmembers_at(1e-4, 25_000) == 2
+    assert n_nonmembers_at(1e-2, 50) == 0
+    assert n_nonmembers_at(0.29, 100) == 29  # 0.29·100 = 28.999… in floating point
+    for n in (7, 100, 999, 25_000):
+        for a in (1e-4, 1e-3, 1e-2, 0.07, 0.29, 0.5):
+            k = n_nonmembers_at(a, n)
+            assert k / n <= a and (k + 1) / n > a
+
+
+def test_tpr_at_fpr_is_conservative_step_read():
+    # members 0.9, 0.7; non-members 0.8, 0.1: ROC (0,0) (0,.5) (.5,.5) (.5,1) (1,1)
+    fpr, tpr = roc_curve([0.9, 0.7, 0.8, 0.1], [True, True, False, False])
+    assert tpr_at_fpr(fpr, tpr, 0.49) == 0.5  # no interpolation towards (0.5, 1)
+    assert tpr_at_fpr(fpr, tpr, 0.5) == 1.0
+
+
+def test_attack_metrics_keys_and_bootstrap():
+    s, y = data(n=3000, seed=2, shift=1.5)
+    m = attack_metrics(s, y, n_bootstrap=200, seed=0)
+    for k in ("auc", "balanced_accuracy", "tpr_at_fpr_1e-2", "tpr_at_fpr_1e-3", "tpr_at_fpr_1e-4",
+              "fp_at_fpr_1e-2", "fp_at_fpr_1e-3", "fp_at_fpr_1e-4", "n_members", "n_nonmembers", "ci"):
+        assert k in m, k
+    assert m["n_members"] == int(y.sum()) and m["n_nonmembers"] == int((~y).sum())
+    assert m["fp_at_fpr_1e-2"] == int(np.floor(0.01 * m["n_nonmembers"]))
+    assert m["auc"] == pytest.approx(roc_auc_score(y, s))
+    for k in ("auc", "balanced_accuracy", "tpr_at_fpr_1e-2"):
+        lo, hi = m["ci"][k]
+        assert lo <= m[k] <= hi and hi - lo > 0, k
+    assert set(m["ci"]) == {"auc", "balanced_accuracy", "tpr_at_fpr_1e-2", "tpr_at_fpr_1e-3", "tpr_at_fpr_1e-4"}
+    # reproducible, and no "ci" without bootstrap
+    assert attack_metrics(s, y, n_bootstrap=200, seed=0)["ci"] == m["ci"]
+    assert "ci" not in attack_metrics(s, y)
+
+
+def test_bootstrap_reweighting_equals_resorting():
+    # one replicate by hand: resample members and non-members separately, recompute from scratch
+    s, y = data(n=400, seed=3, ties=True)
+    from src.attacks.metrics import _SortedScores
+
+    ss = _SortedScores(s, y)
+    rng = np.random.default_rng(9)
+    pos, neg = s[y], s[~y]
+    ip = rng.integers(0, pos.size, pos.size)
+    ineg = rng.integers(0, neg.size, neg.size)
+    # _SortedScores orders members by their position in the (stable) descending sort
+    order = np.argsort(-s, kind="mergesort")
+    pos_sorted_orig = order[y[order]]  # original indices of members, in sorted order
+    neg_sorted_orig = order[~y[order]]
+    rank_p = np.empty(s.size, int)
+    rank_p[pos_sorted_orig] = np.arange(pos.size)
+    rank_n = np.empty(s.size, int)
+    rank_n[neg_sorted_orig] = np.arange(neg.size)
+    wp = np.bincount(rank_p[np.flatnonzero(y)[ip]], minlength=pos.size)
+    wn = np.bincount(rank_n[np.flatnonzero(~y)[ineg]], minlength=neg.size)
+    f1, t1 = ss.roc(wp, wn)
+    s2 = np.r_[pos[ip], neg[ineg]]
+    y2 = np.r_[np.ones(pos.size, bool), np.zeros(neg.size, bool)]
+    f2, t2 = roc_curve(s2, y2)
+    # same curve up to points whose score value no longer occurs (they repeat the previous point)
+    keep = np.r_[True, (np.diff(f1) != 0) | (np.diff(t1) != 0)]
+    np.testing.assert_allclose(f1[keep], f2)
+    np.testing.assert_allclose(t1[keep], t2)
+
+
+def test_aggregate_mean_and_t_ci():
+    per = [attack_metrics(*data(n=600, seed=i)) for i in range(5)]
+    agg = aggregate(per)
+    vals = np.array([p["auc"] for p in per])
+    half = stats.t.ppf(0.975, 4) * vals.std(ddof=1) / np.sqrt(5)
+    assert agg["auc"]["mean"] == pytest.approx(vals.mean())
+    assert agg["auc"]["ci"] == pytest.approx([vals.mean() - half, vals.mean() + half])
+    assert agg["auc"]["n"] == 5 and "ci" not in agg
+    assert agg["n_members"]["values"] == [p["n_members"] for p in per]
+    # one target: the bootstrap CI, else a degenerate interval
+    one = attack_metrics(*data(n=600), n_bootstrap=50)
+    assert aggregate([one])["auc"]["ci"] == one["ci"]["auc"]
+    plain = attack_metrics(*data(n=600))
+    assert aggregate([plain])["auc"]["ci"] == [plain["auc"], plain["auc"]]
+
+
+def test_roc_points_and_pooled():
+    s, y = data(n=5000, seed=4)
+    fpr, tpr = roc_curve(s, y)
+    g, t = roc_points(fpr, tpr, n=50, min_fpr=1e-4)
+    assert len(g) == 50 and g[0] == pytest.approx(1e-4) and g[-1] == pytest.approx(1.0)
+    assert np.all(np.diff(t) >= 0)
+    for gi, ti in zip(g, t):
+        assert ti == tpr_at_fpr(fpr, tpr, gi)
+    s2, y2 = data(n=700, seed=5)
+    f, tp = pooled_roc([s, s2], [y, y2])
+    f_ref, t_ref = roc_curve(np.r_[s, s2], np.r_[y, y2])
+    np.testing.assert_array_equal(f, f_ref)
+    np.testing.assert_array_equal(tp, t_ref)
+
+
+def test_alpha_key_and_errors():
+    assert alpha_key(1e-2) == "1e-2" and alpha_key(1e-4) == "1e-4" and alpha_key(0.0025) == "2.5e-3"
+    with pytest.raises(ValueError, match="member"):
+        roc_curve([1.0, 2.0], [True, True])
+    with pytest.raises(ValueError, match="NaN"):
+        roc_curve([np.nan, 2.0], [True, False])
