@@ -24,7 +24,7 @@ from src.quant.bn_fold import fold_batchnorm
 from src.training.pool import evaluate_accuracy, resolve_device, train_model
 
 log = logging.getLogger(__name__)
-QUANT_KEYS_IGNORED = ("progress", "row_batch")  # change speed or display, not the result
+QUANT_KEYS_IGNORED = ("progress", "row_batch", "max_mem_gb", "cpu_threads", "calib_batch")  # speed/display only
 
 
 @dataclass

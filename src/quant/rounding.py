@@ -14,12 +14,16 @@ regulariser is off (``BetaSchedule``). The grid's convention matches ``grid.Chan
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
+from torch.func import functional_call
 
-from .grid import ChannelGrid
+from .calibration import capture, make_fabric
+from .grid import ChannelGrid, init_grid, is_ternary
 
 ZETA, GAMMA = 1.1, -0.1
 
@@ -98,14 +102,6 @@ class BetaSchedule:
 # --------------------------------------------------------------------------------------------------
 # The reconstruction loop shared by AdaRound (one layer per unit) and BRECQ (one block per unit).
 # --------------------------------------------------------------------------------------------------
-import copy  # noqa: E402
-from typing import Callable  # noqa: E402
-
-from torch.func import functional_call  # noqa: E402
-
-from .calibration import capture, make_fabric  # noqa: E402
-from .grid import init_grid, is_ternary  # noqa: E402
-
 
 @dataclass
 class Unit:
@@ -172,7 +168,6 @@ def reconstruct(model: nn.Module, layer_bits: dict[str, float], cfg, calib_x: to
     sched = BetaSchedule(iters, float(cfg.get("warmup", 0.2)), float(cfg.get("b_start", 20)),
                          float(cfg.get("b_end", 2)))
     gen = torch.Generator().manual_seed(int(cfg.get("seed", 0)))
-    torch.manual_seed(int(cfg.get("seed", 0)))  # nothing random besides batches; belt and braces
 
     grad_flags = {n: p.requires_grad for n, p in model.named_parameters()}
     model.requires_grad_(False).eval()

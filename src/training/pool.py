@@ -26,6 +26,9 @@ def resolve_device(device: str) -> str:
 def train_model(cfg, data: ImageData, member_idx: torch.Tensor, seed: int, name: str = "model",
                 logger=None) -> nn.Module:
     """Train a fresh ``cfg.model`` on ``data.x_train[member_idx]``; returns it on CPU, eval mode."""
+    from .fast import train_models_fast, use_fast_path  # fast path: train.fast (auto = CUDA only)
+    if use_fast_path(cfg, dev := resolve_device(cfg.get("device", "auto"))):
+        return train_models_fast(cfg, data, [member_idx], [seed], dev, [name], logger)[0]
     L.seed_everything(seed, workers=True, verbose=False)
     model = build_model(cfg.model.name, data.num_classes, data.in_channels, int(cfg.model.get("width", 16)))
     x, y = data.x_train[member_idx], data.y_train[member_idx]

@@ -1,0 +1,398 @@
+"""Throughput benchmark of the performance path, in one run on the same data and model.
+
+    python -m benchmarks.bench [--device cpu|cuda] [--size tiny|small|cifar] [--data DIR]
+                               [--out outputs/bench/bench.json]
+
+(a) reference-style training: in-memory PIL images, per-image torchvision transforms
+    (RandomCrop(32, padding=4) + RandomHorizontalFlip + ToTensor + Normalize) in a DataLoader
+    (4 workers on GPU, 0 on CPU), fp32, batch 128, one model, SGD;
+(b) the fast trainer (src/training/fast.py): K models per step, aggregate images/s, for each
+    variant (eager / torch.compile / whole-step CUDA graphs); the best one is the headline;
+    ratio = b/a and the projected paper-protocol time 65 × 25,000 × 100 / b;
+(c) scoring: φ for K models × examples × 2 queries (``compute_phi_fast``) vs ``compute_phi``;
+(d) seconds per quantizer (RTN, AdaRound, BRECQ, OBC) at 2 bits with conf/quant/*.yaml settings
+    (reduced on the small sizes, and extrapolated linearly in ``iters`` where the default budget
+    does not fit; the table says which).
+
+All rates are warm: first iterations (and compilation / graph capture) are excluded, and the device
+is synchronised before and after each timed region. Default: cuda + cifar if CUDA is available,
+else cpu + small.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+REPO = Path(__file__).resolve().parents[1]
+PROTOCOL = {"models": 65, "images": 25_000, "epochs": 100}
+
+# Step counts per size. tiny: the unit test; small: ~2-3 min on 2 CPU cores; cifar: < 8 min on an H200.
+SIZES = {
+    "tiny": dict(model="smallcnn", width=8, n_train=96, image_size=16, ref_batch=16, ref_warm=1, ref_steps=2,
+                 k=2, batch=16, fast_warm=1, fast_steps=2, score_n=64, score_batch=64,
+                 quant_model={}, quant_calib=16, quant_iters=[2, 4], quant_calib_batch=16),
+    "small": dict(model="resnet18", width=64, n_train=512, image_size=32, ref_batch=128, ref_warm=1, ref_steps=2,
+                  k=2, batch=128, fast_warm=1, fast_steps=1, score_n=128, score_batch=128,
+                  quant_model={"obc": "smallcnn", "brecq": "smallcnn", "adaround": "smallcnn"}, quant_calib=64,
+                  quant_iters=[4, 8], quant_calib_batch=64),
+    "cifar": dict(model="resnet18", width=64, n_train=None, image_size=32, ref_batch=128, ref_warm=20, ref_steps=150,
+                  k=4, batch=128, fast_warm=10, fast_steps=60, score_n=25_000, score_batch=4096,
+                  quant_model={}, quant_calib=None, quant_iters=[250, 500], quant_calib_batch=128),
+}
+VARIANTS_CUDA = ("eager", "compile", "graphs", "graphs_k8")
+VARIANTS_CPU = ("eager",)
+
+
+def _sync(device):
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _free(device):
+    gc.collect()
+    if str(device).startswith("cuda"):
+        torch.cuda.empty_cache()
+
+
+def _error(e: BaseException) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+
+
+# ------------------------------------------------------------------------------------------ data
+def load_data(size: str, spec: dict, data_dir: str | None):
+    from src.data.datasets import CIFAR_STATS, load_imagefolder, make_synthetic
+
+    if size == "cifar":
+        if not data_dir:
+            raise SystemExit("--size cifar needs --data DIR holding train/<class>/*.jpg and test/<class>/*.jpg "
+                             "(unpack /work/shared/data/cifar10-jpeg.tar.gz)")
+        data = load_imagefolder(data_dir, 32, name="cifar10")
+        data.mean, data.std = CIFAR_STATS["cifar10"]
+        return data
+    return make_synthetic(n_train=spec["n_train"], n_test=16, num_classes=10, image_size=spec["image_size"],
+                          channels=3, noise=60.0, seed=0)
+
+
+def make_model(name: str, width: int, num_classes: int = 10):
+    from src.models import build_model
+
+    return build_model(name, num_classes, 3, width)
+
+
+# ----------------------------------------------------------------------------- (a) reference loop
+class PILDataset(torch.utils.data.Dataset):
+    """The reference input pipeline: one PIL image per example, torchvision transforms per image."""
+
+    def __init__(self, x_uint8: torch.Tensor, y: torch.Tensor, transform):
+        from PIL import Image
+
+        arr = x_uint8.permute(0, 2, 3, 1).contiguous().numpy()
+        self.images = [Image.fromarray(a) for a in arr]
+        self.labels = y.tolist()
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.transform(self.images[i]), self.labels[i]
+
+
+def bench_reference(data, spec, device) -> dict:
+    from torchvision import transforms as T
+
+    size = data.image_size
+    tf = T.Compose([T.RandomCrop(size, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
+                    T.Normalize(data.mean, data.std)])
+    cuda = str(device).startswith("cuda")
+    workers = 4 if cuda else 0
+    ds = PILDataset(data.x_train, data.y_train, tf)
+    loader = torch.utils.data.DataLoader(ds, batch_size=spec["ref_batch"], shuffle=True, num_workers=workers,
+                                         pin_memory=cuda, drop_last=True, persistent_workers=workers > 0)
+    torch.manual_seed(0)
+    model = make_model(spec["model"], spec["width"], data.num_classes).to(device).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def batches():
+        while True:
+            yield from loader
+
+    it = batches()
+
+    def step():
+        x, y = next(it)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+
+    for _ in range(spec["ref_warm"]):
+        step()
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(spec["ref_steps"]):
+        step()
+    _sync(device)
+    dt = time.perf_counter() - t0
+    del it, loader
+    n = spec["ref_steps"] * spec["ref_batch"]
+    return {"images_per_s": n / dt, "seconds": dt, "images": n, "batch": spec["ref_batch"], "num_workers": workers,
+            "precision": "fp32", "models": 1}
+
+
+# ----------------------------------------------------------------------------- (b) fast trainer
+def _fast_cfg(spec, variant: str, k: int):
+    train = {"epochs": 100, "batch_size": spec["batch"], "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4,
+             "schedule": "cosine", "models_per_step": k, "compile": variant == "compile",
+             "cuda_graphs": variant.startswith("graphs"), "bf16": True, "channels_last": True}
+    return OmegaConf.create({"model": {"name": spec["model"], "width": spec["width"]}, "train": train,
+                             "dataset": {"augment": {"pad": 4, "flip": True}}})
+
+
+def bench_fast(data, spec, device, variant: str) -> dict:
+    from src.training.fast import MultiModelTrainer, _nondeterministic_ok
+
+    k = 8 if variant.endswith("_k8") else spec["k"]
+    cfg = _fast_cfg(spec, variant, k)
+    n = len(data.y_train)
+    g = torch.Generator().manual_seed(1)
+    members = [torch.randperm(n, generator=g)[: n // 2] for _ in range(k)]  # each model: a random half
+    with _nondeterministic_ok(str(device).startswith("cuda")):
+        tr = MultiModelTrainer(cfg, data.x_train, data.y_train, data.mean, data.std, data.num_classes, members,
+                               list(range(k)), device)
+        t0 = time.perf_counter()
+        tr.steps(spec["fast_warm"] + (tr.GRAPH_WARMUP if tr.graphs else 0))  # compile / capture happen here
+        tr.synchronize()
+        warm = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        tr.steps(spec["fast_steps"])
+        tr.synchronize()
+        dt = time.perf_counter() - t0
+        tr.check_losses(0)
+    imgs = spec["fast_steps"] * k * spec["batch"]
+    del tr
+    _free(device)
+    return {"images_per_s": imgs / dt, "seconds": dt, "images": imgs, "warmup_s": warm, "models_per_step": k,
+            "batch": spec["batch"], "bf16": str(device).startswith("cuda"),
+            "channels_last": str(device).startswith("cuda")}
+
+
+# ----------------------------------------------------------------------------------- (c) scoring
+def bench_scoring(data, spec, device) -> dict:
+    from src.attacks.scores import compute_phi
+    from src.training.fast import compute_phi_fast
+
+    k, n, queries = spec["k"], min(spec["score_n"], len(data.y_train)), ["identity", "mirror"]
+    torch.manual_seed(0)
+    models = [make_model(spec["model"], spec["width"], data.num_classes).eval() for _ in range(k)]
+    x, y = data.x_train[:n], data.y_train[:n]
+    bs = spec["score_batch"]
+    compute_phi_fast(models, x[:bs], y[:bs], data.mean, data.std, queries, device, bs)  # warm-up
+    _sync(device)
+    t0 = time.perf_counter()
+    compute_phi_fast(models, x, y, data.mean, data.std, queries, device, bs)
+    _sync(device)
+    dt = time.perf_counter() - t0
+    # the plain scorer, one model, fp32, its default batch
+    compute_phi(models[0], x[:256], y[:256], data.mean, data.std, queries, device)
+    _sync(device)
+    t1 = time.perf_counter()
+    compute_phi(models[0], x, y, data.mean, data.std, queries, device)
+    _sync(device)
+    dt_ref = time.perf_counter() - t1
+    fast_rate, ref_rate = k * n * len(queries) / dt, n * len(queries) / dt_ref
+    _free(device)
+    return {"images_per_s": fast_rate, "seconds": dt, "models": k, "examples": n, "queries": len(queries),
+            "batch": bs, "bf16": str(device).startswith("cuda"), "reference_images_per_s": ref_rate,
+            "ratio": fast_rate / ref_rate}
+
+
+# --------------------------------------------------------------------------------- (d) quantizers
+def _calibrated_model(name, width, data, device, n_bn=256):
+    """A model with non-trivial BatchNorm statistics (a few train-mode passes), so BN folding and the
+    reconstruction see realistic activations. Weights are random: timing does not depend on them."""
+    from src.data import normalize
+
+    torch.manual_seed(0)
+    model = make_model(name, width, data.num_classes).to(device).train()
+    with torch.no_grad():
+        for i in range(0, min(n_bn, len(data.y_train)), 64):
+            model(normalize(data.x_train[i:i + 64].to(device), data.mean, data.std))
+    return model.cpu().eval()
+
+
+def bench_quant(data, spec, device, methods) -> dict:
+    from src.data import normalize
+    from src.quant import quantize
+
+    out = {}
+    for m in methods:
+        row: dict = {}
+        try:
+            qcfg = OmegaConf.load(REPO / "conf" / "quant" / f"{m}.yaml")
+            qcfg.progress = False
+            model_name = spec["quant_model"].get(m, spec["model"])
+            n_calib = int(qcfg.get("n_calib", 1024)) if spec["quant_calib"] is None else spec["quant_calib"]
+            n_calib = min(n_calib, len(data.y_train))
+            reduced = []
+            if spec["quant_calib"] is not None:
+                qcfg.n_calib = n_calib
+                reduced.append(f"n_calib={n_calib}")
+            if "calib_batch" in qcfg and spec["quant_calib_batch"] < int(qcfg.calib_batch):
+                qcfg.calib_batch = spec["quant_calib_batch"]
+            model = _calibrated_model(model_name, spec["width"] if model_name == spec["model"] else 16, data, device)
+            calib = normalize(data.x_train[:n_calib], data.mean, data.std)
+            row.update(model=model_name, n_calib=n_calib)
+            if "iters" in qcfg:  # time at two budgets, extrapolate linearly to the configured one
+                default_iters = int(qcfg.iters)
+                secs = []
+                for it in spec["quant_iters"]:
+                    qcfg.iters = it
+                    _sync(device)
+                    secs.append(quantize(model, 2, qcfg, "uniform", calib, "bench", device).seconds)
+                (i1, i2), (s1, s2) = spec["quant_iters"], secs
+                per_iter = max(0.0, (s2 - s1) / (i2 - i1))
+                row.update(seconds=s2, iters=i2, seconds_per_iter=per_iter,
+                           projected_seconds=s2 + per_iter * (default_iters - i2), default_iters=default_iters)
+                reduced.append(f"iters={i1},{i2} (default {default_iters}, projected)")
+            else:
+                _sync(device)
+                row["seconds"] = quantize(model, 2, qcfg, "uniform", calib, "bench", device).seconds
+            if model_name != spec["model"]:
+                reduced.append(f"model={model_name}")
+            row["reduced"] = ", ".join(reduced)
+        except Exception as e:  # a method still being written, or failing: report, continue
+            row["error"] = _error(e)
+        out[m] = row
+        _free(device)
+    return out
+
+
+# ---------------------------------------------------------------------------------------- report
+def summarise(res: dict) -> dict:
+    """Headline figures, computed from the reported numbers (so they can be checked from the JSON)."""
+    ok = {k: v for k, v in res["fast"]["variants"].items() if "images_per_s" in v}
+    if ok:
+        best = max(ok, key=lambda k: ok[k]["images_per_s"])
+        b = ok[best]["images_per_s"]
+        res["fast"].update(best=best, images_per_s=b)
+        res["ratio"] = b / res["reference"]["images_per_s"]
+        total = PROTOCOL["models"] * PROTOCOL["images"] * PROTOCOL["epochs"]
+        res["projected_protocol_s"] = total / b
+        res["projected_protocol_h"] = total / b / 3600
+        res["projected_reference_protocol_h"] = total / res["reference"]["images_per_s"] / 3600
+    return res
+
+
+def format_table(res: dict) -> str:
+    lines = [f"benchmark: device={res['device']} ({res.get('gpu', 'cpu')}), size={res['size']}, "
+             f"model={res['model']}, train images={res['n_train']}, torch {res['torch']}", ""]
+    r = res["reference"]
+    lines.append(f"{'(a) reference (PIL+DataLoader, fp32, batch ' + str(r['batch']) + ', 1 model)':<62}"
+                 f"{r['images_per_s']:>12,.0f} img/s   workers={r['num_workers']}")
+    for name, v in res["fast"]["variants"].items():
+        label = f"(b) fast [{name}] K={v.get('models_per_step', '?')} x batch {v.get('batch', '?')}"
+        if "images_per_s" in v:
+            lines.append(f"{label:<62}{v['images_per_s']:>12,.0f} img/s   warm-up {v['warmup_s']:.1f}s")
+        else:
+            lines.append(f"{label:<62}{'failed':>12}   {v['error']}")
+    if "ratio" in res:
+        lines.append(f"{'    ratio b/a (best: ' + res['fast']['best'] + ')':<62}{res['ratio']:>12.2f} x")
+        lines.append(f"{'    projected protocol 65 x 25k x 100 ep at b':<62}{res['projected_protocol_h']:>12.2f} h"
+                     f"   (reference: {res['projected_reference_protocol_h']:.2f} h)")
+    s = res.get("scoring", {})
+    if "images_per_s" in s:
+        lines.append(f"{'(c) scoring phi (' + str(s['models']) + ' models x ' + str(s['examples']) + ' x 2 queries)':<62}"
+                     f"{s['images_per_s']:>12,.0f} img/s   compute_phi: {s['reference_images_per_s']:,.0f} img/s "
+                     f"(x{s['ratio']:.1f})")
+    elif s:
+        lines.append(f"{'(c) scoring':<62}{'failed':>12}   {s.get('error')}")
+    for m, v in res.get("quant", {}).items():
+        label = f"(d) quantize {m} 2-bit"
+        if "error" in v:
+            lines.append(f"{label:<62}{'failed':>12}   {v['error']}")
+            continue
+        extra = f"   projected {v['projected_seconds']:.1f}s at {v['default_iters']} iters" \
+            if "projected_seconds" in v else ""
+        note = f"   [reduced: {v['reduced']}]" if v.get("reduced") else ""
+        lines.append(f"{label:<62}{v['seconds']:>12.2f} s{extra}{note}")
+    return "\n".join(lines)
+
+
+def run(device: str, size: str, data_dir: str | None, out: str, variants=None, methods=None,
+        sizes: dict | None = None) -> dict:
+    spec = dict((sizes or SIZES)[size])
+    cuda = device.startswith("cuda")
+    variants = list(variants or (VARIANTS_CUDA if cuda else VARIANTS_CPU))
+    methods = list(methods or ("rtn", "adaround", "brecq", "obc"))
+    t_start = time.perf_counter()
+    data = load_data(size, spec, data_dir)
+    res = {"device": device, "size": size, "model": spec["model"], "n_train": len(data.y_train),
+           "torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),
+           "protocol": PROTOCOL}
+    if cuda:
+        res["gpu"] = torch.cuda.get_device_name()
+    res["reference"] = bench_reference(data, spec, device)
+    _free(device)
+    res["fast"] = {"variants": {}}
+    for v in variants:
+        try:
+            res["fast"]["variants"][v] = bench_fast(data, spec, device, v)
+        except Exception as e:
+            res["fast"]["variants"][v] = {"error": _error(e), "models_per_step": 8 if v.endswith("_k8") else spec["k"],
+                                          "batch": spec["batch"]}
+            _free(device)
+    try:
+        res["scoring"] = bench_scoring(data, spec, device)
+    except Exception as e:
+        res["scoring"] = {"error": _error(e)}
+    res["quant"] = bench_quant(data, spec, device, methods)
+    res["total_s"] = time.perf_counter() - t_start
+    summarise(res)
+    print(format_table(res))
+    print(f"\ntotal {res['total_s']:.0f}s; written {out}")
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(out).with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(res, indent=1))
+    os.replace(tmp, out)
+    return res
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__.split("\n\n")[0])
+    cuda = torch.cuda.is_available()
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if cuda else "cpu")
+    p.add_argument("--size", choices=list(SIZES), default=None, help="default: cifar on cuda, small on cpu")
+    p.add_argument("--data", default=None, help="CIFAR-10 image folder (train/<class>/*.jpg, test/<class>/*.jpg)")
+    p.add_argument("--out", default="outputs/bench/bench.json")
+    p.add_argument("--variants", default=None, help=f"fast-trainer variants, comma-separated: {','.join(VARIANTS_CUDA)}")
+    p.add_argument("--methods", default=None, help="quantizers, comma-separated (default rtn,adaround,brecq,obc)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: leave)")
+    a = p.parse_args(argv)
+    if a.device == "cuda" and not cuda:
+        p.error("--device cuda: CUDA is not available")
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    size = a.size or ("cifar" if a.device == "cuda" else "small")
+    split = lambda s: [v.strip() for v in s.split(",") if v.strip()] if s else None  # noqa: E731
+    return run(a.device, size, a.data, a.out, split(a.variants), split(a.methods))
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        main()
+    sys.exit(0)

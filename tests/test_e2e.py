@@ -1,0 +1,93 @@
+"""End-to-end `python -m src.main` on generated data: results.json schema, scores.npz recomputation,
+and a second run that trains and quantizes nothing (cache hit)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score, roc_curve
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["dataset=synthetic", "dataset.n_train=160", "n_models=8", "train.epochs=4", "quant.n_calib=32",
+        "logger=none", "progress=false"]
+
+
+def run_main(args, tmp, check=True, env=None):
+    cmd = [sys.executable, "-m", "src.main", *args, f"paths.cache_dir={tmp}/cache"]
+    e = dict(os.environ, **(env or {}))
+    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=e, timeout=600)
+    if check and p.returncode != 0:
+        raise AssertionError(p.stderr[-3000:])
+    return p
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("e2e")
+    p = run_main(TINY + ["quant=rtn", "bits=2", "attack=all", "targets=[0,1]", f"hydra.run.dir={tmp}/run1"], tmp)
+    return tmp, p
+
+
+def test_results_schema(first_run):
+    tmp, p = first_run
+    res = json.loads((tmp / "run1" / "results.json").read_text())
+    assert res["config"]["quant"]["name"] == "rtn" and res["config"]["bits"] == 2
+    for k in ("fp_test_acc", "test_acc", "fp_train_acc", "train_acc"):
+        assert 0.0 <= res["utility"][k] <= 1.0
+    names = ["lira_online", "lira_online_fixed", "lira_offline", "lira_offline_fixed", "rmia", "rmia_offline", "loss"]
+    assert sorted(res["attacks"]) == sorted(names) == sorted(res["fp_attacks"])
+    for m in res["attacks"].values():
+        for k in ("auc", "balanced_accuracy", "tpr_at_fpr_1e-2", "tpr_at_fpr_1e-3", "tpr_at_fpr_1e-4"):
+            assert 0.0 <= m[k] <= 1.0
+            lo, hi = m["ci"][k]
+            assert lo <= m[k] + 1e-12 and m[k] <= hi + 1e-12
+        assert len(m["per_target"]) == 2
+    assert set(res["quant"]["layer_bits"].values()) == {2.0}
+    assert "lira_online" in p.stdout and "test accuracy" in p.stdout
+    assert (tmp / "run1" / "quantized_target0.pt").exists()
+
+
+def test_scores_npz_reproduces_results(first_run):
+    """Every attack's AUC/TPR in results.json is recomputed from scores.npz alone, with sklearn."""
+    tmp, _ = first_run
+    res = json.loads((tmp / "run1" / "results.json").read_text())
+    z = np.load(tmp / "run1" / "scores.npz")
+    m, n, q = z["phi"].shape
+    assert z["keep"].shape == (m, n) and z["target_phi"].shape == (2, n, q)
+    assert list(z["target_ids"]) == [0, 1] and z["labels"].shape == (n,)
+    assert (z["keep"].sum(0) == m // 2).all()
+    for name, block in res["attacks"].items():
+        scores = z[f"attack_{name}"]
+        for i, t in enumerate(z["target_ids"]):
+            y = z["keep"][t]
+            auc = roc_auc_score(y, scores[i])
+            assert abs(auc - block["per_target"][i]["auc"]) < 1e-9, name
+            fpr, tpr, _ = roc_curve(y, scores[i], drop_intermediate=False)
+            expect = tpr[fpr <= 1e-2].max()
+            assert abs(expect - block["per_target"][i]["tpr_at_fpr_1e-2"]) < 1e-9, name
+        assert abs(np.mean([pt["auc"] for pt in block["per_target"]]) - block["auc"]) < 1e-12
+    # the loss attack is the mean φ of the target over queries: check against the exported φ
+    np.testing.assert_allclose(z["attack_loss"], z["target_phi"].mean(-1), rtol=1e-5, atol=1e-5)
+    # the FP target's φ is the pool's φ
+    np.testing.assert_allclose(z["fp_attack_loss"][0], z["phi"][0].mean(-1), rtol=1e-5, atol=1e-5)
+
+
+def test_second_run_trains_nothing(first_run):
+    tmp, _ = first_run
+    p = run_main(TINY + ["quant=rtn", "bits=2", "attack=all", "targets=[0,1]", f"hydra.run.dir={tmp}/run2"], tmp)
+    log = p.stdout + p.stderr
+    assert "pool: training model" not in log and "quantize: model" not in log
+    a = json.loads((tmp / "run1" / "results.json").read_text())
+    b = json.loads((tmp / "run2" / "results.json").read_text())
+    assert a["utility"] == b["utility"] and a["attacks"] == b["attacks"]
+
+
+def test_bad_bits_one_line_error(tmp_path):
+    p = run_main(["bits=3.5", "logger=none", f"hydra.run.dir={tmp_path}/r"], tmp_path, check=False)
+    assert p.returncode == 2
+    lines = [ln for ln in p.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and "bits=3.5" in lines[0] and "1.58" in lines[0]
+    assert not list((tmp_path / "cache").rglob("*.pt"))
