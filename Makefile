@@ -46,7 +46,7 @@ paper-tinyimagenet:  ## paper protocol on TinyImageNet (needs paths.data_dir/tin
 	$(PY) -m src.main -m experiment=paper_tinyimagenet quant=adaround,brecq,obc bits=4,2,1.58
 
 sync:  ## upload offline W&B runs (needs `wandb login` and network)
-	@runs=$$(find outputs -type d -name 'offline-run-*' 2>/dev/null); \
+	@runs=$$(find outputs -path '*/wandb/offline-run-*' -prune 2>/dev/null); \
 	if [ -z "$$runs" ]; then echo "no offline W&B runs under outputs/"; else .venv/bin/wandb sync $$runs; fi
 
 clean-cache:  ## delete the artifact cache (outputs/cache) and nothing else
