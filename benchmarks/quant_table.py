@@ -28,7 +28,9 @@ NAMES = {"none": "FP", "rtn": "RTN", "adaround": "AdaRound", "brecq": "BRECQ", "
 
 def compose_cfg(overrides: list[str]):
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose(config_name="config", overrides=["logger=none", "progress=false", *overrides])
+        cfg = compose(config_name="config", overrides=["logger=none", "progress=false", *overrides])
+    OmegaConf.set_struct(cfg, False)  # the job adds seed/progress to cfg.quant, as the pipeline does
+    return cfg
 
 
 def run(bits: list[float], methods: list[str], out: str, overrides: list[str] | None = None) -> dict:

@@ -55,6 +55,9 @@ def main(cfg: DictConfig) -> None:
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except FloatingPointError as e:  # diverged training/quantization: nothing was cached for it
+        print(f"error: {e}".splitlines()[0], file=sys.stderr)
+        sys.exit(3)
 
 
 if __name__ == "__main__":

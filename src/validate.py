@@ -37,6 +37,34 @@ def _int(cfg, key: str, value, minimum: int) -> int:
     return v
 
 
+def _float(key: str, value, lo: float | None = None, hi: float | None = None, lo_open: bool = False,
+           hi_open: bool = False) -> float:
+    """``value`` as a finite float within [lo, hi] (``*_open``: the bound itself is excluded)."""
+    try:
+        v = float(value)
+        ok = v == v and abs(v) != float("inf")
+    except (TypeError, ValueError):
+        v, ok = float("nan"), False
+    if ok and lo is not None:
+        ok = v > lo if lo_open else v >= lo
+    if ok and hi is not None:
+        ok = v < hi if hi_open else v <= hi
+    if not ok:
+        lo_s = "" if lo is None else f"{'>' if lo_open else '≥'} {lo:g}"
+        hi_s = "" if hi is None else f"{'<' if hi_open else '≤'} {hi:g}"
+        raise ConfigError(f"{key}={value}: must be a number {' and '.join(x for x in (lo_s, hi_s) if x)}".rstrip())
+    return v
+
+
+def _as_list(value) -> list:
+    """A config value that should be a list; a scalar (``targets=3``) counts as a one-element list."""
+    from omegaconf import ListConfig
+
+    if isinstance(value, (list, tuple, ListConfig)):
+        return list(value)
+    return [value]
+
+
 def check_cache_dir(path: str) -> None:
     p = Path(path)
     try:
@@ -65,21 +93,31 @@ def validate(cfg) -> None:
         pkeep = -1.0
     _need(0.0 < pkeep < 1.0, f"pkeep={cfg.pkeep}: must lie strictly between 0 and 1")
     m = _int(cfg, "n_models", cfg.n_models, 2)
+    _int(cfg, "seed", cfg.seed, 0)
+    _check_device(str(cfg.get("device", "auto")))
+    _int(cfg, "num_workers", cfg.get("num_workers", 0), 0)
+    if cfg.get("num_threads") is not None:
+        _int(cfg, "num_threads", cfg.num_threads, 1)
+    _validate_dataset(cfg)
     _need(cfg.stage in ("all", "train"), f"stage={cfg.stage}: allowed: all, train")
-    for q in cfg.dataset.get("queries", ["identity"]):
+    queries = _as_list(cfg.dataset.get("queries", ["identity"]))
+    for q in queries:
         try:
             check_query(str(q))
         except ValueError as e:
             raise ConfigError(f"dataset.queries: {e}") from None
-    _need(len(cfg.dataset.get("queries", ["identity"])) > 0, "dataset.queries=[]: need at least one query view")
+    _need(len(queries) > 0, "dataset.queries=[]: need at least one query view")
     for k in ("epochs", "batch_size"):
         _int(cfg, f"train.{k}", cfg.train[k], 1)
-    _need(float(cfg.train.lr) > 0, f"train.lr={cfg.train.lr}: must be > 0")
+    _float("train.lr", cfg.train.lr, 0.0, lo_open=True)
+    for k in ("momentum", "weight_decay"):
+        if k in cfg.train:
+            _float(f"train.{k}", cfg.train[k], 0.0)
     if cfg.get("n_targets") is not None:
         _int(cfg, "n_targets", cfg.n_targets, 1)
         targets = list(range(int(cfg.n_targets)))
     else:
-        targets = list(cfg.targets)
+        targets = _as_list(cfg.targets)
         _need(len(targets) > 0, "targets=[]: name at least one pool model to attack")
     for t in targets:
         ti = _int(cfg, "targets", t, 0)
@@ -91,6 +129,16 @@ def validate(cfg) -> None:
     q = cfg.quant
     if "iters" in q:
         _int(cfg, "quant.iters", q.iters, 0)
+    for k in ("batch_size", "block", "calib_batch", "fisher_samples"):
+        if k in q:
+            _int(cfg, f"quant.{k}", q[k], 1)
+    if "lr" in q:
+        _float("quant.lr", q.lr, 0.0, lo_open=True)
+    if "warmup" in q:
+        _float("quant.warmup", q.warmup, 0.0, 1.0)
+    for k in ("reg_lambda", "damp"):
+        if k in q:
+            _float(f"quant.{k}", q[k], 0.0)
     if q.name not in FULL_PRECISION:
         if "init" in q:
             _need(q.init in INIT_METHODS, f"quant.init={q.init}: allowed: {', '.join(INIT_METHODS)}")
@@ -107,6 +155,8 @@ def validate_with_data(cfg, keep, n_test: int, indices) -> None:
     q = cfg.quant
     if q.name in FULL_PRECISION:
         return
+    if cfg.attack.get("reference", "fp") == "matched":  # every pool model gets quantized
+        indices = range(keep.shape[0])
     cal = q.get("calibration", "members")
     n_calib = int(q.get("n_calib", 1024))
     for t in indices:
@@ -116,7 +166,7 @@ def validate_with_data(cfg, keep, n_test: int, indices) -> None:
 
 
 def _validate_attack(cfg, m: int) -> None:
-    from src.attacks import ATTACKS, min_models
+    from src.attacks import ATTACKS, OFFLINE_ATTACKS, ONLINE_ATTACKS, min_models
 
     names = list(cfg.attack.names)
     _need(len(names) > 0, "attack.names=[]: name at least one attack")
@@ -125,5 +175,50 @@ def _validate_attack(cfg, m: int) -> None:
     need = min_models(names)
     _need(m >= need, f"n_models={m}: too few pool models for attack.names={names}; need at least {need} "
                      f"(online LiRA needs IN and OUT reference models for every example)")
+    # every example is IN for exactly k = round(M·pkeep) models (src/data/membership.py); leaving the
+    # target out, online attacks need k-1 ≥ 1 IN and M-1-k ≥ 1 OUT references, offline ones M-1-k ≥ 1
+    k = int(round(m * float(cfg.pkeep)))
+    online = [n for n in names if n in ONLINE_ATTACKS]
+    offline = [n for n in names if n in OFFLINE_ATTACKS]
+    lo, hi, why = 1, m - 1, "each model needs members and non-members"
+    if offline:
+        hi, why = m - 2, f"{offline[0]} needs an OUT reference for every example"
+    if online:
+        lo, hi, why = 2, m - 2, f"{online[0]} needs IN and OUT references for every example"
+    _need(lo <= k <= hi, f"pkeep={cfg.pkeep}: with n_models={m} every example is IN for round(n_models·pkeep)={k} "
+                         f"models, but {why}; need {lo} ≤ round(n_models·pkeep) ≤ {hi} (e.g. pkeep=0.5 with "
+                         f"n_models ≥ {max(need, 2 * lo)})")
+    _int(cfg, "attack.bootstrap", cfg.attack.get("bootstrap", 0), 0)
+    for f in _as_list(cfg.attack.get("fprs", [])):
+        _float("attack.fprs", f, 0.0, 1.0, lo_open=True, hi_open=True)
     ref = cfg.attack.get("reference", "fp")
     _need(ref in ("fp", "matched"), f"attack.reference={ref}: allowed: fp, matched")
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    _need(device in ("auto", "cpu") or device == "cuda" or device.startswith("cuda:"),
+          f"device={device}: allowed: auto, cpu, cuda, cuda:<index>")
+    if device.startswith("cuda"):
+        _need(torch.cuda.is_available(), f"device={device}: CUDA is not available on this machine; use device=auto or cpu")
+
+
+def _validate_dataset(cfg) -> None:
+    """Sizes of the generated dataset and optional truncations (the files themselves are checked on load)."""
+    d = cfg.dataset
+    if d.name == "synthetic":
+        for k, lo in (("n_train", 2), ("n_test", 1), ("num_classes", 2), ("image_size", 1), ("channels", 1)):
+            if k in d:
+                _int(cfg, f"dataset.{k}", d[k], lo)
+        if "noise" in d:
+            _float("dataset.noise", d.noise, 0.0)
+    if d.name == "digits" and "n_test" in d:
+        _int(cfg, "dataset.n_test", d.n_test, 1)
+        _need(int(d.n_test) <= 1795, f"dataset.n_test={d.n_test}: digits has 1797 images; allowed: 1..1795")
+    for k in ("max_train", "max_test", "image_size"):
+        if d.get(k) is not None and d.name != "synthetic":
+            _int(cfg, f"dataset.{k}", d[k], 1)
+    aug = d.get("augment") or {}
+    if "pad" in aug:
+        _int(cfg, "dataset.augment.pad", aug.pad, 0)
