@@ -22,14 +22,21 @@ from src.validate import ConfigError, validate, validate_with_data
 log = logging.getLogger("src.main")
 
 
-def run(cfg: DictConfig) -> dict | None:
+def prepare(cfg: DictConfig):
+    """Validate the config, load the data and split membership: everything that may reject the job
+    before any artifact is computed. Raises ConfigError / DataError with a one-line message."""
     validate(cfg)
-    if cfg.get("num_threads"):
-        torch.set_num_threads(int(cfg.num_threads))
     data = load_dataset(cfg.dataset, cfg.paths.data_dir)
     keep = P.membership(cfg, data)
     targets = P.target_indices(cfg)
     validate_with_data(cfg, keep, len(data.y_test), targets)
+    return data, keep, targets
+
+
+def run(cfg: DictConfig) -> dict | None:
+    data, keep, targets = prepare(cfg)
+    if cfg.get("num_threads"):
+        torch.set_num_threads(int(cfg.num_threads))
     store = ArtifactStore(cfg.paths.cache_dir, lock=cfg.get("cache_lock", "soft"))
     with WandbSink(cfg, job_dir()) as sink:
         if cfg.stage == "train":  # fill the cache only (split the pool across jobs with model_range)
@@ -41,7 +48,7 @@ def run(cfg: DictConfig) -> dict | None:
         ref_phi = P.reference_phi(cfg, data, keep, pool, store, targets)
         scores = {t.index: P.attack_target(cfg, keep, ref_phi, t.index, t.phi) for t in quantized}
         fp_scores = {t: P.attack_target(cfg, keep, pool.phi, t, pool.phi[t]) for t in targets}
-        results, arrays = build_results(cfg, data, pool, quantized, scores, fp_scores)
+        results, arrays = build_results(cfg, data, pool, quantized, scores, fp_scores, ref_phi)
         write_job(job_dir(), results, arrays, {q.index: q.export for q in quantized})
         print_results(results)
         sink.log_results(results)

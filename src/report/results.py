@@ -80,7 +80,7 @@ def _clean(obj):
     return obj
 
 
-def build_results(cfg, data, pool, quantized, scores, fp_scores) -> tuple[dict, dict]:
+def build_results(cfg, data, pool, quantized, scores, fp_scores, ref_phi=None) -> tuple[dict, dict]:
     """(results dict for results.json, arrays for scores.npz)."""
     keep = pool.keep
     tids = [q.index for q in quantized]
@@ -113,6 +113,8 @@ def build_results(cfg, data, pool, quantized, scores, fp_scores) -> tuple[dict, 
     arrays = {"phi": pool.phi.astype(np.float32), "keep": keep.astype(bool),
               "target_phi": np.stack([q.phi for q in quantized]).astype(np.float32),
               "target_ids": np.array(tids, dtype=np.int64), "labels": data.y_train.numpy().astype(np.int64)}
+    if ref_phi is not None and ref_phi is not pool.phi:
+        arrays["ref_phi"] = ref_phi.astype(np.float32)
     for name in cfg.attack.names:
         arrays[f"attack_{name}"] = np.stack([scores[t][name] for t in tids]).astype(np.float64)
         arrays[f"fp_attack_{name}"] = np.stack([fp_scores[t][name] for t in tids]).astype(np.float64)
