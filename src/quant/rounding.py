@@ -15,6 +15,7 @@ regulariser is off (``BetaSchedule``). The grid's convention matches ``grid.Chan
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -221,8 +222,12 @@ def reconstruct(model: nn.Module, layer_bits: dict[str, float], cfg, calib_x: to
                 opt.zero_grad(set_to_none=True)
                 fabric.backward(loss)
                 opt.step()
-                if (t + 1) % every == 0 or t + 1 == iters:
-                    progress.update(task, completed=t + 1, loss=float(rec.detach()))
+                if (t + 1) % every == 0 or t + 1 == iters:  # host sync only every `every` steps
+                    rec_value = float(rec.detach())
+                    if not math.isfinite(rec_value):
+                        raise FloatingPointError(f"{title} {qu.name}: non-finite reconstruction loss at "
+                                                 f"iteration {t + 1}")
+                    progress.update(task, completed=t + 1, loss=rec_value)
             with torch.no_grad():
                 for k, r in zip(core.keys, core.r):
                     q = names[k]
