@@ -28,7 +28,9 @@ def env() -> dict:
 
 
 def command(overrides: list[str], cache_dir: Path, run_dir: Path) -> list[str]:
-    return [PY, "-m", "src.main", *overrides, f"paths.cache_dir={cache_dir}", f"hydra.run.dir={run_dir}"]
+    own = [f"paths.cache_dir={cache_dir}", f"hydra.run.dir={run_dir}"]
+    keys = {o.split("=", 1)[0] for o in overrides}
+    return [PY, "-m", "src.main", *overrides, *(o for o in own if o.split("=", 1)[0] not in keys)]
 
 
 def run_main(overrides: list[str], cache_dir: Path, run_dir: Path, timeout: float = 240,

@@ -1,0 +1,118 @@
+"""Crash resume and parallel safety, end to end through ``python -m src.main``.
+
+- a job killed with SIGKILL while training the pool, or while quantizing, continues where it stopped
+  when re-run: finished artifacts are loaded, not recomputed, and results.json equals that of an
+  uninterrupted run in a separate cache dir;
+- a truncated cached artifact is reported in one line and rebuilt, with the same results;
+- two jobs started together on one cache dir train each pool model exactly once.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from _main_runner import manifests, numbers, popen_main, run_main, log_lines
+
+N_MODELS = 4
+# ~1 s per pool model and a few seconds of AdaRound on a CPU: long enough to kill inside either stage.
+RESUME = ["dataset=synthetic", "dataset.n_train=512", f"n_models={N_MODELS}", "train.epochs=20", "quant=adaround",
+          "quant.iters=300", "quant.n_calib=64", "attack.bootstrap=20", "logger=none", "progress=false"]
+TRAINING = "pool: training model"
+QUANTIZING = "quantize: model 0"
+
+
+def _poll(cond, proc, timeout: float = 180.0, what: str = ""):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if cond():
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"the job ended (rc={proc.returncode}) before {what}")
+        time.sleep(0.02)
+    proc.kill()
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def _kill(proc) -> None:
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(30)
+    assert proc.returncode == -signal.SIGKILL
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    base = tmp_path_factory.mktemp("uninterrupted")
+    run_main(RESUME, base / "cache", base / "run")
+    return base
+
+
+def test_kill_during_pool_training_then_resume(uninterrupted, tmp_path):
+    cache = tmp_path / "cache"
+    proc = popen_main(RESUME, cache, tmp_path / "killed")
+    _poll(lambda: len(manifests(cache, "models")) >= 1, proc, what="the first pool model was cached")
+    _kill(proc)
+    done = len(manifests(cache, "models"))
+    assert 1 <= done < N_MODELS, f"killed too late to test resume ({done} models done)"
+    assert not (tmp_path / "killed" / "results.json").exists()
+
+    run_main(RESUME, cache, tmp_path / "resumed", timeout=240)  # a stale lock of the killed job must not block
+    trained = log_lines(tmp_path / "resumed", TRAINING)
+    assert len(trained) == N_MODELS - done, trained  # nothing finished is trained again
+    assert len(manifests(cache, "models")) == N_MODELS
+    assert numbers(tmp_path / "resumed") == numbers(uninterrupted / "run")
+
+
+@pytest.mark.slow
+def test_kill_during_quantization_then_resume(uninterrupted, tmp_path):
+    cache = tmp_path / "cache"
+    proc = popen_main(RESUME, cache, tmp_path / "killed")
+    _poll(lambda: log_lines(tmp_path / "killed", QUANTIZING), proc, timeout=240, what="quantization started")
+    time.sleep(0.5)
+    _kill(proc)
+    assert len(manifests(cache, "models")) == N_MODELS
+    assert not manifests(cache, "quantized"), "killed too late: quantization had finished"
+
+    run_main(RESUME, cache, tmp_path / "resumed", timeout=240)
+    assert not log_lines(tmp_path / "resumed", TRAINING)  # the pool is loaded, not retrained
+    assert len(log_lines(tmp_path / "resumed", QUANTIZING)) == 1
+    assert numbers(tmp_path / "resumed") == numbers(uninterrupted / "run")
+
+
+def test_truncated_pool_model_is_reported_and_rebuilt(uninterrupted, tmp_path):
+    cache = tmp_path / "cache"
+    shutil.copytree(uninterrupted / "cache", cache)
+    victim = sorted((cache / "models").glob("*.pt"))[0]
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])  # a half-written file
+
+    p = run_main(RESUME, cache, tmp_path / "rerun")
+    warnings = log_lines(tmp_path / "rerun", "corrupt or incomplete")
+    assert len(warnings) == 1 and f"models/{victim.stem}" in warnings[0], warnings
+    assert sum("corrupt or incomplete" in ln for ln in p.stdout.splitlines() + p.stderr.splitlines()) == 1
+    assert len(log_lines(tmp_path / "rerun", TRAINING)) == 1  # only the damaged model is rebuilt
+    assert not log_lines(tmp_path / "rerun", QUANTIZING)
+    assert numbers(tmp_path / "rerun") == numbers(uninterrupted / "run")
+    # and the rebuilt artifact is intact: it loads without a warning
+    from src.cache import ArtifactStore
+
+    assert ArtifactStore(cache).load("models", victim.stem) is not None
+
+
+def test_concurrent_jobs_train_each_pool_model_once(tmp_path):
+    cache = tmp_path / "cache"
+    cfg = [o for o in RESUME if not o.startswith("quant")] + ["quant=rtn", "quant.n_calib=64"]
+    procs = [popen_main(cfg, cache, tmp_path / f"job{i}") for i in range(2)]
+    for p in procs:
+        p.wait(300)
+    outs = [(tmp_path / f"job{i}.out").read_text() for i in range(2)]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][-2000:] + outs[1][-2000:]
+    trained = [ln for i in range(2) for ln in log_lines(tmp_path / f"job{i}", TRAINING)]
+    assert len(trained) == N_MODELS, trained
+    assert sorted(ln.split(TRAINING)[1].split(" of ")[0] for ln in trained) == [" 1", " 2", " 3", " 4"]
+    assert sum(len(log_lines(tmp_path / f"job{i}", QUANTIZING)) for i in range(2)) == 1
+    assert len(manifests(cache, "models")) == N_MODELS
+    assert numbers(tmp_path / "job0") == numbers(tmp_path / "job1")
