@@ -24,6 +24,7 @@ from src.quant.bn_fold import fold_batchnorm
 from src.training.pool import evaluate_accuracy, resolve_device, train_model
 
 log = logging.getLogger(__name__)
+TRAIN_KEYS_IGNORED = ("models_per_step", "compile", "channels_last", "cuda_graphs")  # speed only
 QUANT_KEYS_IGNORED = ("progress", "row_batch", "max_mem_gb", "cpu_threads", "calib_batch")  # speed/display only
 
 
@@ -63,8 +64,13 @@ def membership(cfg, data: ImageData) -> np.ndarray:
 
 def model_key(cfg, digest: str, index: int) -> dict:
     aug = _plain(cfg.dataset.get("augment", {}))
+    from src.training.fast import use_fast_path
+
+    train = {k: v for k, v in _plain(cfg.train).items() if k not in TRAIN_KEYS_IGNORED}
+    # the fast (bf16, CUDA) and plain (Lightning Trainer) paths give different models: key the path
+    train["path"] = "fast" if use_fast_path(cfg, resolve_device(cfg.get("device", "auto"))) else "plain"
     return {"kind": "pool_model", "data": digest, "augment": aug, "model": _plain(cfg.model),
-            "train": _plain(cfg.train), "seed": int(cfg.seed), "n_models": int(cfg.n_models),
+            "train": train, "seed": int(cfg.seed), "n_models": int(cfg.n_models),
             "pkeep": float(cfg.pkeep), "index": int(index)}
 
 
@@ -106,9 +112,13 @@ def get_scores(cfg, data: ImageData, model_cfg_key: dict, model_fn, store: Artif
 
 def train_pool(cfg, data: ImageData, keep: np.ndarray, store: ArtifactStore, indices=None, logger=None) -> Pool:
     """Train (or load) every pool model in ``indices`` (default: all) and score it."""
+    from src.training.fast import train_pool_fast, use_fast_path
+
     digest = data_digest(data)
     m_total = keep.shape[0]
     indices = range(m_total) if indices is None else indices
+    if use_fast_path(cfg, resolve_device(cfg.get("device", "auto"))):
+        train_pool_fast(cfg, data, keep, store, list(indices), digest, logger)  # K models at a time on CUDA
     phis, test_acc, train_acc, keys = [], [], [], []
     for m in indices:
         model, info = get_pool_model(cfg, data, keep, m, store, digest, logger)

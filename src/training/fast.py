@@ -395,19 +395,29 @@ def train_pool_fast(cfg, data, keep: np.ndarray, store, indices=None, digest: st
     indices = list(range(keep.shape[0]) if indices is None else indices)
     todo = [m for m in indices if not store.exists("models", cache_key(model_key(cfg, digest, m)))]
     k = max(1, int(cfg.train.get("models_per_step", 4)))
+    trained = []
     for g in range(0, len(todo), k):
         group = todo[g:g + k]
-        members = [torch.from_numpy(np.flatnonzero(keep[m])) for m in group]
-        log.info("pool (fast): training models %s together", group)
-        models = train_models_fast(cfg, data, members, [_model_seed(cfg, m) for m in group], device,
-                                   [f"pool model {m}" for m in group], logger)
-        for m, mem, model in zip(group, members, models):
-            art = {"state_dict": model.state_dict(),
-                   "test_acc": evaluate_accuracy(model, data.x_test, data.y_test, data.mean, data.std, device),
-                   "train_acc": evaluate_accuracy(model, data.x_train[mem], data.y_train[mem], data.mean,
-                                                  data.std, device)}
-            store.get_or_create("models", model_key(cfg, digest, m), lambda art=art: art)
-    return todo
+        # hold every model's lock while the group trains: a parallel job needing one of them waits
+        with contextlib.ExitStack() as locks:
+            for m in group:
+                locks.enter_context(store._lock(store.paths("models", cache_key(model_key(cfg, digest, m)))[2]))
+            group = [m for m in group if not store.exists("models", cache_key(model_key(cfg, digest, m)))]
+            if not group:
+                continue
+            members = [torch.from_numpy(np.flatnonzero(keep[m])) for m in group]
+            log.info("pool (fast): training models %s together", group)
+            models = train_models_fast(cfg, data, members, [_model_seed(cfg, m) for m in group], device,
+                                       [f"pool model {m}" for m in group], logger)
+            for m, mem, model in zip(group, members, models):
+                art = {"state_dict": model.state_dict(),
+                       "test_acc": evaluate_accuracy(model, data.x_test, data.y_test, data.mean, data.std, device),
+                       "train_acc": evaluate_accuracy(model, data.x_train[mem], data.y_train[mem], data.mean,
+                                                      data.std, device)}
+                key = model_key(cfg, digest, m)
+                store.save("models", cache_key(key), art, key)
+            trained += group
+    return trained
 
 
 # ------------------------------------------------------------------------------------------ scoring

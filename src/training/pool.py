@@ -44,7 +44,8 @@ def train_model(cfg, data: ImageData, member_idx: torch.Tensor, seed: int, name:
     trainer = L.Trainer(max_epochs=int(cfg.train.epochs), accelerator=accel, devices=1,
                         precision=cfg.train.get("precision", "32-true"), logger=logger if logger else False,
                         enable_checkpointing=False, enable_model_summary=False,
-                        enable_progress_bar=bool(cfg.get("progress", True)), deterministic=True,
+                        enable_progress_bar=bool(cfg.get("progress", True)),
+                        deterministic=True if accel == "cpu" else "warn",  # some CUDA backward kernels have no deterministic version
                         log_every_n_steps=max(1, min(50, len(loader))))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*(does not have many workers|LeafSpec|GPU available).*")
