@@ -108,8 +108,11 @@ class ArtifactStore:
             return SoftFileLock(str(path), timeout=self.lock_timeout)
         return FileLock(str(path), timeout=self.lock_timeout)
 
-    def load(self, kind: str, key: str) -> Any | None:
-        """The artifact if present and intact; None if absent; a corrupt one is removed (warned)."""
+    def load(self, kind: str, key: str, repair: bool = True) -> Any | None:
+        """The artifact if present and intact; None if absent; a corrupt one is removed (warned).
+
+        ``repair=False``: only read (None if not intact). Used without the lock, where an artifact
+        without its manifest may be one that another process is saving right now."""
         art, man, _ = self.paths(kind, key)
         if not art.exists():
             return None
@@ -120,6 +123,8 @@ class ArtifactStore:
                 raise CacheError("checksum mismatch")
             return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
         except Exception as e:  # corrupt, truncated, or manifest missing: rebuild
+            if not repair:
+                return None
             log.warning("cache: %s/%s is corrupt or incomplete (%s); rebuilding it",
                         kind, key, type(e).__name__ if not isinstance(e, CacheError) else e)
             art.unlink(missing_ok=True)
@@ -144,7 +149,7 @@ class ArtifactStore:
     def get_or_create(self, kind: str, config: Any, build: Callable[[], Any]) -> tuple[Any, bool]:
         """(artifact, built_now). Built under the artifact's lock; loaded if another process built it."""
         key = cache_key(config)
-        obj = self.load(kind, key)
+        obj = self.load(kind, key, repair=False)  # unlocked: a writer may be between artifact and manifest
         if obj is not None:
             return obj, False
         _, _, lock_path = self.paths(kind, key)

@@ -116,3 +116,33 @@ def test_concurrent_jobs_train_each_pool_model_once(tmp_path):
     assert sum(len(log_lines(tmp_path / f"job{i}", QUANTIZING)) for i in range(2)) == 1
     assert len(manifests(cache, "models")) == N_MODELS
     assert numbers(tmp_path / "job0") == numbers(tmp_path / "job1")
+
+
+def test_reader_does_not_destroy_an_artifact_being_saved(tmp_path, caplog):
+    """Regression: a job that looked up an artifact while another was between renaming it into place
+    and writing its manifest took it for corrupt, deleted it (with a warning) and built it again."""
+    import threading
+
+    import torch
+
+    from src.cache import ArtifactStore, cache_key
+
+    writer, reader = ArtifactStore(tmp_path), ArtifactStore(tmp_path)
+    config = {"i": 0}
+    key = cache_key(config)
+    writer.save("models", key, {"w": torch.arange(3)}, config)
+    art, man, lock_path = writer.paths("models", key)
+    manifest = man.read_text()
+    man.unlink()  # the writer's state right after os.replace of the artifact ...
+    builds, result = [], {}
+    with writer._lock(lock_path):  # ... which it does while holding the artifact's lock
+        t = threading.Thread(target=lambda: result.update(
+            out=reader.get_or_create("models", config, lambda: builds.append(1) or {"w": torch.zeros(1)})))
+        t.start()
+        time.sleep(0.5)  # the reader looks, finds no manifest, waits for the lock
+        assert art.exists(), "the reader deleted an artifact that was being saved"
+        man.write_text(manifest)  # the writer finishes
+    t.join(30)
+    obj, built = result["out"]
+    assert not built and not builds and torch.equal(obj["w"], torch.arange(3))
+    assert "corrupt" not in caplog.text
