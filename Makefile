@@ -4,6 +4,9 @@ PIP     ?= .venv/bin/pip
 SWEEP   ?=
 QUANTS  ?= adaround,brecq,obc
 BITS    ?= 4,2,1.58
+# the paper protocol, spelled out (the experiment presets set the same; see conf/experiment/paper_*.yaml)
+PAPER   := model=resnet18 train=paper n_models=65 pkeep=0.5 targets=[0] bitwidth=paper attack=all \
+           quant=adaround,brecq,obc bits=4,2,1.58
 
 .DEFAULT_GOAL := help
 .PHONY: help install test test-all demo quant-table bench report sync clean-cache \
@@ -37,13 +40,13 @@ report:  ## rebuild summary.csv/.md and plots of a sweep: make report SWEEP=outp
 	$(PY) -m src.report.summary $(SWEEP)
 
 paper-cifar10:  ## paper protocol on CIFAR-10: ResNet-18, 64 shadows + target, 100 epochs, 3 methods x 3 bit-widths, all attacks
-	$(PY) -m src.main -m experiment=paper_cifar10 quant=adaround,brecq,obc bits=4,2,1.58
+	$(PY) -m src.main -m experiment=paper_cifar10 dataset=cifar10 $(PAPER)
 
 paper-cifar100:  ## paper protocol on CIFAR-100
-	$(PY) -m src.main -m experiment=paper_cifar100 quant=adaround,brecq,obc bits=4,2,1.58
+	$(PY) -m src.main -m experiment=paper_cifar100 dataset=cifar100 $(PAPER)
 
 paper-tinyimagenet:  ## paper protocol on TinyImageNet (needs paths.data_dir/tiny-imagenet-200)
-	$(PY) -m src.main -m experiment=paper_tinyimagenet quant=adaround,brecq,obc bits=4,2,1.58
+	$(PY) -m src.main -m experiment=paper_tinyimagenet dataset=tinyimagenet $(PAPER)
 
 sync:  ## upload offline W&B runs (needs `wandb login` and network)
 	@runs=$$(find outputs -path '*/wandb/offline-run-*' -prune 2>/dev/null); \

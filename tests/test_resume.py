@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -116,6 +117,12 @@ def test_concurrent_jobs_train_each_pool_model_once(tmp_path):
     assert sum(len(log_lines(tmp_path / f"job{i}", QUANTIZING)) for i in range(2)) == 1
     assert len(manifests(cache, "models")) == N_MODELS
     assert numbers(tmp_path / "job0") == numbers(tmp_path / "job1")
+    # both jobs were past start-up (Hydra writes .hydra/ just before calling the task) before the
+    # last pool model was trained: the one that trained less waited on the others' locks
+    stamps = [datetime.strptime(ln[1:24], "%Y-%m-%d %H:%M:%S,%f") for ln in trained]
+    started = [datetime.fromtimestamp((tmp_path / f"job{i}" / ".hydra" / "config.yaml").stat().st_mtime)
+               for i in range(2)]
+    assert max(started) < max(stamps), f"the jobs did not overlap ({started}, {stamps}); the lock was not exercised"
 
 
 def test_reader_does_not_destroy_an_artifact_being_saved(tmp_path, caplog):
