@@ -56,13 +56,12 @@ def _float(key: str, value, lo: float | None = None, hi: float | None = None, lo
     return v
 
 
-def _as_list(value) -> list:
-    """A config value that should be a list; a scalar (``targets=3``) counts as a one-element list."""
+def _as_list(key: str, value) -> list:
+    """A config value that must be a list (``targets=3`` would be iterated character by character or fail)."""
     from omegaconf import ListConfig
 
-    if isinstance(value, (list, tuple, ListConfig)):
-        return list(value)
-    return [value]
+    _need(isinstance(value, (list, tuple, ListConfig)), f"{key}={value}: must be a list, e.g. {key}=[{value}]")
+    return list(value)
 
 
 def check_cache_dir(path: str) -> None:
@@ -100,7 +99,7 @@ def validate(cfg) -> None:
         _int(cfg, "num_threads", cfg.num_threads, 1)
     _validate_dataset(cfg)
     _need(cfg.stage in ("all", "train"), f"stage={cfg.stage}: allowed: all, train")
-    queries = _as_list(cfg.dataset.get("queries", ["identity"]))
+    queries = _as_list("dataset.queries", cfg.dataset.get("queries", ["identity"]))
     for q in queries:
         try:
             check_query(str(q))
@@ -117,13 +116,13 @@ def validate(cfg) -> None:
         _int(cfg, "n_targets", cfg.n_targets, 1)
         targets = list(range(int(cfg.n_targets)))
     else:
-        targets = _as_list(cfg.targets)
+        targets = _as_list("targets", cfg.targets)
         _need(len(targets) > 0, "targets=[]: name at least one pool model to attack")
     for t in targets:
         ti = _int(cfg, "targets", t, 0)
         _need(ti < m, f"targets: index {t} is outside the pool; allowed: 0..{m - 1} (n_models={m})")
     if cfg.get("model_range") is not None:
-        r = list(cfg.model_range)
+        r = _as_list("model_range", cfg.model_range)
         _need(len(r) == 2 and 0 <= int(r[0]) < int(r[1]) <= m,
               f"model_range={r}: need [start, stop) with 0 ≤ start < stop ≤ n_models={m}")
     q = cfg.quant
@@ -168,7 +167,7 @@ def validate_with_data(cfg, keep, n_test: int, indices) -> None:
 def _validate_attack(cfg, m: int) -> None:
     from src.attacks import ATTACKS, OFFLINE_ATTACKS, ONLINE_ATTACKS, min_models
 
-    names = list(cfg.attack.names)
+    names = _as_list("attack.names", cfg.attack.names)
     _need(len(names) > 0, "attack.names=[]: name at least one attack")
     for n in names:
         _need(n in ATTACKS, f"attack.names: unknown attack {n!r}; allowed: {', '.join(ATTACKS)}")
@@ -189,7 +188,7 @@ def _validate_attack(cfg, m: int) -> None:
                          f"models, but {why}; need {lo} ≤ round(n_models·pkeep) ≤ {hi} (e.g. pkeep=0.5 with "
                          f"n_models ≥ {max(need, 2 * lo)})")
     _int(cfg, "attack.bootstrap", cfg.attack.get("bootstrap", 0), 0)
-    for f in _as_list(cfg.attack.get("fprs", [])):
+    for f in _as_list("attack.fprs", cfg.attack.get("fprs", [])):
         _float("attack.fprs", f, 0.0, 1.0, lo_open=True, hi_open=True)
     ref = cfg.attack.get("reference", "fp")
     _need(ref in ("fp", "matched"), f"attack.reference={ref}: allowed: fp, matched")

@@ -13,11 +13,17 @@ from src.models import build_model
 def test_keep_matrix_balanced(m, n, pkeep):
     keep = keep_matrix(m, n, pkeep, seed=3)
     assert keep.shape == (m, n) and keep.dtype == bool
-    k = int(round(m * pkeep))
+    k = int(m * pkeep)
     assert (keep.sum(0) == k).all()  # each example IN for exactly k models
     # every model gets roughly half the data, and different models differ
     assert abs(keep.sum(1).mean() - n * k / m) < 1e-9
     assert len({r.tobytes() for r in keep}) == m
+
+
+def test_keep_matrix_is_the_reference_formula():
+    # REFERENCE.md: U ~ Uniform(M×N) with a fixed seed, keep = argsort(U, axis=0) < M/2
+    u = np.random.default_rng(5).uniform(size=(8, 30))
+    assert (keep_matrix(8, 30, 0.5, 5) == (np.argsort(u, axis=0) < 4)).all()
 
 
 def test_keep_matrix_deterministic_and_seeded():

@@ -58,7 +58,9 @@ IN_PROCESS = [
     ("rmia_n_models_2", ["n_models=2", "attack=rmia"], ["n_models=2"]),
     ("target_99", ["targets=[99]"], ["targets", "99", "0..3"]),
     ("target_negative", ["targets=[-1]"], ["targets=-1"]),
-    ("target_scalar_outside", ["targets=7"], ["targets", "7"]),
+    ("targets_scalar", ["targets=1"], ["targets=1", "list"]),
+    ("attack_names_scalar", ["attack.names=loss"], ["attack.names=loss", "list"]),
+    ("queries_scalar", ["dataset.queries=mirror"], ["dataset.queries=mirror", "list"]),
     ("targets_empty", ["targets=[]"], ["targets=[]"]),
     ("n_targets_too_many", ["n_targets=5"], ["targets", "4"]),
     ("attack_name_bogus", ["attack.names=[bogus]"], ["attack.names", "bogus", "allowed"]),
@@ -201,3 +203,16 @@ def test_read_only_cache_dir(compose, tmp_path):
             prepare(compose([*TINY, f"paths.cache_dir={ro}/cache"]))
     finally:
         ro.chmod(0o755)
+
+
+@pytest.mark.parametrize("preset", ["experiment=default", "experiment=paper_cifar10", "experiment=paper_cifar100",
+                                    "experiment=paper_tinyimagenet"])
+def test_shipped_configs_pass_validation(compose, tmp_path, preset):
+    """No false alarms: every shipped preset with every quantizer, attack and bit policy validates."""
+    from src.validate import validate
+
+    for quant in ("none", "rtn", "adaround", "brecq", "obc"):
+        for attack in ("lira", "rmia", "loss", "all"):
+            for extra in (["bits=4", "bitwidth=uniform"], ["bits=1.58", "bitwidth=paper"], ["bits=2", "bitwidth=8bit_ends"]):
+                validate(compose([preset, f"quant={quant}", f"attack={attack}", *extra,
+                                  f"paths.cache_dir={tmp_path}/cache"]))

@@ -1,7 +1,9 @@
 """The balanced keep matrix of the LiRA protocol (REFERENCE.md "Membership split").
 
-U ~ Uniform(M × N) with a fixed seed; keep = argsort(U, axis=0) < M·pkeep. Each column then has
-exactly round(M·pkeep) True entries: every example is IN for exactly M/2 models at pkeep = 0.5.
+U ~ Uniform(M × N) with a fixed seed; keep = argsort(U, axis=0) < ⌊M·pkeep⌋, exactly as written there
+(and as the LiRA reference code does), so the same seed gives the same split. Column i of
+argsort(U, axis=0) is a permutation of 0..M−1, hence every example is IN for exactly ⌊M·pkeep⌋
+models (M/2 at pkeep = 0.5; 32 of 65 for the paper's 64 shadows + target).
 """
 from __future__ import annotations
 
@@ -14,10 +16,4 @@ def keep_matrix(n_models: int, n_examples: int, pkeep: float = 0.5, seed: int = 
     if not 0.0 < pkeep < 1.0:
         raise ValueError(f"pkeep={pkeep}: must lie strictly between 0 and 1")
     u = np.random.default_rng(seed).uniform(size=(n_models, n_examples))
-    order = np.argsort(u, axis=0)  # order[r, i] = model holding the r-th smallest draw for example i
-    k = int(round(n_models * pkeep))
-    keep = np.zeros((n_models, n_examples), dtype=bool)
-    cols = np.arange(n_examples)
-    for r in range(k):
-        keep[order[r], cols] = True
-    return keep
+    return np.argsort(u, axis=0) < int(pkeep * n_models)

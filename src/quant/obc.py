@@ -310,7 +310,7 @@ def quantize_obc(model: nn.Module, layer_bits: dict[str, float], cfg, calib_x: t
     damp = float(cfg.get("damp", 0.01))
     block = int(cfg.get("block", 64))
     outlier = bool(cfg.get("outlier", True))
-    sequential = bool(cfg.get("sequential", True))
+    sequential = bool(cfg.get("sequential", False))
     bs = int(cfg.get("calib_batch", 128))
     row_batch = cfg.get("row_batch", "auto")
     max_mem_gb = cfg.get("max_mem_gb", None)
