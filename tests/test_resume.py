@@ -13,7 +13,6 @@ import shutil
 import signal
 import time
 from datetime import datetime
-from pathlib import Path
 
 import pytest
 
