@@ -19,7 +19,7 @@ from src.attacks.scores import compute_phi
 from src.cache import ArtifactStore, cache_key
 from src.data import ImageData, data_digest, keep_matrix
 from src.models import build_model
-from src.quant import FULL_PRECISION, quantize
+from src.quant import FULL_PRECISION, NEEDS_CALIBRATION, quantize
 from src.quant.bn_fold import fold_batchnorm
 from src.training.pool import evaluate_accuracy, resolve_device, train_model
 
@@ -69,6 +69,9 @@ def model_key(cfg, digest: str, index: int) -> dict:
     train = {k: v for k, v in _plain(cfg.train).items() if k not in TRAIN_KEYS_IGNORED}
     # the fast (bf16, CUDA) and plain (Lightning Trainer) paths give different models: key the path
     train["path"] = "fast" if use_fast_path(cfg, resolve_device(cfg.get("device", "auto"))) else "plain"
+    if train["path"] == "plain":
+        for k in ("fast", "bf16"):
+            train.pop(k, None)
     return {"kind": "pool_model", "data": digest, "augment": aug, "model": _plain(cfg.model),
             "train": train, "seed": int(cfg.seed), "n_models": int(cfg.n_models),
             "pkeep": float(cfg.pkeep), "index": int(index)}
@@ -149,6 +152,9 @@ def calibration_indices(cfg, data: ImageData, keep: np.ndarray, index: int) -> t
 
 def quant_key(cfg, pool_model_key: dict) -> dict:
     qcfg = {k: v for k, v in _plain(cfg.quant).items() if k not in QUANT_KEYS_IGNORED}
+    if cfg.quant.name not in NEEDS_CALIBRATION:  # e.g. RTN: no calibration data, no optimisation budget
+        for k in ("calibration", "n_calib", "iters"):
+            qcfg.pop(k, None)
     return {"kind": "quantized", "model": cache_key(pool_model_key), "quant": qcfg, "bits": float(cfg.bits),
             "policy": cfg.bitwidth.policy, "dataset": cfg.dataset.name, "seed": int(cfg.seed)}
 
@@ -165,15 +171,17 @@ def quantize_pool_model(cfg, data: ImageData, keep: np.ndarray, index: int, stor
     device = resolve_device(cfg.get("device", "auto"))
 
     def build():
-        source, idx = calibration_indices(cfg, data, keep, index)
-        x_src = data.x_test if source == "test" else data.x_train
         from src.data import normalize
 
-        calib_x = normalize(x_src[torch.from_numpy(idx)], data.mean, data.std)
+        source, idx, calib_x = None, np.array([], dtype=np.int64), None
+        if cfg.quant.name in NEEDS_CALIBRATION:
+            source, idx = calibration_indices(cfg, data, keep, index)
+            x_src = data.x_test if source == "test" else data.x_train
+            calib_x = normalize(x_src[torch.from_numpy(idx)], data.mean, data.std)
         qcfg = OmegaConf.create(_plain(cfg.quant))
         qcfg.seed, qcfg.progress = int(cfg.seed) + index, bool(cfg.get("progress", True))
         log.info("quantize: model %d with %s at %s bits (%s policy), %d %s calibration images",
-                 index, cfg.quant.name, cfg.bits, cfg.bitwidth.policy, len(idx), source)
+                 index, cfg.quant.name, cfg.bits, cfg.bitwidth.policy, len(idx), source or "no")
         res = quantize(fp_model, float(cfg.bits), qcfg, cfg.bitwidth.policy, calib_x, cfg.dataset.name, device)
         members = torch.from_numpy(np.flatnonzero(keep[index]))
         return {"state_dict": res.model.state_dict(), "layer_bits": res.layer_bits, "export": res.export,

@@ -13,7 +13,7 @@ from pathlib import Path
 from src.data.augment import check_query
 from src.data.datasets import DATASETS
 from src.models import MODELS
-from src.quant import FULL_PRECISION, METHODS
+from src.quant import FULL_PRECISION, METHODS, NEEDS_CALIBRATION
 from src.quant.grid import INIT_METHODS, check_bits
 from src.quant.policy import POLICIES
 
@@ -139,6 +139,9 @@ def validate(cfg) -> None:
         if k in q:
             _float(f"quant.{k}", q[k], 0.0)
     if q.name not in FULL_PRECISION:
+        _need(not (q.name == "adaround" and q.get("fold_bn", True) is False),
+              "quant.fold_bn=false: AdaRound reconstructs each layer with its activation (conv → ReLU), "
+              "which is only its real output with BatchNorm folded; allowed: true")
         if "init" in q:
             _need(q.init in INIT_METHODS, f"quant.init={q.init}: allowed: {', '.join(INIT_METHODS)}")
         cal = q.get("calibration", "members")
@@ -152,7 +155,7 @@ def validate(cfg) -> None:
 def validate_with_data(cfg, keep, n_test: int, indices) -> None:
     """Checks that need the dataset and membership split (run after loading, before any training)."""
     q = cfg.quant
-    if q.name in FULL_PRECISION:
+    if q.name not in NEEDS_CALIBRATION:
         return
     if cfg.attack.get("reference", "fp") == "matched":  # every pool model gets quantized
         indices = range(keep.shape[0])

@@ -67,3 +67,20 @@ def test_calibration_sources_are_disjoint_and_seeded():
     cfg.quant.calibration = "test"
     _, idx_t = P.calibration_indices(cfg, data, keep, 2)
     assert idx_t.max() < len(data.y_test)
+
+
+def test_rtn_needs_no_calibration(tmp_path):
+    """RTN looks only at the weights: an n_calib larger than the members is not an error, and the
+    quantized artifact does not depend on calibration settings."""
+    from src import pipeline as P
+    from src.main import prepare
+
+    cfg = compose_cfg(TINY + ["quant=rtn", "quant.n_calib=100000", f"paths.cache_dir={tmp_path}/c"])
+    prepare(cfg)  # no ConfigError
+    key_a = P.quant_key(cfg, {"m": 0})
+    from omegaconf import open_dict
+
+    with open_dict(cfg):
+        cfg.quant.n_calib = 3
+        cfg.quant.calibration = "test"
+    assert P.quant_key(cfg, {"m": 0}) == key_a

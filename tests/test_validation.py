@@ -37,7 +37,7 @@ def _unwritable_dir(tmp: Path) -> Path:
 # `{tmp}` is replaced by the case's temporary directory.
 SUBPROCESS = [
     ("bits_abc", ["bits=abc"], ["bits=abc", "allowed"]),
-    ("n_calib_too_large", ["quant=rtn", "quant.n_calib=100000"], ["quant.n_calib=100000", "at most"]),
+    ("n_calib_too_large", ["quant=adaround", "quant.n_calib=100000"], ["quant.n_calib=100000", "at most"]),
     ("cifar10_missing", ["dataset=cifar10", "paths.data_dir={tmp}/empty"], ["dataset=cifar10", "paths.data_dir"]),
     ("cache_dir_unwritable", ["paths.cache_dir={tmp}/a_file/cache"], ["paths.cache_dir", "not writable"]),
     ("quant_unknown", ["quant=foo"], ["quant/foo"]),
@@ -67,13 +67,14 @@ IN_PROCESS = [
     ("attack_names_empty", ["attack.names=[]"], ["attack.names"]),
     ("adaround_iters_negative", ["quant=adaround", "quant.iters=-5"], ["quant.iters=-5"]),
     ("brecq_iters_abc", ["quant=brecq", "quant.iters=abc"], ["quant.iters=abc"]),
+    ("adaround_unfolded_bn", ["quant=adaround", "quant.fold_bn=false"], ["quant.fold_bn=false", "allowed"]),
     ("adaround_lr_zero", ["quant=adaround", "quant.lr=0"], ["quant.lr=0"]),
-    ("n_calib_zero", ["quant.n_calib=0"], ["quant.n_calib=0"]),
+    ("n_calib_zero", ["quant=brecq", "quant.n_calib=0"], ["quant.n_calib=0"]),
     ("n_calib_too_large_obc", ["quant=obc", "quant.n_calib=100000"], ["quant.n_calib=100000"]),
     # target 3 has 138 members, model 0 only 119: with matched references every model is quantized
-    ("n_calib_too_large_matched", ["targets=[3]", "quant.n_calib=130", "attack.reference=matched"],
+    ("n_calib_too_large_matched", ["quant=obc", "targets=[3]", "quant.n_calib=130", "attack.reference=matched"],
      ["quant.n_calib=130", "model 0"]),
-    ("calibration_bogus", ["quant.calibration=bogus"], ["quant.calibration=bogus", "members"]),
+    ("calibration_bogus", ["quant=adaround", "quant.calibration=bogus"], ["quant.calibration=bogus", "members"]),
     ("quant_init_bogus", ["quant.init=bogus"], ["quant.init=bogus"]),
     ("imagefolder_no_root", ["dataset=imagefolder"], ["dataset.root"]),
     ("imagefolder_missing_root", ["dataset=imagefolder", "dataset.root=/nonexistent"], ["dataset.root", "/nonexistent"]),

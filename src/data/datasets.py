@@ -89,7 +89,11 @@ CIFAR_STATS = {
 def load_cifar(name: str, data_dir: str, download: bool) -> ImageData:
     from torchvision.datasets import CIFAR10, CIFAR100
 
+    import socket
+
     cls = CIFAR10 if name == "cifar10" else CIFAR100
+    old_timeout = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(60)  # a network that drops packets fails the download instead of hanging
     try:
         tr = cls(data_dir, train=True, download=download)
         te = cls(data_dir, train=False, download=download)
@@ -99,6 +103,8 @@ def load_cifar(name: str, data_dir: str, download: bool) -> ImageData:
             f"dataset={name}: could not load or download it ({type(e).__name__}); download the python "
             f"version from https://www.cs.toronto.edu/~kriz/ and unpack it so that "
             f"{Path(data_dir) / folder} exists (paths.data_dir={data_dir})") from None
+    finally:
+        socket.setdefaulttimeout(old_timeout)
 
     def conv(ds):
         return torch.from_numpy(np.asarray(ds.data)).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets)

@@ -29,6 +29,7 @@ METHODS = {
     "obc": ("src.quant.obc", "quantize_obc"),
 }
 FULL_PRECISION = ("none", "fp")
+NEEDS_CALIBRATION = ("adaround", "brecq", "obc")  # RTN looks at the weights only
 
 
 @dataclass
