@@ -91,3 +91,41 @@ def test_bad_bits_one_line_error(tmp_path):
     lines = [ln for ln in p.stderr.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and "bits=3.5" in lines[0] and "1.58" in lines[0]
     assert not list((tmp_path / "cache").rglob("*.pt"))
+
+
+def test_export_rebuilds_every_layer(first_run):
+    """quantized_target0.pt alone gives each Conv/Linear weight (scale·(codes − zero_point)) and bias, and
+    the codes use at most 2^bits levels per output channel."""
+    import torch
+
+    from src.models import build_model
+    from src.quant.bn_fold import fold_batchnorm
+
+    tmp, _ = first_run
+    export = torch.load(tmp / "run1" / "quantized_target0.pt", weights_only=False)
+    model = fold_batchnorm(build_model("smallcnn", 4, 1))
+    modules = dict(model.named_modules())
+    assert set(export) == {n for n, m in modules.items() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))}
+    for name, e in export.items():
+        codes = e["codes"].float()
+        shape = (-1,) + (1,) * (codes.dim() - 1)
+        w = e["scale"].view(shape) * (codes - e["zero_point"].float().view(shape))
+        assert w.shape == modules[name].weight.shape and e["bias"].shape == (w.shape[0],)
+        assert e["qmin"] <= codes.min() and codes.max() <= e["qmax"] and e["qmax"] - e["qmin"] + 1 == 4
+        assert all(len(torch.unique(c)) <= 4 for c in codes.reshape(codes.shape[0], -1))
+    # the rebuilt quantized model reproduces the reported test accuracy of target 0
+    from omegaconf import OmegaConf
+
+    from src.data import load_dataset, normalize
+
+    res = json.loads((tmp / "run1" / "results.json").read_text())
+    with torch.no_grad():
+        for name, e in export.items():
+            codes = e["codes"].float()
+            shape = (-1,) + (1,) * (codes.dim() - 1)
+            modules[name].weight.copy_(e["scale"].view(shape) * (codes - e["zero_point"].float().view(shape)))
+            modules[name].bias.copy_(e["bias"])
+        data = load_dataset(OmegaConf.create(res["config"]["dataset"]), str(tmp))
+        pred = model.eval()(normalize(data.x_test, data.mean, data.std)).argmax(1)
+    acc = (pred == data.y_test).float().mean().item()
+    assert abs(acc - res["utility"]["per_target"][0]["test_acc"]) < 1e-9

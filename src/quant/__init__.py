@@ -57,4 +57,8 @@ def quantize(model: nn.Module, bits: float, qcfg, policy: str = "uniform", calib
     method = getattr(importlib.import_module(module), fn)
     export = method(qmodel, bits_per_layer, qcfg, calib_x, device)
     qmodel = qmodel.cpu().eval()
+    modules = dict(qmodel.named_modules())
+    for name, entry in export.items():  # float bias (BN folded in) so each layer can be rebuilt from the export
+        bias = modules[name].bias
+        entry["bias"] = None if bias is None else bias.detach().float().cpu().clone()
     return QuantResult(qmodel, bits_per_layer, export, time.perf_counter() - t0)
