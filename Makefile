@@ -2,6 +2,7 @@
 PY      ?= .venv/bin/python
 PIP     ?= .venv/bin/pip
 SWEEP   ?=
+CACHE   ?= outputs/cache
 QUANTS  ?= adaround,brecq,obc
 BITS    ?= 4,2,1.58
 # the paper protocol, spelled out (the experiment presets set the same; see conf/experiment/paper_*.yaml)
@@ -52,5 +53,5 @@ sync:  ## upload offline W&B runs (needs `wandb login` and network)
 	@runs=$$(find outputs -path '*/wandb/offline-run-*' -prune 2>/dev/null); \
 	if [ -z "$$runs" ]; then echo "no offline W&B runs under outputs/"; else .venv/bin/wandb sync $$runs; fi
 
-clean-cache:  ## delete the artifact cache (outputs/cache) and nothing else
-	rm -rf outputs/cache
+clean-cache:  ## delete the artifact cache and nothing else (CACHE=<paths.cache_dir>, default outputs/cache)
+	rm -rf -- "$(CACHE)"
