@@ -128,8 +128,18 @@ def _read_images(paths: list[Path], size: int | None) -> torch.Tensor:
     return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).contiguous()
 
 
-def load_imagefolder(root: str | None, image_size: int | None = None, name: str = "imagefolder") -> ImageData:
-    """``root/train/<class>/*`` and ``root/test/<class>/*``; classes sorted by folder name."""
+def _subset(n: int, limit, seed: int) -> np.ndarray:
+    """Indices of a seeded random subset of size ``limit`` (all, in order, when no limit): files are
+    sorted by class, so a prefix would hold only the first classes."""
+    if not limit or int(limit) >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=int(limit), replace=False))
+
+
+def load_imagefolder(root: str | None, image_size: int | None = None, name: str = "imagefolder",
+                     max_train=None, max_test=None, seed: int = 0) -> ImageData:
+    """``root/train/<class>/*`` and ``root/test/<class>/*``; classes sorted by folder name.
+    ``max_train``/``max_test`` read only a seeded random subset of the files."""
     if not root or not (Path(root) / "train").is_dir() or not (Path(root) / "test").is_dir():
         raise DataError(f"dataset.root={root!r}: need a folder holding train/<class>/* and test/<class>/* "
                         f"(set dataset.root=DIR)")
@@ -137,7 +147,7 @@ def load_imagefolder(root: str | None, image_size: int | None = None, name: str 
     classes = sorted(d.name for d in (root_p / "train").iterdir() if d.is_dir())
     index = {c: i for i, c in enumerate(classes)}
 
-    def split(s):
+    def split(s, limit):
         files, labels = [], []
         for c in classes:
             fs = sorted(f for f in (root_p / s / c).glob("*") if f.suffix.lower() in IMAGE_EXT)
@@ -145,10 +155,11 @@ def load_imagefolder(root: str | None, image_size: int | None = None, name: str 
             labels += [index[c]] * len(fs)
         if not files:
             raise DataError(f"dataset.root={root!r}: no images found under {root_p / s}")
-        return _read_images(files, image_size), torch.tensor(labels)
+        keep = _subset(len(files), limit, seed)
+        return _read_images([files[i] for i in keep], image_size), torch.tensor(labels)[torch.from_numpy(keep)]
 
-    xtr, ytr = split("train")
-    xte, yte = split("test")
+    xtr, ytr = split("train", max_train)
+    xte, yte = split("test", max_test)
     return _finish(name, xtr, ytr, xte, yte, len(classes))
 
 
@@ -197,15 +208,15 @@ def load_dataset(cfg, data_dir: str) -> ImageData:
     elif name == "tinyimagenet":
         data = load_tinyimagenet(data_dir, bool(cfg.get("download", False)))
     elif name == "imagefolder":
-        data = load_imagefolder(cfg.get("root"), cfg.get("image_size"))
+        data = load_imagefolder(cfg.get("root"), cfg.get("image_size"), max_train=cfg.get("max_train"),
+                                max_test=cfg.get("max_test"), seed=int(cfg.get("split_seed", 0)))
     else:
         raise DataError(f"dataset.name={name!r} is not known; allowed: {', '.join(DATASETS)}")
-    limit = cfg.get("max_train")
-    if limit:
-        data.x_train, data.y_train = data.x_train[: int(limit)], data.y_train[: int(limit)]
-    limit = cfg.get("max_test")
-    if limit:
-        data.x_test, data.y_test = data.x_test[: int(limit)], data.y_test[: int(limit)]
+    # optional seeded random subsets (any dataset; imagefolder already read only its subset)
+    tr = _subset(len(data.y_train), cfg.get("max_train"), int(cfg.get("split_seed", 0)))
+    te = _subset(len(data.y_test), cfg.get("max_test"), int(cfg.get("split_seed", 0)))
+    data.x_train, data.y_train = data.x_train[tr], data.y_train[tr]
+    data.x_test, data.y_test = data.x_test[te], data.y_test[te]
     return data
 
 
