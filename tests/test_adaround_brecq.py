@@ -17,7 +17,7 @@ from src.models import SmallResNet, residual_blocks
 from src.quant import quantize
 from src.quant.adaround import quantize_adaround, relu_followed_layers
 from src.quant.bn_fold import fold_batchnorm
-from src.quant.brecq import block_units, fisher_weights, quantize_brecq
+from src.quant.brecq import block_units, fisher_weights, kl_grad_weights, quantize_brecq
 from src.quant.calibration import capture
 from src.quant.grid import init_grid
 from src.quant.policy import layer_bits as policy_layer_bits
@@ -88,7 +88,8 @@ def results(trained):
     model, calib, _, _ = trained
     return {key: run(method, model, bits, calib, **kw) for key, method, bits, kw in [
         ("rtn2", "rtn", 2, {}), ("ada2", "adaround", 2, {}), ("brecq2", "brecq", 2, {}),
-        ("fisher2", "brecq", 2, {"loss": "fisher"}), ("rtn3", "rtn", 1.58, {}),
+        ("fisher2", "brecq", 2, {"loss": "fisher"}), ("fisherkl2", "brecq", 2, {"loss": "fisher_kl"}),
+        ("rtn3", "rtn", 1.58, {}),
         ("ada3", "adaround", 1.58, {}), ("brecq3", "brecq", 1.58, {})]}
 
 
@@ -114,7 +115,7 @@ def test_beta_schedule():
 
 # ---------------------------------------------------------------------------------------- grids
 
-@pytest.mark.parametrize("key", ["ada2", "brecq2", "fisher2", "ada3", "brecq3"])
+@pytest.mark.parametrize("key", ["ada2", "brecq2", "fisher2", "fisherkl2", "ada3", "brecq3"])
 def test_weights_on_grid_and_match_export(results, key):
     m, export, lb = results[key]
     modules = dict(m.named_modules())
@@ -180,7 +181,7 @@ def test_adaround_beats_rtn_per_layer(trained, results):
         assert ada[name] < rtn[name], (name, ada[name], rtn[name])
 
 
-@pytest.mark.parametrize("key", ["brecq2", "fisher2"])
+@pytest.mark.parametrize("key", ["brecq2", "fisher2", "fisherkl2"])
 def test_brecq_beats_rtn_per_block(trained, results, key):
     model, calib, _, _ = trained
     fp, lb = folded(model)
@@ -191,7 +192,7 @@ def test_brecq_beats_rtn_per_block(trained, results, key):
         assert br[name] < rtn[name], (name, br[name], rtn[name])
 
 
-@pytest.mark.parametrize("bits,keys", [(2, ("ada2", "brecq2", "fisher2")), (1.58, ("ada3", "brecq3"))])
+@pytest.mark.parametrize("bits,keys", [(2, ("ada2", "brecq2", "fisher2", "fisherkl2")), (1.58, ("ada3", "brecq3"))])
 def test_accuracy_beats_rtn(trained, results, bits, keys):
     _, _, xte, yte = trained
     rtn_key = "rtn2" if bits == 2 else "rtn3"
@@ -261,3 +262,54 @@ def test_fisher_weights_exact_vs_monte_carlo(trained):
     assert exact.shape == mc.shape == (32, 16, 8, 8)
     assert abs(exact.mean().item() - 1) < 1e-4 and (exact >= 0).all()
     assert torch.corrcoef(torch.stack([exact.flatten(), mc.flatten()]))[0, 1] > 0.9
+
+
+@pytest.mark.parametrize("unit_index", [0, 1, 2, 3])
+def test_fisher_kl_weights(trained, unit_index):
+    """fisher_kl: ω = (∂KL(p_Q‖p_FP)/∂z)² / mean, prefix quantized, current block at RTN, suffix FP."""
+    model, calib, _, _ = trained
+    fp, lb = folded(model)
+    x = calib[:64]
+    q = copy.deepcopy(fp)
+    units = block_units(q, list(lb))
+    # quantize the prefix (units before unit_index) to nearest, as an already-reconstructed prefix
+    rtn_q, _ = folded(model)
+    quantize_rtn(rtn_q, lb, cfg("rtn"), None, "cpu")
+    for u in units[:unit_index]:
+        for name in u.params.values():
+            q.get_submodule(name).weight.data.copy_(rtn_q.get_submodule(name).weight)
+    unit = units[unit_index]
+    grids = {n: init_grid(q.get_submodule(n).weight, 2, False, "lp", 2.4) for n in unit.params.values()}
+    before = {n: p.clone() for n, p in q.named_parameters()}
+    w = kl_grad_weights(q, fp, x, unit, grids, batch_size=24)  # batches of uneven size on purpose
+    for n, p in q.named_parameters():  # the unit's weights are restored
+        assert torch.equal(p, before[n]), n
+    out = capture(fp, fp.get_submodule(unit.exit), x, keep_output=True)[1]
+    assert w.shape == out.shape
+    assert torch.isfinite(w).all() and (w >= 0).all()
+    assert abs(w.mean().item() - 1) < 1e-4
+    assert w.std() > 0
+
+    # independent check on one example: autograd of the KL itself w.r.t. the unit output
+    for n in unit.params.values():
+        lay = q.get_submodule(n)
+        lay.weight.data.copy_(grids[n].dequantize(grids[n].codes(lay.weight)))
+    z = capture(q, q.get_submodule(unit.exit), x[:1], keep_output=True)[1].clone().requires_grad_(True)
+    h = q.get_submodule(unit.exit).register_forward_hook(lambda _m, _i, _o: z)
+    try:
+        logq = F.log_softmax(q(x[:1]), 1)
+    finally:
+        h.remove()
+    logp = F.log_softmax(fp(x[:1]), 1).detach()
+    (g,) = torch.autograd.grad((logq.exp() * (logq - logp)).sum(), z)
+    raw = kl_grad_weights(q, fp, x[:1], unit, {}, batch_size=1)  # grids={} keeps the weights set above
+    assert torch.allclose(raw, g.pow(2) / g.pow(2).mean(), rtol=1e-4, atol=1e-6)
+
+
+def test_fisher_kl_falls_back_to_mse_when_nothing_changes(trained):
+    """p_Q = p_FP exactly (no prefix, no unit layers changed): all gradients zero → ω = 1."""
+    model, calib, _, _ = trained
+    fp, lb = folded(model)
+    unit = block_units(fp, list(lb))[1]
+    w = kl_grad_weights(copy.deepcopy(fp), fp, calib[:16], unit, {})
+    assert torch.equal(w, torch.ones_like(w))
