@@ -24,14 +24,12 @@ import argparse
 import contextlib
 import gc
 import json
-import math
 import os
 import platform
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from omegaconf import OmegaConf
 

@@ -1,6 +1,5 @@
 """Pipeline options: matched references, W&B failure tolerance, calibration sources."""
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path

@@ -5,7 +5,6 @@ Augmentation and normalisation run later, in batches, on whatever device trains 
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 

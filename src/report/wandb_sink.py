@@ -308,7 +308,6 @@ class WandbSink:
             self._log_roc(results)
 
     def _log_results_table(self, results: dict) -> None:
-        import wandb
 
         from src.report.summary import COLUMNS, job_rows
 
