@@ -208,8 +208,7 @@ def target_indices(cfg) -> list[int]:
     return [int(t) for t in cfg.targets]
 
 
-def reference_phi(cfg, data: ImageData, keep: np.ndarray, pool: Pool, store: ArtifactStore,
-                  targets: list[int]) -> np.ndarray:
+def reference_phi(cfg, data: ImageData, keep: np.ndarray, pool: Pool, store: ArtifactStore) -> np.ndarray:
     """φ of the reference models: the FP pool (``attack.reference=fp``, the paper), or every model
     quantized with the job's quantizer and bits (``matched``: the attacker knows the deployment)."""
     if cfg.attack.get("reference", "fp") == "fp" or cfg.quant.name in FULL_PRECISION:
