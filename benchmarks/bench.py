@@ -17,6 +17,11 @@
 All rates are warm: first iterations (and compilation / graph capture) are excluded, and the device
 is synchronised before and after each timed region. Default: cuda + cifar if CUDA is available,
 else cpu + small.
+
+Robustness (the GPU run happens once): every section and every variant / quantizer reports its own
+failure in its row; the JSON is rewritten after each section; the torch.compile variant runs last
+(its cold compile is the least predictable cost); with a time budget (``--budget``, default 420 s for
+cifar) sections that would start too late are reported as skipped.
 """
 from __future__ import annotations
 
@@ -51,6 +56,13 @@ SIZES = {
 }
 VARIANTS_CUDA = ("eager", "compile", "graphs", "graphs_k8")
 VARIANTS_CPU = ("eager",)
+# Run after scoring and the quantizers: torch.compile's first call (Dynamo + Inductor + Triton
+# builds, ~1-2 min cold) is the least predictable part of the GPU run, so it must not starve the rest.
+DEFERRED_VARIANTS = ("compile",)
+# Soft time budget (s, from the start of run()) per size: a section that would start later is
+# skipped and reported as such. The H200 slot is 8 minutes including start-up and data loading.
+BUDGET_S = {"cifar": 420.0}
+MIN_LEFT_FOR_COMPILE_S = 150.0
 
 
 def _sync(device):
@@ -61,7 +73,10 @@ def _sync(device):
 def _free(device):
     gc.collect()
     if str(device).startswith("cuda"):
-        torch.cuda.empty_cache()
+        try:  # after a sticky CUDA error this raises too; the failure is already in its row
+            torch.cuda.empty_cache()
+        except Exception:
+            pass
 
 
 def _error(e: BaseException) -> str:
@@ -108,17 +123,19 @@ class PILDataset(torch.utils.data.Dataset):
         return self.transform(self.images[i]), self.labels[i]
 
 
-def bench_reference(data, spec, device) -> dict:
+def bench_reference(data, spec, device, workers: int | None = None) -> dict:
     from torchvision import transforms as T
 
     size = data.image_size
     tf = T.Compose([T.RandomCrop(size, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
                     T.Normalize(data.mean, data.std)])
     cuda = str(device).startswith("cuda")
-    workers = 4 if cuda else 0
+    workers = (4 if cuda else 0) if workers is None else workers
     ds = PILDataset(data.x_train, data.y_train, tf)
     loader = torch.utils.data.DataLoader(ds, batch_size=spec["ref_batch"], shuffle=True, num_workers=workers,
-                                         pin_memory=cuda, drop_last=True, persistent_workers=workers > 0)
+                                         pin_memory=cuda, drop_last=True, persistent_workers=workers > 0,
+                                         # a stuck worker raises (and is reported) instead of hanging the GPU slot
+                                         timeout=120 if workers > 0 else 0)
     torch.manual_seed(0)
     model = make_model(spec["model"], spec["width"], data.num_classes).to(device).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
@@ -180,13 +197,17 @@ def bench_fast(data, spec, device, variant: str) -> dict:
         tr.steps(spec["fast_steps"])
         tr.synchronize()
         dt = time.perf_counter() - t0
-        tr.check_losses(0)
+        try:  # lr 0.1 from step 0 on random init: a diverging model must not discard the timing
+            losses = tr.check_losses(0)
+            loss_note = {"mean_loss": [float(v) for v in losses]}
+        except FloatingPointError as e:
+            loss_note = {"loss_error": _error(e)}
     imgs = spec["fast_steps"] * k * spec["batch"]
     del tr
     _free(device)
     return {"images_per_s": imgs / dt, "seconds": dt, "images": imgs, "warmup_s": warm, "models_per_step": k,
             "batch": spec["batch"], "bf16": str(device).startswith("cuda"),
-            "channels_last": str(device).startswith("cuda")}
+            "channels_last": str(device).startswith("cuda"), **loss_note}
 
 
 # ----------------------------------------------------------------------------------- (c) scoring
@@ -233,13 +254,19 @@ def _calibrated_model(name, width, data, device, n_bn=256):
     return model.cpu().eval()
 
 
-def bench_quant(data, spec, device, methods) -> dict:
+def bench_quant(data, spec, device, methods, out: dict | None = None, deadline: float | None = None,
+                on_row=None) -> dict:
+    """Fills ``out`` (returned) method by method; ``on_row()`` after each (incremental JSON);
+    methods that would start after ``deadline`` (perf_counter) are reported as skipped."""
     from src.data import normalize
     from src.quant import quantize
 
-    out = {}
+    out = {} if out is None else out
     for m in methods:
         row: dict = {}
+        if deadline is not None and time.perf_counter() > deadline:
+            out[m] = {"error": "skipped: time budget"}
+            continue
         try:
             qcfg = OmegaConf.load(REPO / "conf" / "quant" / f"{m}.yaml")
             qcfg.progress = False
@@ -276,38 +303,48 @@ def bench_quant(data, spec, device, methods) -> dict:
         except Exception as e:  # a method still being written, or failing: report, continue
             row["error"] = _error(e)
         out[m] = row
-        _free(device)
+        _free(device)  # outside the except block: the traceback no longer pins the failed run's tensors
+        if on_row is not None:
+            on_row()
     return out
 
 
 # ---------------------------------------------------------------------------------------- report
 def summarise(res: dict) -> dict:
     """Headline figures, computed from the reported numbers (so they can be checked from the JSON)."""
-    ok = {k: v for k, v in res["fast"]["variants"].items() if "images_per_s" in v}
+    ok = {k: v for k, v in res.get("fast", {}).get("variants", {}).items() if "images_per_s" in v}
+    total = PROTOCOL["models"] * PROTOCOL["images"] * PROTOCOL["epochs"]
+    a = res.get("reference", {}).get("images_per_s")   # absent when the reference loop failed
     if ok:
         best = max(ok, key=lambda k: ok[k]["images_per_s"])
         b = ok[best]["images_per_s"]
         res["fast"].update(best=best, images_per_s=b)
-        res["ratio"] = b / res["reference"]["images_per_s"]
-        total = PROTOCOL["models"] * PROTOCOL["images"] * PROTOCOL["epochs"]
         res["projected_protocol_s"] = total / b
         res["projected_protocol_h"] = total / b / 3600
-        res["projected_reference_protocol_h"] = total / res["reference"]["images_per_s"] / 3600
+        if a:
+            res["ratio"] = b / a
+    if a:
+        res["projected_reference_protocol_h"] = total / a / 3600
     return res
 
 
 def format_table(res: dict) -> str:
     lines = [f"benchmark: device={res['device']} ({res.get('gpu', 'cpu')}), size={res['size']}, "
              f"model={res['model']}, train images={res['n_train']}, torch {res['torch']}", ""]
-    r = res["reference"]
-    lines.append(f"{'(a) reference (PIL+DataLoader, fp32, batch ' + str(r['batch']) + ', 1 model)':<62}"
-                 f"{r['images_per_s']:>12,.0f} img/s   workers={r['num_workers']}")
-    for name, v in res["fast"]["variants"].items():
+    r = res.get("reference", {})
+    label = f"(a) reference (PIL+DataLoader, fp32, batch {r.get('batch', '?')}, 1 model)"
+    if "images_per_s" in r:
+        note = f"   (with 4 workers: {r['error_with_workers']})" if "error_with_workers" in r else ""
+        lines.append(f"{label:<62}{r['images_per_s']:>12,.0f} img/s   workers={r['num_workers']}{note}")
+    else:
+        lines.append(f"{label:<62}{'failed':>12}   {r.get('error')}")
+    for name, v in res.get("fast", {}).get("variants", {}).items():
         label = f"(b) fast [{name}] K={v.get('models_per_step', '?')} x batch {v.get('batch', '?')}"
         if "images_per_s" in v:
-            lines.append(f"{label:<62}{v['images_per_s']:>12,.0f} img/s   warm-up {v['warmup_s']:.1f}s")
+            note = f"   {v['loss_error']}" if "loss_error" in v else ""
+            lines.append(f"{label:<62}{v['images_per_s']:>12,.0f} img/s   warm-up {v['warmup_s']:.1f}s{note}")
         else:
-            lines.append(f"{label:<62}{'failed':>12}   {v['error']}")
+            lines.append(f"{label:<62}{'failed':>12}   {v.get('error')}")
     if "ratio" in res:
         lines.append(f"{'    ratio b/a (best: ' + res['fast']['best'] + ')':<62}{res['ratio']:>12.2f} x")
         lines.append(f"{'    projected protocol 65 x 25k x 100 ep at b':<62}{res['projected_protocol_h']:>12.2f} h"
@@ -324,6 +361,9 @@ def format_table(res: dict) -> str:
         if "error" in v:
             lines.append(f"{label:<62}{'failed':>12}   {v['error']}")
             continue
+        if "seconds" not in v:
+            lines.append(f"{label:<62}{'-':>12}")
+            continue
         extra = f"   projected {v['projected_seconds']:.1f}s at {v['default_iters']} iters" \
             if "projected_seconds" in v else ""
         note = f"   [reduced: {v['reduced']}]" if v.get("reduced") else ""
@@ -331,42 +371,94 @@ def format_table(res: dict) -> str:
     return "\n".join(lines)
 
 
+def _write(res: dict, out: str):
+    """Atomic JSON write; called after every section so a crash or a kill later in the run (one GPU
+    slot) still leaves everything measured so far."""
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(out).with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(res, indent=1, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+    os.replace(tmp, out)
+
+
 def run(device: str, size: str, data_dir: str | None, out: str, variants=None, methods=None,
-        sizes: dict | None = None) -> dict:
+        sizes: dict | None = None, budget_s: float | None = None) -> dict:
     spec = dict((sizes or SIZES)[size])
     cuda = device.startswith("cuda")
     variants = list(variants or (VARIANTS_CUDA if cuda else VARIANTS_CPU))
     methods = list(methods or ("rtn", "adaround", "brecq", "obc"))
+    budget_s = BUDGET_S.get(size) if budget_s is None else (budget_s if budget_s > 0 else None)
     t_start = time.perf_counter()
+    deadline = t_start + budget_s if budget_s else None
+
+    def left() -> float:
+        return float("inf") if deadline is None else deadline - time.perf_counter()
+
     data = load_data(size, spec, data_dir)
     res = {"device": device, "size": size, "model": spec["model"], "n_train": len(data.y_train),
            "torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),
-           "protocol": PROTOCOL}
+           "protocol": PROTOCOL, "budget_s": budget_s}
     if cuda:
         res["gpu"] = torch.cuda.get_device_name()
-    res["reference"] = bench_reference(data, spec, device)
-    _free(device)
-    res["fast"] = {"variants": {}}
-    for v in variants:
-        try:
-            res["fast"]["variants"][v] = bench_fast(data, spec, device, v)
-        except Exception as e:
-            res["fast"]["variants"][v] = {"error": _error(e), "models_per_step": 8 if v.endswith("_k8") else spec["k"],
-                                          "batch": spec["batch"]}
-            _free(device)
+
+    def checkpoint():
+        res["total_s"] = time.perf_counter() - t_start
+        summarise(res)
+        _write(res, out)
+
+    ref_error = None
     try:
-        res["scoring"] = bench_scoring(data, spec, device)
+        res["reference"] = bench_reference(data, spec, device)
     except Exception as e:
-        res["scoring"] = {"error": _error(e)}
-    res["quant"] = bench_quant(data, spec, device, methods)
-    res["total_s"] = time.perf_counter() - t_start
-    summarise(res)
+        ref_error = _error(e)
+    _free(device)
+    if ref_error is not None:  # e.g. a DataLoader worker killed (small /dev/shm): retry in-process on CUDA
+        res["reference"] = {"error": ref_error, "batch": spec["ref_batch"]}
+        if cuda:
+            try:
+                res["reference"] = dict(bench_reference(data, spec, device, workers=0), error_with_workers=ref_error)
+            except Exception as e:
+                res["reference"]["error"] += " | with workers=0: " + _error(e)
+            _free(device)
+    res["fast"] = {"variants": {}}
+    checkpoint()
+
+    def fast_variant(v):
+        row = None
+        if left() < (MIN_LEFT_FOR_COMPILE_S if v == "compile" else 0.0):
+            row = {"error": "skipped: time budget"}
+        else:
+            try:
+                row = bench_fast(data, spec, device, v)
+            except Exception as e:
+                row = {"error": _error(e)}
+        if "error" in row:
+            row.update(models_per_step=8 if v.endswith("_k8") else spec["k"], batch=spec["batch"])
+        res["fast"]["variants"][v] = row
+        _free(device)  # outside the except block (see bench_quant)
+        checkpoint()
+
+    for v in variants:
+        if v not in DEFERRED_VARIANTS:
+            fast_variant(v)
+    if left() > 0:
+        try:
+            res["scoring"] = bench_scoring(data, spec, device)
+        except Exception as e:
+            res["scoring"] = {"error": _error(e)}
+    else:
+        res["scoring"] = {"error": "skipped: time budget"}
+    _free(device)
+    checkpoint()
+    res["quant"] = {}
+    bench_quant(data, spec, device, methods, res["quant"], deadline, checkpoint)
+    for v in variants:
+        if v in DEFERRED_VARIANTS:
+            fast_variant(v)
+    # keep the variants in their canonical order in the report
+    res["fast"]["variants"] = {v: res["fast"]["variants"][v] for v in variants}
+    checkpoint()
     print(format_table(res))
     print(f"\ntotal {res['total_s']:.0f}s; written {out}")
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(out).with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(res, indent=1))
-    os.replace(tmp, out)
     return res
 
 
@@ -380,6 +472,9 @@ def main(argv=None) -> dict:
     p.add_argument("--variants", default=None, help=f"fast-trainer variants, comma-separated: {','.join(VARIANTS_CUDA)}")
     p.add_argument("--methods", default=None, help="quantizers, comma-separated (default rtn,adaround,brecq,obc)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: leave)")
+    p.add_argument("--budget", type=float, default=None,
+                   help="soft time budget in s: later sections are skipped and reported (default: "
+                        f"{BUDGET_S} per size, else none; 0 = none)")
     a = p.parse_args(argv)
     if a.device == "cuda" and not cuda:
         p.error("--device cuda: CUDA is not available")
@@ -387,7 +482,7 @@ def main(argv=None) -> dict:
         torch.set_num_threads(a.threads)
     size = a.size or ("cifar" if a.device == "cuda" else "small")
     split = lambda s: [v.strip() for v in s.split(",") if v.strip()] if s else None  # noqa: E731
-    return run(a.device, size, a.data, a.out, split(a.variants), split(a.methods))
+    return run(a.device, size, a.data, a.out, split(a.variants), split(a.methods), budget_s=a.budget)
 
 
 if __name__ == "__main__":

@@ -334,6 +334,12 @@ class MultiModelTrainer:
         out = []
         for s in self.slots:
             m = getattr(s.model, "_orig_mod", s.model)
+            # ``nn.Module.compile`` (train.compile) compiles in place: drop the compiled wrapper so the
+            # returned model is a plain eager module. Otherwise every later call (evaluate_accuracy
+            # in eval/no_grad mode with new batch sizes, CPU use) re-traces and recompiles it, on CPU
+            # with Inductor's C++ backend (needs a compiler), and with 65 models hits the recompile limit.
+            if getattr(m, "_compiled_call_impl", None) is not None:
+                m._compiled_call_impl = None
             m = m.to(memory_format=torch.contiguous_format) if self.channels_last else m
             out.append(m.cpu().eval())
         return out
