@@ -209,8 +209,12 @@ def reconstruct(model: nn.Module, layer_bits: dict[str, float], cfg, calib_x: to
             task = progress.add_task(f"{title} {qu.name}", total=iters, loss=float("nan"))
             every = max(1, iters // 50)
             n = len(x_q)
+            # all batch indices drawn up front (same sequence as drawing per step) and moved to the
+            # device once: no host-to-device copy, hence no implicit sync, inside the loop
+            order = torch.stack([torch.randperm(n, generator=gen)[:bs] for _ in range(iters)]).to(dev) \
+                if iters > 0 else None
             for t in range(iters):
-                idx = torch.randperm(n, generator=gen)[:bs].to(dev)
+                idx = order[t]
                 beta = sched(t) if sched.active(t) else None
                 weights, reg = rounders(beta)
                 out = functional_call(qu.module, weights, (x_q[idx],))
