@@ -45,10 +45,11 @@ def run(cfg: DictConfig) -> dict | None:
             return None
         pool = P.train_pool(cfg, data, keep, store, logger=sink.lightning_logger())
         quantized = [P.quantize_pool_model(cfg, data, keep, t, store) for t in targets]
-        ref_phi = P.reference_phi(cfg, data, keep, pool, store)
-        scores = {t.index: P.attack_target(cfg, keep, ref_phi, t.index, t.phi) for t in quantized}
+        refs = P.reference_phi(cfg, data, keep, pool, store)  # {"fp"|"matched": φ of the references}
+        scores = {kind: {t.index: P.attack_target(cfg, keep, phi, t.index, t.phi) for t in quantized}
+                  for kind, phi in refs.items()}
         fp_scores = {t: P.attack_target(cfg, keep, pool.phi, t, pool.phi[t]) for t in targets}
-        results, arrays = build_results(cfg, data, pool, quantized, scores, fp_scores, ref_phi)
+        results, arrays = build_results(cfg, data, pool, quantized, scores, fp_scores, refs)
         write_job(job_dir(), results, arrays, {q.index: q.export for q in quantized})
         print_results(results)
         sink.log_results(results)

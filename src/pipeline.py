@@ -208,13 +208,16 @@ def target_indices(cfg) -> list[int]:
     return [int(t) for t in cfg.targets]
 
 
-def reference_phi(cfg, data: ImageData, keep: np.ndarray, pool: Pool, store: ArtifactStore) -> np.ndarray:
-    """φ of the reference models: the FP pool (``attack.reference=fp``, the paper), or every model
-    quantized with the job's quantizer and bits (``matched``: the attacker knows the deployment)."""
-    if cfg.attack.get("reference", "fp") == "fp" or cfg.quant.name in FULL_PRECISION:
-        return pool.phi
+def reference_phi(cfg, data: ImageData, keep: np.ndarray, pool: Pool, store: ArtifactStore) -> dict[str, np.ndarray]:
+    """φ of the reference models, by kind: ``fp`` = the FP pool (``attack.reference=fp``, the paper),
+    ``matched`` = every pool model quantized with the job's quantizer and bits (the attacker knows
+    the deployment pipeline); ``attack.reference=both`` gives both, ``fp`` first."""
+    ref = cfg.attack.get("reference", "fp")
+    if ref == "fp" or cfg.quant.name in FULL_PRECISION:
+        return {"fp": pool.phi}
     digest = data_digest(data)
-    return np.stack([quantize_pool_model(cfg, data, keep, m, store, digest).phi for m in range(keep.shape[0])])
+    matched = np.stack([quantize_pool_model(cfg, data, keep, m, store, digest).phi for m in range(keep.shape[0])])
+    return {"matched": matched} if ref == "matched" else {"fp": pool.phi, "matched": matched}
 
 
 def attack_target(cfg, keep: np.ndarray, ref_phi: np.ndarray, target: int, target_phi: np.ndarray) -> dict:

@@ -157,7 +157,7 @@ def validate_with_data(cfg, keep, n_test: int, indices) -> None:
     q = cfg.quant
     if q.name not in NEEDS_CALIBRATION:
         return
-    if cfg.attack.get("reference", "fp") == "matched":  # every pool model gets quantized
+    if cfg.attack.get("reference", "fp") in ("matched", "both"):  # every pool model gets quantized
         indices = range(keep.shape[0])
     cal = q.get("calibration", "members")
     n_calib = int(q.get("n_calib", 1024))
@@ -194,7 +194,7 @@ def _validate_attack(cfg, m: int) -> None:
     for f in _as_list("attack.fprs", cfg.attack.get("fprs", [])):
         _float("attack.fprs", f, 0.0, 1.0, lo_open=True, hi_open=True)
     ref = cfg.attack.get("reference", "fp")
-    _need(ref in ("fp", "matched"), f"attack.reference={ref}: allowed: fp, matched")
+    _need(ref in ("fp", "matched", "both"), f"attack.reference={ref}: allowed: fp, matched, both")
 
 
 def _check_device(device: str) -> None:

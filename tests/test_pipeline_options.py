@@ -83,3 +83,27 @@ def test_rtn_needs_no_calibration(tmp_path):
         cfg.quant.n_calib = 3
         cfg.quant.calibration = "test"
     assert P.quant_key(cfg, {"m": 0}) == key_a
+
+
+def test_reference_both_reports_fp_and_matched(tmp_path):
+    """attack.reference=both: `attacks` equals a reference=fp run, `attacks_matched` equals a
+    reference=matched run, and the summary has a row for each."""
+    def run(ref, name):
+        cmd = [sys.executable, "-m", "src.main", *TINY, "quant=rtn", "bits=2", "attack=lira",
+               f"attack.reference={ref}", "logger=none", f"paths.cache_dir={tmp_path}/c", f"hydra.run.dir={tmp_path}/{name}"]
+        p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+        assert p.returncode == 0, p.stderr[-2000:]
+        return json.loads((tmp_path / name / "results.json").read_text())
+
+    both, fp, matched = run("both", "0"), run("fp", "1"), run("matched", "2")
+    assert both["attacks"] == fp["attacks"] and both["attacks_matched"] == matched["attacks"]
+    z = np.load(tmp_path / "0" / "scores.npz")
+    zm = np.load(tmp_path / "2" / "scores.npz")
+    np.testing.assert_array_equal(z["matched_attack_lira_online"], zm["attack_lira_online"])
+    np.testing.assert_array_equal(z["ref_phi"], zm["ref_phi"])
+
+    from src.report.summary import collect, rows_from_results
+
+    rows = [r for r in rows_from_results(collect(tmp_path)) if r["attack"] == "lira_online" and r["quant"] == "rtn"]
+    refs = sorted(r["reference"] for r in rows)
+    assert refs == ["fp", "fp", "matched", "matched"]  # jobs 0 (both: fp + matched), 1 (fp), 2 (matched)

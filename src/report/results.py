@@ -7,11 +7,13 @@ full-precision targets (``fp_attacks``). ``scores.npz`` holds everything needed 
 
     phi [M,N,Q] float32      φ of every full-precision pool model, every training example, every query
     target_phi [T,N,Q]       φ of the quantized targets
-    ref_phi [M,N,Q]          φ of the reference models used (= phi unless attack.reference=matched)
+    ref_phi [M,N,Q]          φ of the quantized reference models (attack.reference=matched or both)
     keep [M,N] bool          membership; the target's ground truth is keep[target_ids[i]]
     target_ids [T] int       pool indices of the targets
     labels [N] int           class labels of the training examples
     attack_<name> [T,N]      membership scores of each attack against the quantized targets
+                             (FP references; matched ones with attack.reference=matched)
+    matched_attack_<name>    [T,N], attack.reference=both only: the same with matched references
     fp_attack_<name> [T,N]   the same against the full-precision targets
 """
 from __future__ import annotations
@@ -80,8 +82,12 @@ def _clean(obj):
     return obj
 
 
-def build_results(cfg, data, pool, quantized, scores, fp_scores, ref_phi=None) -> tuple[dict, dict]:
-    """(results dict for results.json, arrays for scores.npz)."""
+def build_results(cfg, data, pool, quantized, scores, fp_scores, refs) -> tuple[dict, dict]:
+    """(results dict for results.json, arrays for scores.npz). ``scores`` and ``refs`` are keyed by
+    reference kind (``fp``/``matched``): the first kind fills ``attacks``; with both, the matched
+    one also fills ``attacks_matched``."""
+    kinds = list(scores)
+    primary = scores[kinds[0]]
     keep = pool.keep
     tids = [q.index for q in quantized]
     fp_test = float(np.mean([pool.test_acc[t] for t in tids]))
@@ -104,7 +110,7 @@ def build_results(cfg, data, pool, quantized, scores, fp_scores, ref_phi=None) -
         "config": OmegaConf.to_container(cfg, resolve=True),
         "job": job,
         "utility": utility,
-        "attacks": _evaluate(cfg, keep, scores),
+        "attacks": _evaluate(cfg, keep, primary),
         "fp_attacks": _evaluate(cfg, keep, fp_scores),
         "quant": {"layer_bits": quantized[0].layer_bits if quantized else {},
                   "seconds": [q.seconds for q in quantized],
@@ -113,10 +119,14 @@ def build_results(cfg, data, pool, quantized, scores, fp_scores, ref_phi=None) -
     arrays = {"phi": pool.phi.astype(np.float32), "keep": keep.astype(bool),
               "target_phi": np.stack([q.phi for q in quantized]).astype(np.float32),
               "target_ids": np.array(tids, dtype=np.int64), "labels": data.y_train.numpy().astype(np.int64)}
-    if ref_phi is not None and ref_phi is not pool.phi:
-        arrays["ref_phi"] = ref_phi.astype(np.float32)
+    if "matched" in refs:
+        arrays["ref_phi"] = refs["matched"].astype(np.float32)
+    if len(kinds) > 1:
+        results["attacks_matched"] = _clean(_evaluate(cfg, keep, scores["matched"]))
     for name in cfg.attack.names:
-        arrays[f"attack_{name}"] = np.stack([scores[t][name] for t in tids]).astype(np.float64)
+        arrays[f"attack_{name}"] = np.stack([primary[t][name] for t in tids]).astype(np.float64)
+        if len(kinds) > 1:
+            arrays[f"matched_attack_{name}"] = np.stack([scores["matched"][t][name] for t in tids]).astype(np.float64)
         arrays[f"fp_attack_{name}"] = np.stack([fp_scores[t][name] for t in tids]).astype(np.float64)
     return _clean(results), arrays
 
@@ -163,7 +173,10 @@ def print_results(results: dict) -> None:
     console.print(f"test accuracy {u['test_acc']:.4f} (full precision {u['fp_test_acc']:.4f}, drop "
                   f"{u['accuracy_drop']:+.4f}); train accuracy {u['train_acc']:.4f} (fp {u['fp_train_acc']:.4f})")
     table = Table("attack", "target", "AUC [95% CI]", "bal. acc", "TPR@1e-2", "TPR@1e-3", "TPR@1e-4")
-    for kind, block in (("quantized", results["attacks"]), ("fp", results["fp_attacks"])):
+    blocks = [("quantized", results["attacks"])]
+    if "attacks_matched" in results:
+        blocks.append(("quantized, matched refs", results["attacks_matched"]))
+    for kind, block in blocks + [("fp", results["fp_attacks"])]:
         for name, m in block.items():
             ci = m.get("ci", {})
             table.add_row(name, kind, _fmt(m["auc"], ci.get("auc")), _fmt(m["balanced_accuracy"]),

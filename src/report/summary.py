@@ -125,14 +125,16 @@ def _metric_row(base: dict, attack: str, m: dict) -> dict:
     return row
 
 
-def job_rows(result: dict, fp: bool = False) -> list[dict]:
-    """Rows of one job: its attacks (``fp=False``) or its ``fp_attacks`` as FP rows."""
+def job_rows(result: dict, fp: bool = False, matched: bool = False) -> list[dict]:
+    """Rows of one job: its attacks (``fp=False``), its ``fp_attacks`` as FP rows, or (``matched``,
+    for ``attack.reference=both``) its ``attacks_matched`` with reference 'matched'."""
     job, util = result.get("job", {}), result.get("utility", {})
+    reference = "matched" if matched or job.get("reference") == "matched" else "fp"
     base = {
         "dataset": job.get("dataset"),
         "model": job.get("model"),
         "policy": job.get("policy"),
-        "reference": job.get("reference"),
+        "reference": reference,
         "fp_test_acc": _float(util.get("fp_test_acc")),
         "job_dir": result.get("job_dir", ""),
     }
@@ -147,7 +149,7 @@ def job_rows(result: dict, fp: bool = False) -> list[dict]:
             accuracy_drop=0.0,
         )
     else:
-        attacks = result.get("attacks")
+        attacks = result.get("attacks_matched") if matched else result.get("attacks")
         base.update(
             quant=job.get("quant"),
             bits=_float(job.get("bits")),
@@ -155,7 +157,10 @@ def job_rows(result: dict, fp: bool = False) -> list[dict]:
             train_acc=_float(util.get("train_acc")),
             accuracy_drop=_float(util.get("accuracy_drop")),
         )
-    return [_metric_row(base, a, m) for a, m in (attacks or {}).items()]
+    rows = [_metric_row(base, a, m) for a, m in (attacks or {}).items()]
+    for r in rows:
+        r["secondary"] = matched
+    return rows
 
 
 def rows_from_results(results: list[dict]) -> list[dict]:
@@ -169,6 +174,8 @@ def rows_from_results(results: list[dict]) -> list[dict]:
     for r in results:
         if not is_fp_job(r):
             rows.extend(job_rows(r))
+            if "attacks_matched" in r:  # attack.reference=both
+                rows.extend(job_rows(r, matched=True))
     attack_order = {}
     for row in rows:
         attack_order.setdefault(row["attack"], len(attack_order))
@@ -181,6 +188,7 @@ def rows_from_results(results: list[dict]) -> list[dict]:
             str(row["quant"]),
             -(row["bits"] if row["bits"] is not None else -1),
             str(row.get("policy")),
+            str(row.get("reference")),
             attack_order[row["attack"]],
         )
 
@@ -219,6 +227,8 @@ def markdown_table(rows: list[dict], attack: str | None) -> str:
             method = "FP" if r["quant"] == "fp" else str(r["quant"])
             if r.get("policy") not in (None, "uniform", "fp"):
                 method += f" ({r['policy']})"
+            if r.get("reference") == "matched":
+                method += " [matched refs]"
             auc = "–" if r["auc"] is None else f"{r['auc']:.4f}"
             tpr = _pct(r["tpr_at_fpr_1e-3"])
             lo, hi = r["tpr_at_fpr_1e-3_ci_lo"], r["tpr_at_fpr_1e-3_ci_hi"]
@@ -259,7 +269,8 @@ def write_summary(sweep_dir: str | Path, quiet: bool = False) -> dict[str, Path]
     write_csv(rows, paths["csv"])
     md = markdown_table(rows, attack)
     paths["md"].write_text(md)
-    plots.privacy_utility(rows, attack, paths["privacy_utility"])
+    # the plot shows each job once: with attack.reference=both, its primary (FP-reference) numbers
+    plots.privacy_utility([r for r in rows if not r.get("secondary")], attack, paths["privacy_utility"])
     plots.roc(results, attack, paths["roc"])
     if not quiet:
         print(md, end="")

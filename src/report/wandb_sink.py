@@ -135,13 +135,14 @@ def config_dict(cfg: Any) -> dict:
 
 def summary_values(results: dict) -> dict[str, float]:
     """Headline numbers for ``run.summary``: utility, and per attack ``<attack>/<metric>``,
-    ``<attack>/<metric>_ci_lo|hi``; the FP target's under ``fp/<attack>/...``."""
+    ``<attack>/<metric>_ci_lo|hi``; the FP target's under ``fp/<attack>/...`` and, with
+    ``attack.reference=both``, the matched-reference numbers under ``matched/<attack>/...``."""
     out: dict[str, float] = {}
     util = results.get("utility") or {}
     for k in ("test_acc", "fp_test_acc", "accuracy_drop", "train_acc", "fp_train_acc"):
         if util.get(k) is not None:
             out[k] = util[k]
-    for section, prefix in (("attacks", ""), ("fp_attacks", "fp/")):
+    for section, prefix in (("attacks", ""), ("attacks_matched", "matched/"), ("fp_attacks", "fp/")):
         for attack, m in (results.get(section) or {}).items():
             for k, v in m.items():
                 if isinstance(v, (int, float)) and not isinstance(v, bool):
@@ -326,7 +327,7 @@ class WandbSink:
 
         table = wandb.Table(columns=["curve", "fpr", "tpr", "log10_fpr", "log10_tpr"])
         xs, ys, keys = [], [], []
-        for section, prefix in (("attacks", ""), ("fp_attacks", "fp/")):
+        for section, prefix in (("attacks", ""), ("attacks_matched", "matched/"), ("fp_attacks", "fp/")):
             for attack, m in (results.get(section) or {}).items():
                 roc = m.get("roc") or {}
                 pts = [(f, t) for f, t in zip(roc.get("fpr", []), roc.get("tpr", [])) if f > 0 and t > 0]
