@@ -27,15 +27,6 @@ from src.quant.rtn import quantize_rtn
 ITERS = 200
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny convolutions: one intra-op thread is far faster than several on a shared CPU.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     data = load_dataset(OmegaConf.create({"name": "digits"}), str(tmp_path_factory.mktemp("data")))

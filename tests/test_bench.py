@@ -2,16 +2,6 @@
 reported ones (ratio = b/a, projected protocol time = 65 × 25,000 × 100 / b)."""
 import json
 
-import pytest
-import torch
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_bench_tiny_cpu(tmp_path, capsys):

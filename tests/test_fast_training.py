@@ -15,15 +15,6 @@ from src.training.fast import (FastOptions, MultiModelTrainer, compute_phi_fast,
 from src.training.pool import evaluate_accuracy, train_model
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # the CPU runners are shared; two OpenMP threads on a loaded machine are ~10x slower than one
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def make_cfg(epochs=6, flip=True, **train):
     return OmegaConf.create({
         "model": {"name": "smallcnn", "width": 8},

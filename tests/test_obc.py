@@ -29,15 +29,6 @@ def rtn_cfg():
     return OmegaConf.create(dict(name="rtn", init="lp", p=2.4, symmetric=False, fold_bn=True))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The OBQ loop is many small ops; on a shared CPU, intra-op threads spin and slow it ~10×."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def trained():
     """SmallResNet trained briefly (plain SGD) on scikit-learn digits; normalised train/test tensors."""

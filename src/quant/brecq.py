@@ -104,6 +104,22 @@ def block_units(model: nn.Module, layer_names: list[str]) -> list[Unit]:
     return sorted(units, key=lambda u: min(order[q] for q in u.params.values() if q in order))
 
 
+def _leaf_hook():
+    """A forward hook that swaps a module's first output per forward for a detached leaf tensor that
+    requires grad (collected in the returned list), so gradients can be taken w.r.t. the unit output
+    while only the suffix of the network stays in the graph. Clear the list before each forward."""
+    leaf: list[torch.Tensor] = []
+
+    def hook(_m, _inp, out):
+        if leaf:
+            return None
+        z = out.detach().requires_grad_(True)
+        leaf.append(z)
+        return z
+
+    return leaf, hook
+
+
 def fisher_weights(fp_model: nn.Module, calib_x: torch.Tensor, unit: Unit, samples: int = 16,
                    generator: torch.Generator | None = None, batch_size: int = 128) -> torch.Tensor:
     """ω = F_z / mean(F_z): diagonal Fisher of the FP model's predictive distribution w.r.t. the unit
@@ -114,14 +130,7 @@ def fisher_weights(fp_model: nn.Module, calib_x: torch.Tensor, unit: Unit, sampl
     p(·|x) per example. The gradient is taken at a hook on the unit's exit module and flows
     back through the FP suffix only (examples are independent: BN is folded / in eval mode)."""
     dev = next(fp_model.parameters()).device
-    leaf: list[torch.Tensor] = []
-
-    def hook(_m, _inp, out):
-        if leaf:
-            return None
-        z = out.detach().requires_grad_(True)
-        leaf.append(z)
-        return z
+    leaf, hook = _leaf_hook()
 
     fisher: list[torch.Tensor] = []
     handle = fp_model.get_submodule(unit.exit).register_forward_hook(hook)
@@ -160,14 +169,7 @@ def kl_grad_weights(qmodel: nn.Module, fp_model: nn.Module, calib_x: torch.Tenso
     dev = next(qmodel.parameters()).device
     layers = {q: qmodel.get_submodule(q) for q in grids}
     saved = {q: m.weight.detach().clone() for q, m in layers.items()}
-    leaf: list[torch.Tensor] = []
-
-    def hook(_m, _inp, out):
-        if leaf:
-            return None
-        z = out.detach().requires_grad_(True)
-        leaf.append(z)
-        return z
+    leaf, hook = _leaf_hook()
 
     grads: list[torch.Tensor] = []
     handle = qmodel.get_submodule(unit.exit).register_forward_hook(hook)
