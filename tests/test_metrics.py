@@ -141,6 +141,26 @@ def test_aggregate_mean_and_t_ci():
     assert aggregate([plain])["auc"]["ci"] == [plain["auc"], plain["auc"]]
 
 
+def test_aggregate_clips_rate_intervals_to_unit_range():
+    """Rates near 0 (TPR at low FPR, typical of a weak attack) give a t-interval reaching below 0;
+    the reported interval is that t-interval clipped to [0, 1] (computed here with scipy), while
+    counts such as ``fp_at_fpr_*`` keep the unclipped interval."""
+    tprs, fps = [0.0, 0.0, 0.012, 0.0], [0.0, 3.0, 9.0, 0.0]
+    per = [{"auc": 0.5, "tpr_at_fpr_1e-3": t, "balanced_accuracy": 1.0 if t else 0.99, "fp_at_fpr_1e-3": f}
+           for t, f in zip(tprs, fps)]
+    agg = aggregate(per)
+    q = stats.t.ppf(0.975, 3)
+    for key, vals in (("tpr_at_fpr_1e-3", np.array(tprs)), ("fp_at_fpr_1e-3", np.array(fps))):
+        half = q * vals.std(ddof=1) / 2.0
+        lo, hi = vals.mean() - half, vals.mean() + half
+        assert lo < 0  # the unclipped interval leaves the range: the case under test
+        expect = [0.0, hi] if key.startswith("tpr") else [lo, hi]
+        assert agg[key]["ci"] == pytest.approx(expect)
+    bal = np.array([p["balanced_accuracy"] for p in per])
+    assert bal.mean() + q * bal.std(ddof=1) / 2.0 > 1.0 and agg["balanced_accuracy"]["ci"][1] == 1.0
+    assert agg["auc"]["ci"] == [0.5, 0.5]
+
+
 def test_roc_points_and_pooled():
     s, y = data(n=5000, seed=4)
     fpr, tpr = roc_curve(s, y)

@@ -166,12 +166,18 @@ def t_quantile_975(df: int) -> float:
         return _T975[df - 1] if df <= 30 else 1.96 + 2.4 / df
 
 
+def is_rate(metric: str) -> bool:
+    """Metrics that are probabilities (bounded to [0, 1]), as opposed to counts such as ``fp_at_fpr_*``."""
+    return metric in ("auc", "balanced_accuracy") or metric.startswith("tpr_at_fpr_")
+
+
 def aggregate(per_target: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Mean and 95 % CI of every numeric metric across targets.
 
     Returns {metric: {"mean", "std" (ddof 1; 0 for one target), "ci": [lo, hi], "n", "values"}}.
     CI: mean ± t_{0.975, T−1}·std/√T for T ≥ 2; for T = 1 the target's bootstrap CI when present,
-    else [value, value].
+    else [value, value]. For rates (AUC, balanced accuracy, TPR at FPR) the t-interval is clipped to
+    [0, 1]: the true rate lies in that range, so clipping never lowers the interval's coverage.
     """
     if not per_target:
         raise ValueError("aggregate: no targets")
@@ -185,6 +191,8 @@ def aggregate(per_target: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             std = float(vals.std(ddof=1))
             half = t_quantile_975(t_n - 1) * std / math.sqrt(t_n)
             ci = [mean - half, mean + half]
+            if is_rate(k):
+                ci = [max(0.0, ci[0]), min(1.0, ci[1])]
         else:
             std = 0.0
             ci = list(per_target[0].get("ci", {}).get(k, [mean, mean]))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torchvision.models import resnet18 as tv_resnet18
 from torchvision.models.resnet import BasicBlock
 
 MODELS = ("resnet18", "smallcnn")
@@ -38,19 +37,50 @@ class SmallResNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-def cifar_resnet18(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
-    """torchvision ResNet-18 with the CIFAR stem of the paper: 3×3 stride-1 conv1, no max-pool."""
-    model = tv_resnet18(weights=None, num_classes=num_classes)
-    model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
-    model.maxpool = nn.Identity()
-    return model
+class CifarResNet18(nn.Module):
+    """ResNet-18 (He et al. 2016) with the CIFAR stem of the paper: 3×3 stride-1 conv1, no max-pool.
+
+    Stages of 2 torchvision ``BasicBlock``s at widths w, 2w, 4w, 8w; ``width=64`` is the standard
+    ResNet-18 (11.2M parameters on CIFAR-10). A smaller base width keeps every layer type and stride
+    of the paper's network at a fraction of the cost (tests, CPU checks). Initialisation as torchvision's
+    ResNet: Kaiming-normal (fan-out) convolutions, BatchNorm γ=1, β=0.
+    """
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, width: int = 64):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        stages, c_in = [], width
+        for i, stride in enumerate((1, 2, 2, 2)):
+            c_out = width * 2 ** i
+            down = None
+            if stride != 1 or c_in != c_out:
+                down = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+            stages.append(nn.Sequential(BasicBlock(c_in, c_out, stride, down), BasicBlock(c_out, c_out)))
+            c_in = c_out
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(c_in, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-def build_model(name: str, num_classes: int, in_channels: int, width: int = 16) -> nn.Module:
+def build_model(name: str, num_classes: int, in_channels: int, width: int | None = None) -> nn.Module:
+    """``width`` is the base width (channels of the stem): 64 for resnet18, 16 for smallcnn by default."""
     if name == "resnet18":
-        return cifar_resnet18(num_classes, in_channels)
+        return CifarResNet18(num_classes, in_channels, int(width or 64))
     if name == "smallcnn":
-        return SmallResNet(num_classes, in_channels, width)
+        return SmallResNet(num_classes, in_channels, int(width or 16))
     raise ValueError(f"model.name={name!r} is not known; allowed: {', '.join(MODELS)}")
 
 

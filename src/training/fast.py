@@ -45,6 +45,7 @@ from torch import nn
 from src.attacks.scores import logit_confidence
 from src.data.augment import apply_query
 from src.models import build_model
+from src.training.module import curve_prefix
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +137,8 @@ class _Slot:
         self.order: torch.Tensor | None = None
         self.loss_sum = torch.zeros((), device=device)
         self.n_loss = 0
+        self.correct = torch.zeros((), device=device, dtype=torch.long)  # train accuracy (curves only)
+        self.n_seen = 0
         # whole-step graph state (cuda_graphs): created lazily
         self.graph = None
         self.static_x = self.static_y = None
@@ -178,7 +181,7 @@ class MultiModelTrainer:
             in_ch = int(x_train.shape[1])
 
             def model_fn():
-                return build_model(cfg.model.name, num_classes, in_ch, int(cfg.model.get("width", 16)))
+                return build_model(cfg.model.name, num_classes, in_ch, cfg.model.get("width"))
 
         self.slots: list[_Slot] = []
         for k, (members, seed) in enumerate(zip(member_idx_list, seeds)):
@@ -243,6 +246,7 @@ class MultiModelTrainer:
         b = min(self.batch, len(slot.members))
         idx = slot.order[slot.pos * b:(slot.pos + 1) * b]
         slot.pos = (slot.pos + 1) % slot.steps_per_epoch
+        slot.n_seen += len(idx)
         xb = crop_flip(self.x.index_select(0, idx), self.pad, self.flip, slot.gen)
         xb = self.norm(xb)
         if self.channels_last:
@@ -267,6 +271,7 @@ class MultiModelTrainer:
         loss.backward()
         slot.opt.step()
         slot.loss_sum.add_(loss.detach())
+        slot.correct.add_((logits.detach().argmax(1) == yb).sum())  # reads the logits only
         if tensor_lr:
             slot.t_dev.add_(1)
 
@@ -323,9 +328,13 @@ class MultiModelTrainer:
             if not math.isfinite(m):
                 raise FloatingPointError(f"fast training: model index {s.index} ({s.name}): non-finite loss "
                                          f"in epoch {epoch}")
+        correct = torch.stack([s.correct for s in self.slots]).cpu()
+        self.last_acc = [int(c) / max(1, s.n_seen) for c, s in zip(correct, self.slots)]
         for s in self.slots:
             s.loss_sum.zero_()
             s.n_loss = 0
+            s.correct.zero_()
+            s.n_seen = 0
         self._join_default()
         return means
 
@@ -380,8 +389,12 @@ def train_models_fast(cfg, data, member_idx_list: list[torch.Tensor], seeds: lis
         for e in range(tr.epochs):
             tr.epoch()
             losses = tr.check_losses(e)
-            if logger is not None:
-                tr.fabric.log_dict({f"train/loss/{s.name}": v for s, v in zip(tr.slots, losses)}, step=e)
+            if logger is not None:  # the plain path's keys: pool/mNN/train_loss|train_acc, per epoch
+                curves = {"epoch": e}
+                for s, loss, acc in zip(tr.slots, losses, tr.last_acc):
+                    p = curve_prefix(s.name, cfg.get("n_models"))
+                    curves.update({f"{p}/train_loss": loss, f"{p}/train_acc": acc})
+                tr.fabric.log_dict(curves, step=e)
         return tr.models()
 
 

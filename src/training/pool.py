@@ -1,6 +1,7 @@
 """Training one pool model on its IN half with the ``train`` recipe, through a Lightning Trainer."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 
@@ -12,7 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from src.data import ImageData, normalize
 from src.models import build_model
 
-from .module import Classifier
+from .module import Classifier, curve_prefix
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +24,19 @@ def resolve_device(device: str) -> str:
     return str(device)
 
 
+@contextlib.contextmanager
+def _quiet_lightning():
+    """Lightning's rank-zero info lines ("GPU available", tips, "`Trainer.fit` stopped") would repeat
+    for every pool model; warnings and the progress bar stay."""
+    lg = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    level = lg.level
+    lg.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        lg.setLevel(level)
+
+
 def train_model(cfg, data: ImageData, member_idx: torch.Tensor, seed: int, name: str = "model",
                 logger=None) -> nn.Module:
     """Train a fresh ``cfg.model`` on ``data.x_train[member_idx]``; returns it on CPU, eval mode."""
@@ -30,7 +44,7 @@ def train_model(cfg, data: ImageData, member_idx: torch.Tensor, seed: int, name:
     if use_fast_path(cfg, dev := resolve_device(cfg.get("device", "auto"))):
         return train_models_fast(cfg, data, [member_idx], [seed], dev, [name], logger)[0]
     L.seed_everything(seed, workers=True, verbose=False)
-    model = build_model(cfg.model.name, data.num_classes, data.in_channels, int(cfg.model.get("width", 16)))
+    model = build_model(cfg.model.name, data.num_classes, data.in_channels, cfg.model.get("width"))
     x, y = data.x_train[member_idx], data.y_train[member_idx]
     g = torch.Generator().manual_seed(seed)
     loader = DataLoader(TensorDataset(x, y), batch_size=int(cfg.train.batch_size), shuffle=True, generator=g,
@@ -39,15 +53,17 @@ def train_model(cfg, data: ImageData, member_idx: torch.Tensor, seed: int, name:
     module = Classifier(model, data.mean, data.std, float(cfg.train.lr), float(cfg.train.momentum),
                         float(cfg.train.weight_decay), int(cfg.train.epochs), len(loader),
                         int(aug.get("pad", 0)), bool(aug.get("flip", False)), cfg.train.get("schedule", "cosine"),
-                        name=name)
+                        name=name, num_classes=data.num_classes,
+                        prefix=curve_prefix(name, cfg.get("n_models")))  # pool/mNN/train_loss|train_acc
     accel = "gpu" if resolve_device(cfg.get("device", "auto")).startswith("cuda") else "cpu"
-    trainer = L.Trainer(max_epochs=int(cfg.train.epochs), accelerator=accel, devices=1,
-                        precision=cfg.train.get("precision", "32-true"), logger=logger if logger else False,
-                        enable_checkpointing=False, enable_model_summary=False,
-                        enable_progress_bar=bool(cfg.get("progress", True)),
-                        deterministic=True if accel == "cpu" else "warn",  # some CUDA backward kernels have no deterministic version
-                        log_every_n_steps=max(1, min(50, len(loader))))
-    with warnings.catch_warnings():
+    with _quiet_lightning():  # the Trainer's device banner
+        trainer = L.Trainer(max_epochs=int(cfg.train.epochs), accelerator=accel, devices=1,
+                            precision=cfg.train.get("precision", "32-true"), logger=logger if logger else False,
+                            enable_checkpointing=False, enable_model_summary=False,
+                            enable_progress_bar=bool(cfg.get("progress", True)),
+                            deterministic=True if accel == "cpu" else "warn",  # some CUDA backward kernels have no deterministic version
+                            log_every_n_steps=max(1, min(50, len(loader))))
+    with warnings.catch_warnings(), _quiet_lightning():
         warnings.filterwarnings("ignore", message=".*(does not have many workers|LeafSpec|GPU available).*")
         trainer.fit(module, loader)
     return model.cpu().eval()
