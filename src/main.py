@@ -49,7 +49,10 @@ def run(cfg: DictConfig) -> dict | None:
         scores = {kind: {t.index: P.attack_target(cfg, keep, phi, t.index, t.phi) for t in quantized}
                   for kind, phi in refs.items()}
         fp_scores = {t: P.attack_target(cfg, keep, pool.phi, t, pool.phi[t]) for t in targets}
-        results, arrays = build_results(cfg, data, pool, quantized, scores, fp_scores, refs)
+        # scores of references attacked as pseudo-targets: a threshold set without the target's labels
+        ref_out = {kind: {t: P.reference_out_scores(cfg, keep, phi, t) for t in targets}
+                   for kind, phi in {"fp": pool.phi, **refs}.items()}
+        results, arrays = build_results(cfg, data, pool, quantized, scores, fp_scores, refs, ref_out)
         write_job(job_dir(), results, arrays, {q.index: q.export for q in quantized})
         print_results(results)
         sink.log_results(results)

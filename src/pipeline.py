@@ -226,3 +226,23 @@ def attack_target(cfg, keep: np.ndarray, ref_phi: np.ndarray, target: int, targe
 
     refs = np.array([m for m in range(keep.shape[0]) if m != target])
     return run_attacks(list(cfg.attack.names), ref_phi[refs], keep[refs], target_phi, cfg.attack)
+
+
+def reference_out_scores(cfg, keep: np.ndarray, ref_phi: np.ndarray, target: int) -> dict[str, np.ndarray] | None:
+    """Attack scores of the non-members of a few pseudo-targets, for a threshold fixed without the
+    target's labels (src/attacks/threshold.py): each of the first ``attack.threshold_refs`` references
+    is attacked by the remaining references, as the target is. None when the pool is too small for
+    the attacks once two models (target and pseudo-target) are left out."""
+    from src.attacks import run_attacks
+
+    refs = [m for m in range(keep.shape[0]) if m != target]
+    out: dict[str, list[np.ndarray]] = {name: [] for name in cfg.attack.names}
+    for r in refs[:int(cfg.attack.get("threshold_refs", 4))]:
+        others = np.array([m for m in refs if m != r])
+        try:
+            s = run_attacks(list(cfg.attack.names), ref_phi[others], keep[others], ref_phi[r], cfg.attack)
+        except ValueError:  # some example lacks an IN or OUT reference among the others
+            return None
+        for name, v in s.items():
+            out[name].append(v[~keep[r]])
+    return {name: np.concatenate(v) for name, v in out.items()} if refs else None

@@ -193,6 +193,8 @@ def _validate_attack(cfg, m: int) -> None:
                          f"models, but {why}; need {lo} ≤ round(n_models·pkeep) ≤ {hi} (e.g. pkeep=0.5 with "
                          f"n_models ≥ {max(need, 2 * lo)})")
     _int(cfg, "attack.bootstrap", cfg.attack.get("bootstrap", 0), 0)
+    _float("attack.threshold_fpr", cfg.attack.get("threshold_fpr", 0.01), 0.0, 1.0, lo_open=True, hi_open=True)
+    _int(cfg, "attack.threshold_refs", cfg.attack.get("threshold_refs", 4), 1)
     for f in _as_list("attack.fprs", cfg.attack.get("fprs", [])):
         _float("attack.fprs", f, 0.0, 1.0, lo_open=True, hi_open=True)
     ref = cfg.attack.get("reference", "fp")

@@ -53,6 +53,7 @@ class _SortedScores:
     def __init__(self, scores: np.ndarray, is_member: np.ndarray) -> None:
         s, y = _check(scores, is_member)
         order = np.argsort(-s, kind="mergesort")
+        self.order = order  # sorted position → example index
         srt = s[order]
         self.ends = np.flatnonzero(np.r_[srt[1:] != srt[:-1], True])  # last index of each tie group
         self.y = y[order]

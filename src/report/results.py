@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf
 
-from src.cache import atomic_write_bytes, atomic_write_text
+from src.cache import atomic_write_bytes, atomic_write_text, cache_key
 
 METRIC_KEYS = ("auc", "balanced_accuracy", "tpr_at_fpr_1e-2", "tpr_at_fpr_1e-3", "tpr_at_fpr_1e-4")
 
@@ -82,10 +82,11 @@ def _clean(obj):
     return obj
 
 
-def build_results(cfg, data, pool, quantized, scores, fp_scores, refs) -> tuple[dict, dict]:
+def build_results(cfg, data, pool, quantized, scores, fp_scores, refs, ref_out=None) -> tuple[dict, dict]:
     """(results dict for results.json, arrays for scores.npz). ``scores`` and ``refs`` are keyed by
     reference kind (``fp``/``matched``): the first kind fills ``attacks``; with both, the matched
-    one also fills ``attacks_matched``."""
+    one also fills ``attacks_matched``. ``ref_out`` {kind: {target: pseudo-target non-member scores}}
+    feeds the reference-calibrated thresholds (src/report/evidence.py)."""
     kinds = list(scores)
     primary = scores[kinds[0]]
     keep = pool.keep
@@ -112,6 +113,9 @@ def build_results(cfg, data, pool, quantized, scores, fp_scores, refs) -> tuple[
         "utility": utility,
         "attacks": _evaluate(cfg, keep, primary),
         "fp_attacks": _evaluate(cfg, keep, fp_scores),
+        # which pool: cache keys of its models (their manifests are in paths.cache_dir/models/)
+        "pool": {"data": pool.model_keys[0]["data"] if pool.model_keys else None,
+                 "model_keys": [cache_key(k) for k in pool.model_keys]},
         "quant": {"layer_bits": quantized[0].layer_bits if quantized else {},
                   "seconds": [q.seconds for q in quantized],
                   "calib_idx": {str(q.index): [int(i) for i in q.calib_idx] for q in quantized}},
@@ -122,13 +126,31 @@ def build_results(cfg, data, pool, quantized, scores, fp_scores, refs) -> tuple[
     if "matched" in refs:
         arrays["ref_phi"] = refs["matched"].astype(np.float32)
     if len(kinds) > 1:
-        results["attacks_matched"] = _clean(_evaluate(cfg, keep, scores["matched"]))
+        results["attacks_matched"] = _evaluate(cfg, keep, scores["matched"])
+    _add_evidence(cfg, keep, quantized, results, scores, fp_scores, ref_out or {})
     for name in cfg.attack.names:
         arrays[f"attack_{name}"] = np.stack([primary[t][name] for t in tids]).astype(np.float64)
         if len(kinds) > 1:
             arrays[f"matched_attack_{name}"] = np.stack([scores["matched"][t][name] for t in tids]).astype(np.float64)
         arrays[f"fp_attack_{name}"] = np.stack([fp_scores[t][name] for t in tids]).astype(np.float64)
     return _clean(results), arrays
+
+
+def _add_evidence(cfg, keep, quantized, results, scores, fp_scores, ref_out) -> None:
+    """Paired Δ, calibration subsets, ε lower bound, per-example shifts, reference thresholds."""
+    from src.quant import NEEDS_CALIBRATION
+    from src.report.evidence import fp_evidence, quantized_evidence
+
+    source = cfg.quant.get("calibration", "members") if cfg.quant.name in NEEDS_CALIBRATION else None
+    calib = {q.index: (source, np.asarray(q.calib_idx, dtype=np.int64)) for q in quantized}
+    kinds = list(scores)
+    blocks = [("attacks", kinds[0])] + ([("attacks_matched", "matched")] if len(kinds) > 1 else [])
+    for block, kind in blocks:
+        extra = quantized_evidence(cfg, keep, scores[kind], fp_scores, ref_out.get(kind, {}), calib)
+        for name, e in extra.items():
+            results[block][name].update(e)
+    for name, e in fp_evidence(cfg, keep, fp_scores, ref_out.get("fp", {})).items():
+        results["fp_attacks"][name].update(e)
 
 
 def write_job(directory: Path, results: dict, arrays: dict, exports: dict | None = None) -> None:
