@@ -19,7 +19,7 @@ from src.attacks.scores import compute_phi
 from src.cache import ArtifactStore, cache_key
 from src.data import ImageData, data_digest, keep_matrix
 from src.models import build_model
-from src.quant import FULL_PRECISION, NEEDS_CALIBRATION, quantize
+from src.quant import CONTROLS, FULL_PRECISION, NEEDS_CALIBRATION, quantize
 from src.quant.bn_fold import fold_batchnorm
 from src.training.pool import evaluate_accuracy, resolve_device, train_model
 
@@ -155,8 +155,10 @@ def quant_key(cfg, pool_model_key: dict) -> dict:
     if cfg.quant.name not in NEEDS_CALIBRATION:  # e.g. RTN: no calibration data, no optimisation budget
         for k in ("calibration", "n_calib", "iters"):
             qcfg.pop(k, None)
-    return {"kind": "quantized", "model": cache_key(pool_model_key), "quant": qcfg, "bits": float(cfg.bits),
-            "policy": cfg.bitwidth.policy, "dataset": cfg.dataset.name, "seed": int(cfg.seed)}
+    control = cfg.quant.name in CONTROLS  # noise / prune: bits and bit policy do not apply
+    return {"kind": "quantized", "model": cache_key(pool_model_key), "quant": qcfg,
+            "bits": None if control else float(cfg.bits), "policy": None if control else cfg.bitwidth.policy,
+            "dataset": cfg.dataset.name, "seed": int(cfg.seed)}
 
 
 def quantize_pool_model(cfg, data: ImageData, keep: np.ndarray, index: int, store: ArtifactStore,
@@ -180,8 +182,10 @@ def quantize_pool_model(cfg, data: ImageData, keep: np.ndarray, index: int, stor
             calib_x = normalize(x_src[torch.from_numpy(idx)], data.mean, data.std)
         qcfg = OmegaConf.create(_plain(cfg.quant))
         qcfg.seed, qcfg.progress = int(cfg.seed) + index, bool(cfg.get("progress", True))
-        log.info("quantize: model %d with %s at %s bits (%s policy), %d %s calibration images",
-                 index, cfg.quant.name, cfg.bits, cfg.bitwidth.policy, len(idx), source or "no")
+        how = (f"{CONTROLS[cfg.quant.name]}={cfg.quant[CONTROLS[cfg.quant.name]]}" if cfg.quant.name in CONTROLS
+               else f"{cfg.bits} bits ({cfg.bitwidth.policy} policy)")
+        log.info("quantize: model %d with %s at %s, %d %s calibration images",
+                 index, cfg.quant.name, how, len(idx), source or "no")
         res = quantize(fp_model, float(cfg.bits), qcfg, cfg.bitwidth.policy, calib_x, cfg.dataset.name, device)
         members = torch.from_numpy(np.flatnonzero(keep[index]))
         return {"state_dict": res.model.state_dict(), "layer_bits": res.layer_bits, "export": res.export,

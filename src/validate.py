@@ -130,7 +130,7 @@ def validate(cfg) -> None:
     q = cfg.quant
     if "iters" in q:
         _int(cfg, "quant.iters", q.iters, 0)
-    for k in ("batch_size", "block", "calib_batch", "fisher_samples"):
+    for k in ("batch_size", "block", "block_size", "calib_batch", "fisher_samples"):
         if k in q:
             _int(cfg, f"quant.{k}", q[k], 1)
     if "lr" in q:
@@ -140,6 +140,12 @@ def validate(cfg) -> None:
     for k in ("reg_lambda", "damp"):
         if k in q:
             _float(f"quant.{k}", q[k], 0.0)
+    if "sigma" in q:
+        _float("quant.sigma", q.sigma, 0.0)
+    if "sparsity" in q:
+        _float("quant.sparsity", q.sparsity, 0.0, 1.0, hi_open=True)
+    if "scope" in q:
+        _need(q.scope in ("layer", "global"), f"quant.scope={q.scope}: allowed: layer, global")
     if q.name not in FULL_PRECISION:
         _need(not (q.name == "adaround" and q.get("fold_bn", True) is False),
               "quant.fold_bn=false: AdaRound reconstructs each layer with its activation (conv → ReLU), "

@@ -27,9 +27,13 @@ METHODS = {
     "adaround": ("src.quant.adaround", "quantize_adaround"),
     "brecq": ("src.quant.brecq", "quantize_brecq"),
     "obc": ("src.quant.obc", "quantize_obc"),
+    "gptq": ("src.quant.gptq", "quantize_gptq"),
+    "noise": ("src.quant.noise", "perturb_noise"),   # matched-utility controls: not quantizers,
+    "prune": ("src.quant.prune", "prune_magnitude"),  # their strength, not bits, sets the accuracy cost
 }
+CONTROLS = {"noise": "sigma", "prune": "sparsity"}  # control → the key that sets its strength
 FULL_PRECISION = ("none", "fp")
-NEEDS_CALIBRATION = ("adaround", "brecq", "obc")  # RTN looks at the weights only
+NEEDS_CALIBRATION = ("adaround", "brecq", "obc", "gptq")  # RTN looks at the weights only
 
 
 @dataclass
@@ -53,6 +57,8 @@ def quantize(model: nn.Module, bits: float, qcfg, policy: str = "uniform", calib
     if qcfg.get("fold_bn", True):
         fold_batchnorm(qmodel)
     bits_per_layer = policy_layer_bits(qmodel, bits, policy, dataset)
+    if name in CONTROLS:  # weights stay float32: bits do not apply
+        bits_per_layer = {n: 32.0 for n in bits_per_layer}
     module, fn = METHODS[name]
     method = getattr(importlib.import_module(module), fn)
     export = method(qmodel, bits_per_layer, qcfg, calib_x, device)

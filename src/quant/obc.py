@@ -296,24 +296,36 @@ def quantize_obc(model: nn.Module, layer_bits: dict[str, float], cfg, calib_x: t
     """OBQ every layer of ``layer_bits`` in forward order, in place (see module docstring).
 
     cfg keys (conf/quant/obc.yaml): damp, row_batch, block, outlier, init, p, symmetric, sequential,
-    fp_target, calib_batch, max_mem_gb, cpu_threads, progress. With ``sequential`` the Hessian of layer l is built from the
-    inputs of the already-quantized prefix; otherwise all Hessians come from the FP model first.
-    Returns {layer name: grid.export(codes)}.
+    fp_target, calib_batch, max_mem_gb, cpu_threads, progress. Returns {layer name: grid.export(codes)}.
+    """
+    damp, block = float(cfg.get("damp", 0.01)), int(cfg.get("block", 64))
+    outlier, row_batch, max_mem_gb = bool(cfg.get("outlier", True)), cfg.get("row_batch", "auto"), cfg.get("max_mem_gb")
+
+    def solve(W, H, grid, G, on_batch):
+        return obq_layer(W, H, grid, damp, row_batch, block, outlier, max_mem_gb, on_batch=on_batch, G=G)
+
+    return quantize_with_hessians(model, layer_bits, cfg, calib_x, device, solve, "OBC")
+
+
+@torch.no_grad()
+def quantize_with_hessians(model: nn.Module, layer_bits: dict[str, float], cfg, calib_x: torch.Tensor | None,
+                           device, solve, label: str) -> dict:
+    """The layer loop shared by the Hessian-based methods (OBC, GPTQ): per layer in forward order,
+    the per-channel grid, H = 2X̂X̂ᵀ (and G = 2X̂Xᵀ with ``fp_target``), ``solve(W, H, grid, G, on_batch)
+    → (codes, target weights)``, then the weights are replaced in place.
+
+    With ``sequential`` the Hessian of layer l is built from the inputs of the already-quantized
+    prefix; otherwise all Hessians come from the FP model first (the OBC paper).
     """
     if calib_x is None or len(calib_x) == 0:
-        raise ValueError("OBC needs calibration images (calib_x)")
+        raise ValueError(f"{label} needs calibration images (calib_x)")
     fabric = make_fabric(device)
     dev = fabric.device
     model = model.to(dev).eval()
     x = calib_x.to(dev).float()
     modules = dict(model.named_modules())
-    damp = float(cfg.get("damp", 0.01))
-    block = int(cfg.get("block", 64))
-    outlier = bool(cfg.get("outlier", True))
     sequential = bool(cfg.get("sequential", False))
     bs = int(cfg.get("calib_batch", 128))
-    row_batch = cfg.get("row_batch", "auto")
-    max_mem_gb = cfg.get("max_mem_gb", None)
     symmetric, p = bool(cfg.get("symmetric", False)), float(cfg.get("p", 2.4))
     init = cfg.get("init", "lp")
 
@@ -327,7 +339,7 @@ def quantize_obc(model: nn.Module, layer_bits: dict[str, float], cfg, calib_x: t
 
     export = {}
     with _progress(bool(cfg.get("progress", True))) as prog:
-        overall = prog.add_task("OBC layers", total=len(layer_bits)) if prog else None
+        overall = prog.add_task(f"{label} layers", total=len(layer_bits)) if prog else None
         for name, bits in layer_bits.items():
             t0 = time.perf_counter()
             layer = modules[name]
@@ -344,19 +356,18 @@ def quantize_obc(model: nn.Module, layer_bits: dict[str, float], cfg, calib_x: t
                 H = layer_hessian(model, layer, x, bs)
             task = prog.add_task(f"  {name} ({bits:g} b)", total=W.shape[0]) if prog else None
             with _cpu_threads(dev, cfg.get("cpu_threads", 1)):
-                codes, W_tgt = obq_layer(W, H, grid, damp, row_batch, block, outlier, max_mem_gb,
-                                         on_batch=(lambda n, t=task: prog.advance(t, n)) if prog else None, G=G)
+                codes, W_tgt = solve(W, H, grid, G, (lambda n, t=task: prog.advance(t, n)) if prog else None)
             W_hat = grid.dequantize(codes)
             err = reconstruction_error(W_tgt, W_hat, H)          # ‖(W − Ŵ)X̂‖² (W* − Ŵ with fp_target)
             ref = reconstruction_error(W_tgt, torch.zeros_like(W), H)
             Wt.copy_(W_hat.reshape(Wt.shape).to(Wt.dtype))
             export[name] = grid.export(codes.reshape(Wt.shape))
             msg = f"{name}: ‖WX−ŴX‖²={err:.4g} (rel {err / max(ref, 1e-30):.3g}), {time.perf_counter() - t0:.1f}s"
-            log.info("OBC %s", msg)
+            log.info("%s %s", label, msg)
             if prog:
                 prog.update(task, description=f"  {msg}")
                 prog.advance(overall)
             if not math.isfinite(err):
-                raise FloatingPointError(f"OBC produced a non-finite reconstruction error for {name}")
+                raise FloatingPointError(f"{label} produced a non-finite reconstruction error for {name}")
     model.cpu().eval()
     return export

@@ -54,9 +54,10 @@ def privacy_utility(rows: list[dict], attack: str | None, path: str | Path) -> P
                 style = dict(marker=MARKERS[i % len(MARKERS)], color=f"C{i % 10}", markersize=8,
                              label=str(r["quant"]), linestyle="none")
             ax.errorbar(r["test_acc"], y, yerr=yerr, capsize=3, **style)
-            bits = f"{r['bits']:g}" if r.get("bits") is not None else "?"
-            ax.annotate(f"{bits}b", (r["test_acc"], y), textcoords="offset points",
+            bits = f"{r['bits']:g}b" if r.get("bits") is not None else "?"
+            ax.annotate(r.get("control") or bits, (r["test_acc"], y), textcoords="offset points",
                         xytext=(5, 4), fontsize=8)
+        _control_curves(ax, sub, methods, "tpr_at_fpr_1e-3")
         if ys and min(ys) > 0 and max(ys) / min(ys) > 20:
             ax.set_yscale("log")
         handles, labels = ax.get_legend_handles_labels()
@@ -67,6 +68,76 @@ def privacy_utility(rows: list[dict], attack: str | None, path: str | Path) -> P
         ax.set_ylabel("TPR @ 0.1% FPR")
         ax.set_title(f"{ds} / {model} — {attack}" if ds is not None else f"{attack}")
         ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _control_curves(ax, rows: list[dict], methods: list, metric: str) -> None:
+    """Matched-utility controls (noise σ, pruning sparsity sweeps) as dashed curves through their
+    points, ordered by accuracy: a quantizer below a curve leaks less at equal accuracy."""
+    for quant in dict.fromkeys(r["quant"] for r in rows if r.get("control")):
+        pts = sorted((r["test_acc"], r[metric]) for r in rows
+                     if r["quant"] == quant and r.get(metric) is not None)
+        if len(pts) > 1:
+            i = methods.index(quant)
+            ax.plot(*zip(*pts), linestyle="--", color=f"C{i % 10}", alpha=0.7)
+
+
+def privacy_utility_delta(rows: list[dict], attack: str | None, path: str | Path) -> Path:
+    """Test accuracy (x) vs the paired ΔAUC = AUC(quantized) − AUC(FP) (y) with its 95 % CI: points
+    below 0 leak less than the full-precision model, and a CI that crosses 0 is not a reduction."""
+    rows = [r for r in rows if r["attack"] == attack and r["quant"] != "fp"
+            and r.get("test_acc") is not None and r.get("delta_auc") is not None]
+    combos = _combos(rows, lambda r: (r["dataset"], r["model"])) or [(None, None)]
+    methods = _combos(rows, lambda r: r["quant"])
+    fig, axes = _axes(len(combos))
+    for ax, (ds, model) in zip(axes, combos):
+        sub = [r for r in rows if (r["dataset"], r["model"]) == (ds, model)]
+        for r in sub:
+            i = methods.index(r["quant"])
+            lo, hi, d = r.get("delta_auc_ci_lo"), r.get("delta_auc_ci_hi"), r["delta_auc"]
+            yerr = [[max(d - lo, 0.0)], [max(hi - d, 0.0)]] if lo is not None and hi is not None else None
+            ax.errorbar(r["test_acc"], d, yerr=yerr, capsize=3, marker=MARKERS[i % len(MARKERS)],
+                        color=f"C{i % 10}", markersize=8, label=str(r["quant"]), linestyle="none",
+                        markerfacecolor=f"C{i % 10}" if r.get("delta_auc_significant") else "white")
+            label = r.get("control") or (f"{r['bits']:g}b" if r.get("bits") is not None else "?")
+            ax.annotate(label, (r["test_acc"], d), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        _control_curves(ax, sub, methods, "delta_auc")
+        ax.axhline(0.0, color="black", linewidth=0.8)
+        handles, labels = ax.get_legend_handles_labels()
+        uniq = dict(zip(labels, handles))
+        if uniq:
+            ax.legend(uniq.values(), uniq.keys(), fontsize=8)
+        ax.set_xlabel("test accuracy")
+        ax.set_ylabel("ΔAUC vs FP (filled: CI excludes 0)")
+        ax.set_title(f"{ds} / {model} — {attack}" if ds is not None else f"{attack}")
+        ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def per_example_scatter(fp_scores, q_scores, is_member, attack: str, path: str | Path) -> Path:
+    """FP vs quantized membership score of every example (one target), members and non-members
+    coloured: points on the diagonal kept their exposure, the spread shows per-example shifts."""
+    import numpy as np
+
+    fig, (ax,) = _axes(1, (5.0, 4.6))
+    y = np.asarray(is_member, dtype=bool)
+    for sel, name, c in ((~y, "non-members", "C0"), (y, "members", "C3")):
+        ax.scatter(np.asarray(fp_scores)[sel], np.asarray(q_scores)[sel], s=4, alpha=0.4, color=c, label=name)
+    lo = float(min(np.min(fp_scores), np.min(q_scores)))
+    hi = float(max(np.max(fp_scores), np.max(q_scores)))
+    ax.plot([lo, hi], [lo, hi], color="black", linewidth=0.8)
+    ax.set_xlabel(f"{attack} score, full precision")
+    ax.set_ylabel(f"{attack} score, quantized")
+    ax.legend(fontsize=8, markerscale=3)
+    ax.grid(True, alpha=0.3)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=120)

@@ -107,6 +107,11 @@ def build_results(cfg, data, pool, quantized, scores, fp_scores, refs, ref_out=N
            "bits": 32.0 if cfg.quant.name in ("none", "fp") else float(cfg.bits),
            "policy": cfg.bitwidth.policy, "targets": tids, "reference": cfg.attack.get("reference", "fp"),
            "n_models": int(cfg.n_models), "n_examples": int(keep.shape[1])}
+    from src.quant import CONTROLS
+
+    if cfg.quant.name in CONTROLS:  # a float perturbation, not a quantizer: its strength replaces bits
+        key = CONTROLS[cfg.quant.name]
+        job.update(bits=32.0, control={"key": key, "value": float(cfg.quant[key])})
     results = {
         "config": OmegaConf.to_container(cfg, resolve=True),
         "job": job,
@@ -171,6 +176,25 @@ def write_job(directory: Path, results: dict, arrays: dict, exports: dict | None
             torch.save(export, b)
             atomic_write_bytes(directory / f"quantized_target{t}.pt", b.getvalue())
     atomic_write_text(directory / "results.json", json.dumps(results, indent=1))
+    _per_example_plot(directory, results, arrays)
+
+
+def _per_example_plot(directory: Path, results: dict, arrays: dict) -> None:
+    """per_example.png: FP vs quantized score of every example for the first target (LiRA online when
+    run). A figure that fails to draw never costs the results already written."""
+    import logging
+
+    if results["job"]["quant"] in ("none", "fp") or not results.get("attacks"):
+        return
+    name = "lira_online" if "lira_online" in results["attacks"] else next(iter(results["attacks"]))
+    try:
+        from src.report.plots import per_example_scatter
+
+        t = int(arrays["target_ids"][0])
+        per_example_scatter(arrays[f"fp_attack_{name}"][0], arrays[f"attack_{name}"][0], arrays["keep"][t],
+                            name, directory / "per_example.png")
+    except Exception as e:  # pragma: no cover - plotting backend problems
+        logging.getLogger(__name__).warning("per_example.png not drawn: %s", e)
 
 
 def _fmt(v, ci=None) -> str:
@@ -188,6 +212,8 @@ def print_results(results: dict) -> None:
 
     job, u = results["job"], results["utility"]
     bits = "fp" if job["quant"] in ("none", "fp") else f"{job['bits']:g}-bit"
+    if job.get("control"):
+        bits = f"{job['control']['key']}={job['control']['value']:g}"
     title = (f"{job['dataset']} / {job['model']} / {job['quant']} {bits}  "
              f"targets {job['targets']}  reference={job['reference']}")
     console = Console(width=160)

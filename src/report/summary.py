@@ -38,8 +38,12 @@ METRICS = (
 ID_COLUMNS = ("dataset", "model", "quant", "bits", "policy", "reference", "attack")
 UTILITY_COLUMNS = ("test_acc", "fp_test_acc", "accuracy_drop", "train_acc")
 CI_COLUMNS = tuple(f"{m}_ci_{end}" for m in METRICS for end in ("lo", "hi"))
+# paired Δ = metric(quantized) − metric(FP) on the same examples (src/attacks/paired.py)
+DELTA_METRICS = ("auc", "tpr_at_fpr_1e-2", "tpr_at_fpr_1e-3")
+DELTA_COLUMNS = tuple(f"delta_{m}{end}" for m in DELTA_METRICS for end in ("", "_ci_lo", "_ci_hi", "_significant"))
 COLUMNS = (
-    ID_COLUMNS + UTILITY_COLUMNS + METRICS + ("n_nonmembers",) + CI_COLUMNS + ("job_dir",)
+    ID_COLUMNS + ("control",) + UTILITY_COLUMNS + METRICS + ("n_nonmembers",) + CI_COLUMNS + DELTA_COLUMNS
+    + ("eps_lower_bound", "job_dir")
 )
 
 
@@ -122,7 +126,20 @@ def _metric_row(base: dict, attack: str, m: dict) -> dict:
         lo_hi = ci.get(k)
         lo, hi = (lo_hi if isinstance(lo_hi, (list, tuple)) and len(lo_hi) == 2 else (None, None))
         row[f"{k}_ci_lo"], row[f"{k}_ci_hi"] = _float(lo), _float(hi)
+    paired = m.get("paired") or {}
+    for k in DELTA_METRICS:
+        d = paired.get(k) or {}
+        lo, hi = (d.get("ci") or [None, None])[:2]
+        row[f"delta_{k}"], row[f"delta_{k}_ci_lo"], row[f"delta_{k}_ci_hi"] = _float(d.get("delta")), _float(lo), _float(hi)
+        row[f"delta_{k}_significant"] = d.get("significant")
+    row["eps_lower_bound"] = _float(m.get("eps_lower_bound"))
     return row
+
+
+def _control(job: dict) -> str | None:
+    """'sigma=0.1' for a matched-utility control job (quant=noise/prune), else None."""
+    c = job.get("control")
+    return f"{c['key']}={c['value']:g}" if c else None
 
 
 def job_rows(result: dict, fp: bool = False, matched: bool = False) -> list[dict]:
@@ -153,6 +170,7 @@ def job_rows(result: dict, fp: bool = False, matched: bool = False) -> list[dict
         base.update(
             quant=job.get("quant"),
             bits=_float(job.get("bits")),
+            control=_control(job),
             test_acc=_float(util.get("test_acc")),
             train_acc=_float(util.get("train_acc")),
             accuracy_drop=_float(util.get("accuracy_drop")),
@@ -161,6 +179,11 @@ def job_rows(result: dict, fp: bool = False, matched: bool = False) -> list[dict
     for r in rows:
         r["secondary"] = matched
     return rows
+
+
+def _control_value(row: dict) -> float:
+    c = row.get("control")
+    return float(c.split("=", 1)[1]) if c else 0.0
 
 
 def rows_from_results(results: list[dict]) -> list[dict]:
@@ -187,6 +210,7 @@ def rows_from_results(results: list[dict]) -> list[dict]:
             row["quant"] != "fp",
             str(row["quant"]),
             -(row["bits"] if row["bits"] is not None else -1),
+            _control_value(row),
             str(row.get("policy")),
             str(row.get("reference")),
             attack_order[row["attack"]],
@@ -208,6 +232,18 @@ def _pct(x: float | None, digits: int = 2) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.{digits}f}"
 
 
+def _delta(row: dict, metric: str) -> str:
+    """'−0.0412 [−0.0630, −0.0201]*' (* = the CI excludes 0); '–' for the FP row."""
+    d = row.get(f"delta_{metric}")
+    if d is None or row.get("quant") == "fp":
+        return "–"
+    lo, hi = row.get(f"delta_{metric}_ci_lo"), row.get(f"delta_{metric}_ci_hi")
+    out = f"{d:+.4f}"
+    if lo is not None and hi is not None:
+        out += f" [{lo:+.4f}, {hi:+.4f}]"
+    return out + ("*" if row.get(f"delta_{metric}_significant") else "")
+
+
 def markdown_table(rows: list[dict], attack: str | None) -> str:
     """Method × bits table (FP first) of test accuracy, AUC and TPR@0.1%FPR for ``attack``;
     one table per (dataset, model)."""
@@ -218,8 +254,8 @@ def markdown_table(rows: list[dict], attack: str | None) -> str:
         lines = [
             f"### {ds} / {model} — attack: {attack}",
             "",
-            "| method | bits | test acc (%) | AUC | TPR@0.1%FPR (%) |",
-            "|---|---:|---:|---:|---:|",
+            "| method | bits | test acc (%) | AUC | TPR@0.1%FPR (%) | ΔAUC vs FP [95% CI] |",
+            "|---|---:|---:|---:|---:|---:|",
         ]
         for r in rows:
             if (r["dataset"], r["model"]) != (ds, model):
@@ -227,6 +263,8 @@ def markdown_table(rows: list[dict], attack: str | None) -> str:
             method = "FP" if r["quant"] == "fp" else str(r["quant"])
             if r.get("policy") not in (None, "uniform", "fp"):
                 method += f" ({r['policy']})"
+            if r.get("control"):
+                method += f" ({r['control']})"
             if r.get("reference") == "matched":
                 method += " [matched refs]"
             auc = "–" if r["auc"] is None else f"{r['auc']:.4f}"
@@ -235,10 +273,12 @@ def markdown_table(rows: list[dict], attack: str | None) -> str:
             if lo is not None and hi is not None:
                 tpr += f" [{_pct(lo)}, {_pct(hi)}]"
             lines.append(
-                f"| {method} | {fmt_bits(r['bits'])} | {_pct(r['test_acc'])} | {auc} | {tpr} |"
+                f"| {method} | {fmt_bits(r['bits'])} | {_pct(r['test_acc'])} | {auc} | {tpr} | {_delta(r, 'auc')} |"
             )
         blocks.append("\n".join(lines))
-    return "\n\n".join(blocks) + "\n"
+    note = ("ΔAUC: paired difference quantized − FP on the same examples (paired bootstrap per target, "
+            "t-interval over targets); * = the 95 % CI excludes 0.")
+    return "\n\n".join(blocks) + "\n\n" + note + "\n"
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
@@ -265,6 +305,7 @@ def write_summary(sweep_dir: str | Path, quiet: bool = False) -> dict[str, Path]
         "md": sweep / "summary.md",
         "privacy_utility": sweep / "privacy_utility.png",
         "roc": sweep / "roc.png",
+        "privacy_utility_delta": sweep / "privacy_utility_delta.png",
     }
     write_csv(rows, paths["csv"])
     md = markdown_table(rows, attack)
@@ -272,6 +313,7 @@ def write_summary(sweep_dir: str | Path, quiet: bool = False) -> dict[str, Path]
     # the plot shows each job once: with attack.reference=both, its primary (FP-reference) numbers
     plots.privacy_utility([r for r in rows if not r.get("secondary")], attack, paths["privacy_utility"])
     plots.roc(results, attack, paths["roc"])
+    plots.privacy_utility_delta([r for r in rows if not r.get("secondary")], attack, paths["privacy_utility_delta"])
     if not quiet:
         print(md, end="")
     return paths
