@@ -1,12 +1,12 @@
 """Utility of every quantizer at every bit-width on the embedded default, with timings.
 
-    python -m benchmarks.quant_table [--bits 4,3,2,1.58] [--methods rtn,adaround,brecq,obc]
+    python -m benchmarks.quant_table [--bits 4,3,2,1.58] [--methods rtn,adaround,brecq,obc,gptq]
                                      [--out outputs/bench/quant_table.json] [overrides ...]
 
 Pool model 0 of the default Hydra config (digits, smallcnn; composed with hydra's compose API, so
 the quant budgets are the embedded default's) is trained or loaded from the artifact cache, then
 quantized by each method at each bit-width, calibrating on the model's own members
-(``pipeline.calibration_indices``) exactly as a job does. Rows FP, RTN, AdaRound, BRECQ, OBC;
+(``pipeline.calibration_indices``) exactly as a job does. Rows FP, RTN, AdaRound, BRECQ, OBC, GPTQ;
 columns test accuracy per bit-width and seconds per method (summed over bit-widths). Extra
 arguments are Hydra overrides (e.g. ``dataset=synthetic``).
 """
@@ -23,7 +23,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 REPO = Path(__file__).resolve().parents[1]
-NAMES = {"none": "FP", "rtn": "RTN", "adaround": "AdaRound", "brecq": "BRECQ", "obc": "OBC"}
+NAMES = {"none": "FP", "rtn": "RTN", "adaround": "AdaRound", "brecq": "BRECQ", "obc": "OBC", "gptq": "GPTQ"}
 
 
 def compose_cfg(overrides: list[str]):
@@ -97,7 +97,7 @@ def format_table(res: dict) -> str:
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(prog="python -m benchmarks.quant_table", description=__doc__.split("\n\n")[0])
     p.add_argument("--bits", default="4,3,2,1.58")
-    p.add_argument("--methods", default="rtn,adaround,brecq,obc")
+    p.add_argument("--methods", default="rtn,adaround,brecq,obc,gptq")
     p.add_argument("--out", default="outputs/bench/quant_table.json")
     p.add_argument("overrides", nargs="*", help="Hydra overrides for the composed config")
     a = p.parse_args(argv)

@@ -15,7 +15,7 @@ from tests.test_obc import accuracy, rtn_cfg, trained  # noqa: F401  (module-sco
 
 def gptq_cfg(**kw):
     base = dict(name="gptq", damp=0.01, block_size=128, act_order=False, init="lp", p=2.4, symmetric=False,
-                fold_bn=True, sequential=False, fp_target=True, calib_batch=128, progress=False)
+                fold_bn=True, sequential=True, fp_target=False, calib_batch=128, progress=False)
     return OmegaConf.create(base | kw)
 
 
@@ -94,13 +94,15 @@ def test_gptq_beats_rtn_in_and_out_of_sample(bits):
 
 
 def test_gptq_model_beats_rtn_at_2_bits(trained):  # noqa: F811
-    """On the trained digits SmallResNet at 2 bits, RTN collapses (≈ 25–45 %) and GPTQ stays within
-    10 points of full precision; the issue's bar is ≥ 20 points above RTN."""
+    """The shipped default (sequential, as the paper) on the trained digits SmallResNet at 2 bits:
+    RTN collapses (measured 54 % here, 15 % under ATEN_CPU_CAPABILITY=default: 2-bit RTN is fragile)
+    while GPTQ keeps 91–92 % (FP 99 %). Bars: ≥ 20 points above RTN and within 15 points of FP
+    (6–7 points of room)."""
     model, calib, xte, yte = trained
     fp = accuracy(model, xte, yte)
     rtn = accuracy(quantize(model, 2.0, rtn_cfg(), "uniform", calib).model, xte, yte)
     res = quantize(model, 2.0, gptq_cfg(), "uniform", calib)
     gptq = accuracy(res.model, xte, yte)
-    assert gptq >= rtn + 0.20 and gptq > fp - 0.10, (fp, rtn, gptq)
+    assert gptq >= rtn + 0.20 and gptq > fp - 0.15, (fp, rtn, gptq)
     for name, e in res.export.items():  # weights on the 2-bit grid: ≤ 4 levels per output channel
         assert max(len(torch.unique(c)) for c in e["codes"].reshape(e["codes"].shape[0], -1)) <= 4, name
