@@ -98,7 +98,7 @@ def get_pool_model(cfg, data: ImageData, keep: np.ndarray, index: int, store: Ar
                                                data.std, device)}
 
     art, _ = store.get_or_create("models", key, build)
-    model = build_model(cfg.model.name, data.num_classes, data.in_channels, cfg.model.get("width"))
+    model = build_model(cfg.model, data.num_classes, data.in_channels)
     model.load_state_dict(art["state_dict"])
     return model.eval(), {"key": key, "test_acc": art["test_acc"], "train_acc": art["train_acc"]}
 
@@ -196,7 +196,7 @@ def quantize_pool_model(cfg, data: ImageData, keep: np.ndarray, index: int, stor
                                                data.std, device)}
 
     art, _ = store.get_or_create("quantized", key, build)
-    qmodel = build_model(cfg.model.name, data.num_classes, data.in_channels, cfg.model.get("width"))
+    qmodel = build_model(cfg.model, data.num_classes, data.in_channels)
     if art["fold_bn"]:
         fold_batchnorm(qmodel)
     qmodel.load_state_dict(art["state_dict"])

@@ -83,8 +83,9 @@ def validate(cfg) -> None:
         raise ConfigError(str(e)) from None
     _need(cfg.dataset.name in DATASETS, f"dataset.name={cfg.dataset.name}: allowed: {', '.join(DATASETS)}")
     _need(cfg.model.name in MODELS, f"model.name={cfg.model.name}: allowed: {', '.join(MODELS)}")
-    if cfg.model.get("width") is not None:
-        _int(cfg, "model.width", cfg.model.width, 1)
+    for key in ("width", "depth", "widen"):
+        if cfg.model.get(key) is not None:
+            _int(cfg, f"model.{key}", cfg.model[key], 1)
     qnames = FULL_PRECISION + tuple(METHODS)
     _need(cfg.quant.name in qnames, f"quant.name={cfg.quant.name}: allowed: {', '.join(qnames)}")
     _need(cfg.bitwidth.policy in POLICIES, f"bitwidth.policy={cfg.bitwidth.policy}: allowed: {', '.join(POLICIES)}")

@@ -36,7 +36,7 @@ def test_resnet18_base_width_scales_every_stage(width):
 
 
 def test_unknown_model_and_bad_width_are_refused():
-    with pytest.raises(ValueError, match="allowed: resnet18, smallcnn"):
+    with pytest.raises(ValueError, match="allowed: resnet18, smallcnn, wrn28_2, vgg11_bn"):
         build_model("vgg", 10, 3)
     from src.validate import ConfigError, validate
     from tests.test_paper_presets import compose_cfg

@@ -1,89 +1,34 @@
-"""Architectures, built by name from the `model` config group.
-
-Both models share torchvision's ResNet naming (``conv1``, ``bn1``, ``relu``, ``layerK`` holding
-``BasicBlock``s, ``avgpool``, ``fc``) so the block-wise quantizers (BRECQ) see one structure:
-stem (conv1+bn1+relu), each residual ``BasicBlock``, head (fc).
-"""
+"""Architectures, built by name from the ``model`` config group. Each declares the structure the
+reconstruction-based quantizers need (src/models/structure.py)."""
 from __future__ import annotations
 
-import torch
+from collections.abc import Mapping
+
 from torch import nn
-from torchvision.models.resnet import BasicBlock
 
-MODELS = ("resnet18", "smallcnn")
+from .resnet import CifarResNet18, SmallResNet, residual_blocks
+from .structure import Block, Structure, structure_of
+from .vgg import VGG11BN
+from .wide_resnet import WideResNet
 
+MODELS = ("resnet18", "smallcnn", "wrn28_2", "vgg11_bn")
 
-class SmallResNet(nn.Module):
-    """A small ResNet (stem + 2 BasicBlocks + linear head) that trains in seconds on 8×8 digits.
-
-    It reuses torchvision's ``BasicBlock`` on purpose: the block's single ReLU module runs twice
-    (after bn1 and after the residual addition), the pitfall block reconstruction must respect.
-    """
-
-    def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 16):
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
-        self.relu = nn.ReLU(inplace=True)
-        self.layer1 = nn.Sequential(BasicBlock(width, width))
-        down = nn.Sequential(nn.Conv2d(width, 2 * width, 1, 2, bias=False), nn.BatchNorm2d(2 * width))
-        self.layer2 = nn.Sequential(BasicBlock(width, 2 * width, stride=2, downsample=down))
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(2 * width, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.relu(self.bn1(self.conv1(x)))
-        x = self.layer2(self.layer1(x))
-        return self.fc(torch.flatten(self.avgpool(x), 1))
+__all__ = ["MODELS", "Block", "CifarResNet18", "SmallResNet", "Structure", "VGG11BN", "WideResNet", "build_model",
+           "residual_blocks", "structure_of"]
 
 
-class CifarResNet18(nn.Module):
-    """ResNet-18 (He et al. 2016) with the CIFAR stem of the paper: 3×3 stride-1 conv1, no max-pool.
-
-    Stages of 2 torchvision ``BasicBlock``s at widths w, 2w, 4w, 8w; ``width=64`` is the standard
-    ResNet-18 (11.2M parameters on CIFAR-10). A smaller base width keeps every layer type and stride
-    of the paper's network at a fraction of the cost (tests, CPU checks). Initialisation as torchvision's
-    ResNet: Kaiming-normal (fan-out) convolutions, BatchNorm γ=1, β=0.
-    """
-
-    def __init__(self, num_classes: int = 10, in_channels: int = 3, width: int = 64):
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
-        self.relu = nn.ReLU(inplace=True)
-        stages, c_in = [], width
-        for i, stride in enumerate((1, 2, 2, 2)):
-            c_out = width * 2 ** i
-            down = None
-            if stride != 1 or c_in != c_out:
-                down = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
-            stages.append(nn.Sequential(BasicBlock(c_in, c_out, stride, down), BasicBlock(c_out, c_out)))
-            c_in = c_out
-        self.layer1, self.layer2, self.layer3, self.layer4 = stages
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(c_in, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.relu(self.bn1(self.conv1(x)))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.fc(torch.flatten(self.avgpool(x), 1))
-
-
-def build_model(name: str, num_classes: int, in_channels: int, width: int | None = None) -> nn.Module:
-    """``width`` is the base width (channels of the stem): 64 for resnet18, 16 for smallcnn by default."""
+def build_model(model, num_classes: int, in_channels: int, width: int | None = None) -> nn.Module:
+    """``model``: the ``model`` config node (name plus its own keys) or a name. ``width`` is the base
+    width (resnet18 64, smallcnn 16, vgg11_bn 64 by default); wrn28_2 takes ``depth`` and ``widen``."""
+    opts = dict(model) if isinstance(model, Mapping) or hasattr(model, "items") else {"name": model}
+    name = opts.get("name")
+    width = width if width is not None else opts.get("width")
     if name == "resnet18":
         return CifarResNet18(num_classes, in_channels, int(width or 64))
     if name == "smallcnn":
         return SmallResNet(num_classes, in_channels, int(width or 16))
+    if name == "wrn28_2":
+        return WideResNet(num_classes, in_channels, int(opts.get("depth", 28)), int(opts.get("widen", 2)))
+    if name == "vgg11_bn":
+        return VGG11BN(num_classes, in_channels, int(width or 64))
     raise ValueError(f"model.name={name!r} is not known; allowed: {', '.join(MODELS)}")
-
-
-def residual_blocks(model: nn.Module) -> list[tuple[str, BasicBlock]]:
-    """All BasicBlocks of a ResNet-style model, in forward order, with their qualified names."""
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, BasicBlock)]

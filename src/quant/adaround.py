@@ -7,7 +7,8 @@ L_p-initialised) per-channel grid by minimising the asymmetric reconstruction ob
 
 where x is the layer's input in the full-precision model, x̂ its input in the model whose earlier
 layers are already quantized, and W̃ the soft-quantized weight of ``rounding.AdaRoundWeight``.
-f_a is the activation that follows the layer inside the network: ReLU after the stem ``conv1`` and
+f_a is the activation that follows the layer inside the network, as the model declares it
+(``Structure.relu_after``, src/models/structure.py): in a ResNet ReLU after the stem ``conv1`` and
 after each BasicBlock's ``conv1``; identity for a BasicBlock's ``conv2`` (its output is added to the
 residual before the ReLU), for ``downsample`` convs and for the final ``fc`` (and any other layer).
 BatchNorm is folded beforehand (``quant.fold_bn``), so the layer's bias is the folded one.
@@ -16,16 +17,14 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..models import residual_blocks
+from ..models import structure_of
 from .rounding import Unit, reconstruct
 
 
 def relu_followed_layers(model: nn.Module) -> set[str]:
-    """Qualified names of the layers whose output goes straight into a ReLU (after folded BN)."""
-    out = {f"{name}.conv1" for name, _ in residual_blocks(model)}
-    if isinstance(getattr(model, "conv1", None), nn.Conv2d) and isinstance(getattr(model, "relu", None), nn.ReLU):
-        out.add("conv1")
-    return out
+    """Qualified names of the layers whose output goes straight into a ReLU (after folded BN),
+    as the model declares them."""
+    return set(structure_of(model, "AdaRound").relu_after)
 
 
 def layer_units(model: nn.Module, layer_names: list[str]) -> list[Unit]:

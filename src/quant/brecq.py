@@ -4,9 +4,9 @@ Reconstruction"), weight-only.
 The AdaRound rounding variables (``rounding.AdaRoundWeight``) of all layers of one *block* are
 optimised jointly against the block's full-precision output, one block at a time in forward order,
 the block input coming from the already-quantized prefix (asymmetric, as in the reference setting).
-Blocks of our ResNets (BatchNorm folded first):
+Blocks are declared by each model (src/models/structure.py); for our ResNets (BatchNorm folded first):
 
-- stem: ``conv1`` [+ folded ``bn1``] + ``relu`` [+ ``maxpool`` when the model has one];
+- stem: ``conv1`` [+ folded ``bn1``] + ``relu``;
 - each torchvision ``BasicBlock`` (conv1, relu, conv2, + downsample/identity, relu), run through
   *its own* ``forward`` with the conv weights substituted by ``torch.func.functional_call``: the
   block's single ReLU module is used twice and must never be swapped, or the post-addition ReLU
@@ -61,39 +61,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models import residual_blocks
+from ..models.structure import qualified_names, structure_of
 from .rounding import AdaRoundWeight, Unit, reconstruct
 
 LOSSES = ("mse", "fisher", "fisher_kl")
 
 
-class _Stem(nn.Module):
-    """conv1 → bn1 → relu [→ maxpool] of a ResNet, holding references to the model's own modules."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.conv1, self.bn1, self.relu = model.conv1, getattr(model, "bn1", nn.Identity()), model.relu
-        self.maxpool = getattr(model, "maxpool", nn.Identity())
-
-    def forward(self, x):
-        return self.maxpool(self.relu(self.bn1(self.conv1(x))))
-
-
-def _weights_of(module: nn.Module, prefix: str) -> dict[str, str]:
-    return {(f"{n}.weight" if n else "weight"): (f"{prefix}.{n}" if n else prefix)
-            for n, m in module.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
-
-
 def block_units(model: nn.Module, layer_names: list[str]) -> list[Unit]:
-    """Stem, BasicBlocks, head, then left-over layers, sorted into forward (definition) order."""
-    units: list[Unit] = []
-    if isinstance(getattr(model, "conv1", None), nn.Conv2d) and isinstance(getattr(model, "relu", None), nn.ReLU):
-        exit_ = "maxpool" if hasattr(model, "maxpool") else "relu"
-        units.append(Unit("stem", _Stem(model), {"conv1.weight": "conv1"}, None, exit_))
-    for name, block in residual_blocks(model):
-        units.append(Unit(name, block, _weights_of(block, name), name, name))
-    if isinstance(getattr(model, "fc", None), nn.Linear):
-        units.append(Unit("head", model.fc, {"weight": "fc"}, "fc", "fc"))
+    """The model's declared blocks (src/models/structure.py), then left-over layers as their own
+    units (identity activation), sorted into forward (definition) order."""
+    units = [Unit(b.name, b.module, qualified_names(model, b.module), b.entry, b.exit)
+             for b in structure_of(model, "BRECQ").blocks]
     covered = {q for u in units for q in u.params.values()}
     for name in layer_names:
         if name not in covered:

@@ -16,14 +16,30 @@ Offline runs land in ``<dir>/wandb/offline-run-*`` where ``dir`` is ``logger.dir
 null, the job dir (``outputs/runs/<stamp>`` or ``outputs/multirun/<stamp>/<n>``), so
 ``wandb sync $(find outputs -path '*/wandb/offline-run-*' -prune)`` (``make sync``) uploads
 them all later (the glob ``outputs/**/wandb/offline-run-*`` with bash globstar is the same set).
+
+What each run holds (README "W&B dashboard"):
+
+* job runs (``job_type=quantize-attack``): headline numbers in ``run.summary`` (CIs only for rates,
+  never for counts such as ``fp_at_fpr_*``), a results table, the ROC; the per-model training curves
+  ``pool/mNN/train_loss|train_acc`` against their own step metric ``pool/mNN/epoch`` (in the run that
+  trained the model); a ``results`` artifact (results.json, scores.npz, .hydra/config.yaml,
+  .hydra/overrides.yaml) and the ``pool`` reference artifact (the cache manifests of the pool models,
+  no weights), so the lineage graph shows which pool a job used;
+* the sweep's summary run (``job_type=summary``, written by the multirun callback): config = the sweep
+  (overrides, job list), the summary table and native charts over ``bits``, one line per quantizer
+  (:mod:`src.report.dashboard`).
+
+``logger.name|group|tags|notes`` set the run's name, group, extra tags and notes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import netrc
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,6 +51,11 @@ from omegaconf import DictConfig, OmegaConf
 log = logging.getLogger(__name__)
 
 JOB_TYPE = "quantize-attack"
+SUMMARY_JOB_TYPE = "summary"
+BACKENDS = ("wandb", "none")
+# files of a job dir that make up its ``results`` artifact (relative paths = names in the artifact)
+RESULT_FILES = ("results.json", "scores.npz", ".hydra/config.yaml", ".hydra/overrides.yaml")
+_CURVE_KEY = re.compile(r"^(pool/m\d+)/(.+)$")
 MODES = ("online", "offline", "disabled")
 # every offline run dir under outputs/ (runs, multirun jobs, multirun summary); shell-safe
 # without globstar, for `make sync`: wandb sync $(find outputs -path '*/wandb/offline-run-*' -prune)
@@ -133,9 +154,31 @@ def config_dict(cfg: Any) -> dict:
     return d
 
 
+def is_rate(metric: str) -> bool:
+    from src.attacks.metrics import is_rate as _is_rate
+
+    return _is_rate(metric)
+
+
+def _artifact_name(text: str) -> str:
+    """W&B artifact names: letters, digits, ``-``, ``_``, ``.``."""
+    return re.sub(r"[^0-9A-Za-z_.-]+", "-", text).strip("-")[:120] or "x"
+
+
+def logger_options(cfg: Any) -> dict:
+    """``logger.name|group|tags|notes`` (null/empty = the defaults); tags as a list of strings."""
+    lcfg = OmegaConf.select(_to_cfg(cfg), "logger", default=None) or {}
+    tags = lcfg.get("tags") or []
+    if isinstance(tags, str):
+        tags = [t for t in tags.split(",")]
+    out = {k: (str(lcfg.get(k)) if lcfg.get(k) not in (None, "") else None) for k in ("name", "group", "notes")}
+    out["tags"] = [str(t).strip() for t in tags if str(t).strip()]
+    return out
+
+
 def summary_values(results: dict) -> dict[str, float]:
     """Headline numbers for ``run.summary``: utility, and per attack ``<attack>/<metric>``,
-    ``<attack>/<metric>_ci_lo|hi``; the FP target's under ``fp/<attack>/...`` and, with
+    ``<attack>/<metric>_ci_lo|hi`` (rates only: AUC, balanced accuracy, TPR at FPR); the FP target's under ``fp/<attack>/...`` and, with
     ``attack.reference=both``, the matched-reference numbers under ``matched/<attack>/...``."""
     out: dict[str, float] = {}
     util = results.get("utility") or {}
@@ -148,11 +191,42 @@ def summary_values(results: dict) -> dict[str, float]:
                 if isinstance(v, (int, float)) and not isinstance(v, bool):
                     out[f"{prefix}{attack}/{k}"] = v
             for k, lo_hi in (m.get("ci") or {}).items():
+                # counts (n_members, fp_at_fpr_*) are fixed by the split: their "CI" is a constant
+                if not is_rate(k):
+                    continue
                 if isinstance(lo_hi, (list, tuple)) and len(lo_hi) == 2:
                     out[f"{prefix}{attack}/{k}_ci_lo"] = lo_hi[0]
                     out[f"{prefix}{attack}/{k}_ci_hi"] = lo_hi[1]
+            out.update({f"{prefix}{attack}/{k}": v for k, v in evidence_values(m).items()})
     if (results.get("quant") or {}).get("seconds") is not None:
         out["quant_seconds"] = results["quant"]["seconds"]
+    return out
+
+
+def evidence_values(m: dict) -> dict[str, float]:
+    """Flat numbers of an attack block's evidence (src/report/evidence.py): paired Δ with CI and
+    significance, per-example shifts, the reference-calibrated threshold, calibration subsets' AUC."""
+    out: dict[str, float] = {}
+    for k, d in (m.get("paired") or {}).items():
+        out[f"delta_{k}"] = d["delta"]
+        if d.get("ci") and d["ci"][0] is not None:
+            out[f"delta_{k}_ci_lo"], out[f"delta_{k}_ci_hi"] = d["ci"]
+        if d.get("significant") is not None:
+            out[f"delta_{k}_significant"] = int(bool(d["significant"]))
+    for k, v in (m.get("per_example") or {}).items():
+        if isinstance(v, (int, float)) and v is not None:
+            out[k] = v
+    rt = m.get("reference_threshold") or {}
+    for k in ("tpr", "fpr"):
+        if rt.get(k) is not None:
+            out[f"reference_threshold/{k}"] = rt[k]
+    for prior, v in (rt.get("ppv") or {}).items():
+        if v is not None:
+            out[f"reference_threshold/ppv_{prior}"] = v
+    for part, kinds in (m.get("subsets") or {}).items():
+        for kind, metrics in kinds.items():
+            if metrics.get("auc") is not None:
+                out[f"subsets/{part}/{kind}/auc"] = metrics["auc"]
     return out
 
 
@@ -161,8 +235,9 @@ class WandbSink:
 
     ``with WandbSink(cfg, job_dir) as sink: ...`` — the run starts on enter and is finished
     on exit, even when the body raises, so jobs sharing a process never share a run. With
-    ``logger.name == 'none'``, mode ``disabled`` or a failed ``wandb.init``, ``sink.run`` is
-    None and every method is a no-op.
+    ``logger.backend == 'none'``, mode ``disabled`` or a failed ``wandb.init``, ``sink.run`` is
+    None and every method is a no-op. ``run_config`` replaces the run's config (the summary run
+    describes the sweep, not one job).
     """
 
     def __init__(
@@ -173,14 +248,23 @@ class WandbSink:
         name: str | None = None,
         tags: list[str] | None = None,
         group: str | None = None,
+        run_config: dict | None = None,
     ) -> None:
         self.cfg = _to_cfg(cfg)
         self.job_dir = Path(job_dir)
         self.job_type = job_type
         self._name, self._tags, self._group = name, tags, group
+        self._run_config = run_config
         self.run = None
+        self.curves: PoolCurveLogger | None = None
+        self._pool_artifact_name: str | None = None
         lcfg = OmegaConf.select(self.cfg, "logger", default=None) or {}
-        self.enabled = str(lcfg.get("name", "none")).lower() == "wandb"
+        backend = str(lcfg.get("backend", "none")).lower()
+        if backend not in BACKENDS:
+            from src.validate import ConfigError
+
+            raise ConfigError(f"logger.backend={backend!r}: allowed: {', '.join(BACKENDS)} (or logger=wandb|none)")
+        self.enabled = backend == "wandb"
         self.mode = resolve_mode(lcfg.get("mode", "auto")) if self.enabled else "disabled"
         if self.mode == "disabled":
             self.enabled = False
@@ -200,18 +284,19 @@ class WandbSink:
     def _init_kwargs(self) -> dict:
         c = self.cfg
         sel = lambda key, default=None: OmegaConf.select(c, key, default=default)  # noqa: E731
+        opts = logger_options(c)
         quant = str(sel("quant.name", "none"))
         bits = sel("bits")
         bits_s = f"{float(bits):g}" if bits is not None else "?"
         fp = quant.lower() in ("none", "fp")
-        name = self._name or ("fp" if fp else f"{quant}-{bits_s}bit")
+        name = self._name or opts["name"] or ("fp" if fp else f"{quant}-{bits_s}bit")
         tags = self._tags
         if tags is None:
             tags = [str(sel("dataset.name", "")), str(sel("model.name", "")), quant,
                     "32bit" if fp else f"{bits_s}bit"]
-        tags = [t[:64] for t in tags if t]
+        tags = list(dict.fromkeys(t[:64] for t in list(tags) + opts["tags"] if t))
         exp = sel("experiment_name") or f"{sel('dataset.name', 'run')}-{sel('model.name', '')}"
-        group = self._group or f"{exp}-{sweep_stamp(self.job_dir)}"
+        group = self._group or opts["group"] or f"{exp}-{sweep_stamp(self.job_dir)}"
         base = sel("logger.dir")
         wdir = Path(str(base)) if base else self.job_dir
         wdir.mkdir(parents=True, exist_ok=True)
@@ -222,7 +307,8 @@ class WandbSink:
             job_type=self.job_type,
             name=name,
             tags=tags,
-            config=config_dict(c),
+            notes=opts["notes"],
+            config=self._run_config if self._run_config is not None else config_dict(c),
             dir=str(wdir),
             reinit="finish_previous",
         )
@@ -282,20 +368,16 @@ class WandbSink:
 
     # -- logging ----------------------------------------------------------------------
 
-    def lightning_logger(self, **kwargs: Any):
-        """A ``lightning.pytorch.loggers.WandbLogger`` bound to this sink's run (so training
-        curves land in the same run), or None when W&B is off. ``kwargs`` go to WandbLogger
-        (e.g. ``prefix="pool/3/"``); its save_dir (Lightning's checkpoint root when the
-        Trainer checkpoints) defaults to the job dir instead of the cwd."""
+    def lightning_logger(self):
+        """A Lightning logger (Trainer and Fabric) that writes the pool models' training curves
+        into this run under per-model keys with their own step metric (:class:`PoolCurveLogger`),
+        or None when W&B is off. One per sink: it also records which models this run trained."""
         if self.run is None:
             return None
-        with self._guard("WandbLogger"):
-            from lightning.pytorch.loggers import WandbLogger
-
-            kwargs.setdefault("save_dir", str(self.job_dir))
-            kwargs.setdefault("project", getattr(self.run, "project", None))
-            return WandbLogger(experiment=self.run, **kwargs)
-        return None
+        if self.curves is None:
+            with self._guard("pool curve logger"):
+                self.curves = PoolCurveLogger(self.run, self._guard)
+        return self.curves
 
     def log_results(self, results: dict) -> None:
         """Headline numbers into ``run.summary``; per-job results table; log-log ROC."""
@@ -307,6 +389,77 @@ class WandbSink:
             self._log_results_table(results)
         with self._guard("ROC plot"):
             self._log_roc(results)
+        with self._guard("pool artifact"):
+            self._log_pool_artifact(results)
+        with self._guard("results artifact"):
+            self._log_results_artifact(results)
+
+    def pool_artifact(self, results: dict):
+        """A reference artifact (type ``pool``) of the job's pool: one ``file://`` reference per pool
+        model's cache manifest (its key config and the SHA-256 of the weights), no weights. Its name
+        and digest depend only on the pool's cache keys and manifests, so every job of a pool logs
+        the same version. None when results.json names no pool or no manifest exists."""
+        import wandb
+
+        pool = results.get("pool") or {}
+        keys = [str(k) for k in pool.get("model_keys") or []]
+        if not keys:
+            return None
+        cache = Path(str(OmegaConf.select(self.cfg, "paths.cache_dir", default="outputs/cache"))).resolve()
+        manifests = [(k, cache / "models" / f"{k}.json") for k in keys]
+        manifests = [(k, m) for k, m in manifests if m.is_file()]
+        if not manifests:
+            return None
+        job = results.get("job") or {}
+        pool_id = hashlib.sha256(",".join(keys).encode()).hexdigest()[:12]
+        art = wandb.Artifact(
+            _artifact_name(f"pool-{job.get('dataset', 'data')}-{job.get('model', 'model')}-{pool_id}"),
+            type="pool",
+            description="Full-precision model pool: references to the cache manifests (key config + "
+                        "SHA-256 of each model's weights); the weights stay in paths.cache_dir.",
+            metadata={"n_models": len(keys), "data_digest": pool.get("data"), "model_keys": keys,
+                      "dataset": job.get("dataset"), "model": job.get("model")},
+        )
+        for k, m in manifests:
+            art.add_reference(m.as_uri(), name=f"models/{k}.json")
+        return art
+
+    def _log_pool_artifact(self, results: dict) -> None:
+        art = self.pool_artifact(results)
+        if art is None:
+            return
+        self._pool_artifact_name = art.name
+        trained_here = bool(self.curves is not None and self.curves.models)
+        if self.mode == "online" and not trained_here:
+            self.run.use_artifact(art)  # loaded from the cache: the pool is this run's input
+        else:
+            # offline runs cannot declare inputs (wandb raises); the run that trained the pool
+            # produced it. Same name and digest in every job: one version after `make sync`.
+            self.run.log_artifact(art)
+
+    def _log_results_artifact(self, results: dict) -> None:
+        import wandb
+
+        from src.report.summary import METRICS
+
+        job = results.get("job") or {}
+        meta = {k: job.get(k) for k in ("dataset", "model", "quant", "bits", "policy", "reference", "targets")}
+        meta["test_acc"] = (results.get("utility") or {}).get("test_acc")
+        for attack, m in (results.get("attacks") or {}).items():
+            meta.update({f"{attack}/{k}": m.get(k) for k in METRICS if m.get(k) is not None})
+        if self._pool_artifact_name:
+            meta["pool_artifact"] = self._pool_artifact_name
+        art = wandb.Artifact(_artifact_name(f"results-{getattr(self.run, 'name', '') or 'job'}-{self.run.id}"),
+                             type="results", metadata=meta,
+                             description="results.json, scores.npz and the Hydra config of one job")
+        added = 0
+        for rel in RESULT_FILES:
+            f = self.job_dir / rel
+            if f.is_file():
+                art.add_file(str(f), name=rel)
+                added += 1
+        if added:
+            self.run.log_artifact(art)
 
     def _log_results_table(self, results: dict) -> None:
 
@@ -352,8 +505,22 @@ class WandbSink:
             payload["roc/loglog"] = wandb.Image(str(png))
             self.run.log(payload)
 
+    def log_charts(self, rows: list[dict]) -> None:
+        """Native W&B line charts (``wandb.plot.line``, one line per ``stroke`` value) built from
+        the summary rows: the specs of :func:`src.report.dashboard.chart_specs`."""
+        import wandb
+
+        from src.report.dashboard import chart_specs
+
+        payload = {}
+        for spec in chart_specs(rows):
+            table = wandb.Table(columns=list(spec.columns), data=[list(r) for r in spec.data])
+            payload[spec.key] = wandb.plot.line(table, spec.x, spec.y, stroke=spec.stroke, title=spec.title)
+        if payload:
+            self.run.log(payload)
+
     def log_summary(self, rows: list[dict], images: dict[str, str | Path], markdown: str | None = None) -> None:
-        """For the multirun summary run: the summary table, the plots, the markdown."""
+        """For the multirun summary run: the summary table, the native charts, the plots, the markdown."""
         if self.run is None:
             return
         import wandb
@@ -362,6 +529,8 @@ class WandbSink:
 
         with self._guard("summary table"):
             self.run.log({"summary": rows_table(rows, COLUMNS)})
+        with self._guard("summary charts"):
+            self.log_charts(rows)
         for key, path in images.items():
             with self._guard(f"image {key}"):
                 self.run.log({key: wandb.Image(str(path))})
@@ -375,3 +544,89 @@ def rows_table(rows: list[dict], columns: tuple[str, ...]):
 
     cols = [c for c in columns if c != "job_dir"]
     return wandb.Table(columns=cols, data=[[r.get(c) for c in cols] for r in rows])
+
+
+def _lightning_logger_base():
+    from lightning.pytorch.loggers.logger import Logger
+
+    return Logger
+
+
+class PoolCurveLogger(_lightning_logger_base()):
+    """Lightning logger (a ``pytorch`` Logger is also a Fabric logger) for the pool models' curves.
+
+    Keys ``pool/mNN/<metric>`` (from ``Classifier`` and the fast path) are logged with
+    ``pool/mNN/epoch`` = epochs completed, and on first sight each gets
+    ``run.define_metric(key, step_metric="pool/mNN/epoch")``: every model's curve has its own
+    x axis, instead of one ``train/loss`` whose global step restarts with each model. ``run.log``
+    is called without ``step`` (W&B's ``_step`` only grows), and ``finalize`` leaves the run open
+    (the sink owns it). Other keys pass through unchanged.
+    """
+
+    def __init__(self, run, guard=None):
+        super().__init__()
+        self._run = run
+        self._guard = guard
+        self._defined: set[str] = set()
+        self.models: set[str] = set()     # prefixes of the models trained (curves logged) in this run
+
+    @property
+    def name(self) -> str:
+        return "wandb-pool-curves"
+
+    @property
+    def version(self) -> str:
+        return str(getattr(self._run, "id", "0"))
+
+    @property
+    def experiment(self):
+        return self._run
+
+    @property
+    def save_dir(self):
+        return None
+
+    @property
+    def log_dir(self):
+        return None
+
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        pass  # the run's config is the job's resolved config already
+
+    def _define(self, key: str, step_metric: str | None) -> None:
+        if key in self._defined:
+            return
+        self._defined.add(key)
+        if step_metric is None:
+            self._run.define_metric(key)
+        else:
+            self._run.define_metric(key, step_metric=step_metric)
+
+    def log_metrics(self, metrics, step=None) -> None:
+        if self._guard is None:
+            self._log_metrics(metrics)
+        else:
+            with self._guard("training curves"):
+                self._log_metrics(metrics)
+
+    def _log_metrics(self, metrics) -> None:
+        payload, epoch = {}, metrics.get("epoch")
+        for k, v in metrics.items():
+            if k == "epoch":
+                continue
+            v = float(v.item() if hasattr(v, "item") else v)
+            m = _CURVE_KEY.match(k)
+            if m and m.group(2) != "epoch":
+                prefix = m.group(1)
+                step_key = f"{prefix}/epoch"
+                self.models.add(prefix)
+                self._define(step_key, None)
+                self._define(k, step_key)
+                if epoch is not None:
+                    payload[step_key] = int(epoch) + 1
+            payload[k] = v
+        if payload:
+            self._run.log(payload)
+
+    def finalize(self, status: str) -> None:
+        pass

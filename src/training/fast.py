@@ -181,7 +181,7 @@ class MultiModelTrainer:
             in_ch = int(x_train.shape[1])
 
             def model_fn():
-                return build_model(cfg.model.name, num_classes, in_ch, cfg.model.get("width"))
+                return build_model(cfg.model, num_classes, in_ch)
 
         self.slots: list[_Slot] = []
         for k, (members, seed) in enumerate(zip(member_idx_list, seeds)):

@@ -44,7 +44,7 @@ def train_model(cfg, data: ImageData, member_idx: torch.Tensor, seed: int, name:
     if use_fast_path(cfg, dev := resolve_device(cfg.get("device", "auto"))):
         return train_models_fast(cfg, data, [member_idx], [seed], dev, [name], logger)[0]
     L.seed_everything(seed, workers=True, verbose=False)
-    model = build_model(cfg.model.name, data.num_classes, data.in_channels, cfg.model.get("width"))
+    model = build_model(cfg.model, data.num_classes, data.in_channels)
     x, y = data.x_train[member_idx], data.y_train[member_idx]
     g = torch.Generator().manual_seed(seed)
     loader = DataLoader(TensorDataset(x, y), batch_size=int(cfg.train.batch_size), shuffle=True, generator=g,
