@@ -5,12 +5,17 @@ SWEEP   ?=
 CACHE   ?= outputs/cache
 QUANTS  ?= adaround,brecq,obc
 BITS    ?= 4,2,1.58
+DATA    ?=
+SWEEP_DIR ?=
+MATCHED ?= adaround
+# demo-cifar10 runs two multiruns into one sweep dir (one summary): default a fresh stamped dir
+DEMO_CIFAR10_DIR := $(or $(SWEEP_DIR),outputs/multirun/demo-cifar10-$(shell date +%Y-%m-%d_%H-%M-%S))
 # the paper protocol, spelled out (the experiment presets set the same; see conf/experiment/paper_*.yaml)
 PAPER   := model=resnet18 train=paper n_models=65 pkeep=0.5 targets=[0] bitwidth=paper attack=all \
            quant=adaround,brecq,obc bits=4,2,1.58
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all demo quant-table bench report sync clean-cache \
+.PHONY: help install test test-portable test-all demo demo-cifar10 controls quant-table bench gpu-check report sync wandb-report clean-cache \
         paper-cifar10 paper-cifar100 paper-tinyimagenet
 
 help:  ## list the targets
@@ -24,17 +29,43 @@ install:  ## create .venv and install the package (editable) with dev + launcher
 test:  ## fast test suite (CPU, tiny data)
 	$(PY) -m pytest -q -m "not slow"
 
+# the numeric test modules once more on torch's portable kernels and another thread count
+NUMERIC_TESTS := tests/test_adaround_brecq.py tests/test_grid.py tests/test_obc.py tests/test_obc_columns.py \
+                 tests/test_attacks.py tests/test_metrics.py
+test-portable:  ## numeric tests again with ATEN_CPU_CAPABILITY=default and 2 threads (results must not hinge on one CPU)
+	ATEN_CPU_CAPABILITY=default PTQ_TEST_THREADS=2 $(PY) -m pytest -q -m "not slow" $(NUMERIC_TESTS)
+
 test-all:  ## every test, including the slow ones
 	$(PY) -m pytest -q
 
 demo:  ## the paper sweep on the embedded default (digits): AdaRound/BRECQ/OBC x 4/2/1.58 bits, CPU
 	$(PY) -m src.main -m quant=$(QUANTS) bits=$(BITS)
 
+demo-cifar10:  ## CIFAR-10 on a CPU (experiment=cifar10_cpu): 9-job sweep + matched refs for MATCHED; DATA=DIR (image folder), CACHE=, SWEEP_DIR=
+	$(PY) -m src.main -m experiment=cifar10_cpu $(if $(DATA),dataset=imagefolder dataset.root=$(DATA)) \
+	  paths.cache_dir=$(CACHE) hydra.sweep.dir=$(DEMO_CIFAR10_DIR) quant=$(QUANTS) bits=$(BITS)
+	$(PY) -m src.main -m experiment=cifar10_cpu $(if $(DATA),dataset=imagefolder dataset.root=$(DATA)) \
+	  paths.cache_dir=$(CACHE) hydra.sweep.dir=$(DEMO_CIFAR10_DIR) 'hydra.sweep.subdir=matched$${hydra.job.num}' \
+	  quant=$(MATCHED) bits=$(BITS) attack.reference=matched
+
+SIGMAS     ?= 0.05,0.1,0.15,0.2,0.3
+SPARSITIES ?= 0.1,0.2,0.3,0.4,0.5
+CONTROLS_DIR ?= outputs/controls/$(shell date +%Y-%m-%d_%H-%M-%S)
+CONTROLS_DIR := $(CONTROLS_DIR)
+controls:  ## quantizers next to matched-utility controls (weight noise SIGMAS, pruning SPARSITIES) in one summary; CONTROLS_DIR=, extra args in ARGS=
+	$(PY) -m src.main -m quant=$(QUANTS) bits=$(BITS) $(ARGS) hydra.sweep.dir=$(CONTROLS_DIR) 'hydra.sweep.subdir=q$${hydra.job.num}'
+	$(PY) -m src.main -m quant=noise quant.sigma=$(SIGMAS) $(ARGS) hydra.sweep.dir=$(CONTROLS_DIR) 'hydra.sweep.subdir=noise$${hydra.job.num}'
+	$(PY) -m src.main -m quant=prune quant.sparsity=$(SPARSITIES) $(ARGS) hydra.sweep.dir=$(CONTROLS_DIR) 'hydra.sweep.subdir=prune$${hydra.job.num}'
+
 quant-table:  ## accuracy + time of FP, RTN, AdaRound, BRECQ, OBC at 4/3/2/1.58 bits on the embedded default
 	$(PY) -m benchmarks.quant_table
 
 bench:  ## throughput benchmark (reference-style loop vs ours, scoring, quantizers); JSON in outputs/bench/
 	$(PY) -m benchmarks.bench
+	$(PY) -m benchmarks.gptq_vs_obc
+
+gpu-check:  ## the paper path on one CUDA GPU in 8 min: speeds vs targets, fast vs plain, mini protocol; DATA=DIR (image folder)
+	$(PY) -m benchmarks.gpu_check $(if $(DATA),--data $(DATA))
 
 report:  ## rebuild summary.csv/.md and plots of a sweep: make report SWEEP=outputs/multirun/<stamp>
 	@test -n "$(SWEEP)" || (echo "error: SWEEP=<multirun dir> is required" >&2; exit 2)
@@ -52,6 +83,10 @@ paper-tinyimagenet:  ## paper protocol on TinyImageNet (needs paths.data_dir/tin
 sync:  ## upload offline W&B runs (needs `wandb login` and network)
 	@runs=$$(find outputs -path '*/wandb/offline-run-*' -prune 2>/dev/null); \
 	if [ -z "$$runs" ]; then echo "no offline W&B runs under outputs/"; else .venv/bin/wandb sync $$runs; fi
+
+wandb-report:  ## save a W&B Report comparing a sweep's runs (after `make sync`): make wandb-report SWEEP=outputs/multirun/<stamp>
+	@test -n "$(SWEEP)" || (echo "error: SWEEP=<multirun dir> is required" >&2; exit 2)
+	@$(PY) -m src.report.wandb_report $(SWEEP)
 
 clean-cache:  ## delete the artifact cache and nothing else (CACHE=<paths.cache_dir>, default outputs/cache)
 	rm -rf -- "$(CACHE)"

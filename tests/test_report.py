@@ -54,7 +54,7 @@ def make_result(quant: str, bits: float, dataset="digits", model="smallcnn", fp_
         "config": {
             "dataset": {"name": dataset}, "model": {"name": model}, "quant": {"name": quant},
             "bits": bits, "bitwidth": {"policy": "uniform"}, "attack": {"names": ATTACKS},
-            "logger": {"name": "wandb", "mode": "offline", "project": "ptq-mia", "entity": None},
+            "logger": {"backend": "wandb", "mode": "offline", "project": "ptq-mia", "entity": None},
             "experiment_name": f"{dataset}-{model}", "seed": 0,
         },
         "job": {"dataset": dataset, "model": model, "quant": quant, "bits": bits,
@@ -165,7 +165,7 @@ def test_callback_writes_summary_and_never_raises(sweep, caplog):
     from src.report.callback import SummaryCallback
 
     sweep_dir, _ = sweep
-    cfg = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep_dir)}}, "logger": {"name": "none"}})
+    cfg = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep_dir)}}, "logger": {"backend": "none"}})
     SummaryCallback().on_multirun_end(config=cfg)
     assert (sweep_dir / "summary.md").is_file() and (sweep_dir / "roc.png").is_file()
     # a broken config: warning, no exception
@@ -195,11 +195,11 @@ def wandb_env(tmp_path, monkeypatch):
     return home
 
 
-def _cfg(mode="offline", name="wandb", quant="rtn", bits=4.0):
+def _cfg(mode="offline", backend="wandb", quant="rtn", bits=4.0):
     return OmegaConf.create({
         "dataset": {"name": "digits"}, "model": {"name": "smallcnn"}, "quant": {"name": quant},
         "bits": bits, "experiment_name": "digits-smallcnn", "seed": 0,
-        "logger": {"name": name, "mode": mode, "project": "ptq-mia", "entity": None},
+        "logger": {"backend": backend, "mode": mode, "project": "ptq-mia", "entity": None},
     })
 
 
@@ -223,7 +223,7 @@ def test_none_logger_is_noop(wandb_env, tmp_path, monkeypatch):
     import wandb
 
     monkeypatch.setattr(wandb, "init", lambda *a, **k: pytest.fail("wandb.init called"))
-    with W.WandbSink(_cfg(name="none"), tmp_path / "job") as sink:
+    with W.WandbSink(_cfg(backend="none"), tmp_path / "job") as sink:
         assert sink.run is None and sink.lightning_logger() is None
         sink.log_results(make_result("rtn", 4.0))
 

@@ -3,8 +3,11 @@
 Registered in conf/config.yaml under ``hydra.callbacks.summary``. Writes summary.csv,
 summary.md, privacy_utility.png and roc.png into ``hydra.sweep.dir`` and, when the logger
 is W&B and not disabled, mirrors them to one extra W&B run (job_type ``summary``) in the
-jobs' group. A callback that raises would turn a finished sweep into a failed command, so
-everything here is guarded: failures are one warning line.
+jobs' group: the summary table, native charts over bits (one line per quantizer, per attack) and
+the plots. Its config describes the sweep (``sweep.overrides``, ``sweep.jobs``: each job's number,
+overrides and point), never one job's config, so grouping runs by a config key does not put the
+summary among the jobs. A callback that raises would turn a finished sweep into a failed command,
+so everything here is guarded: failures are one warning line.
 """
 
 from __future__ import annotations
@@ -27,6 +30,36 @@ def _job_config(config: DictConfig) -> DictConfig:
     return cfg
 
 
+def _overrides(path: Path) -> list[str]:
+    try:
+        v = OmegaConf.to_container(OmegaConf.load(path))
+        return [str(o) for o in v] if isinstance(v, list) else []
+    except Exception:
+        return []
+
+
+def sweep_config(config: DictConfig, sweep_dir: Path, results: list[dict]) -> dict:
+    """The summary run's config: the sweep's command-line overrides and its jobs (number, own
+    overrides from ``<job>/.hydra/overrides.yaml``, and the point: dataset, model, quant, bits,
+    policy, reference, targets)."""
+    try:
+        task = [str(o) for o in (OmegaConf.select(config, "hydra.overrides.task", default=None) or [])]
+    except Exception:
+        task = []
+    jobs = []
+    for r in results:
+        d = Path(str(r.get("job_dir", "")))
+        job = r.get("job") or {}
+        jobs.append({
+            "num": int(d.name) if d.name.isdigit() else d.name,
+            "overrides": _overrides(d / ".hydra" / "overrides.yaml"),
+            **{k: job.get(k) for k in ("dataset", "model", "quant", "bits", "policy", "reference", "targets")},
+            **({"control": job["control"]} if job.get("control") else {}),
+        })
+    return {"sweep": {"dir": str(sweep_dir), "stamp": sweep_dir.name, "overrides": task,
+                      "n_jobs": len(jobs), "jobs": jobs}}
+
+
 class SummaryCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         try:
@@ -44,7 +77,7 @@ class SummaryCallback(Callback):
             return
         log.info("summary written to %s", sweep_dir)
 
-        if str(OmegaConf.select(config, "logger.name", default="none")).lower() != "wandb":
+        if str(OmegaConf.select(config, "logger.backend", default="none")).lower() != "wandb":
             return
         try:
             self._log_wandb(config, sweep_dir, paths)
@@ -54,7 +87,7 @@ class SummaryCallback(Callback):
 
     def _log_wandb(self, config: DictConfig, sweep_dir: Path, paths: dict) -> None:
         from src.report.summary import collect, markdown_table, primary_attack, rows_from_results
-        from src.report.wandb_sink import WandbSink
+        from src.report.wandb_sink import SUMMARY_JOB_TYPE, WandbSink, logger_options
 
         results = collect(sweep_dir)
         rows = rows_from_results(results)
@@ -69,9 +102,12 @@ class SummaryCallback(Callback):
             except Exception:
                 experiment = None
             experiment = experiment or "sweep"
-        group = f"{experiment}-{sweep_dir.name}"
+        opts = logger_options(cfg)
+        group = opts["group"] or f"{experiment}-{sweep_dir.name}"  # logger.group: the jobs' group too
         tags = sorted({str(r["dataset"]) for r in rows} | {str(r["model"]) for r in rows}) + ["summary"]
-        with WandbSink(cfg, sweep_dir, job_type="summary", name="summary", tags=tags, group=group) as sink:
+        name = f"{opts['name']}-summary" if opts["name"] else "summary"
+        with WandbSink(cfg, sweep_dir, job_type=SUMMARY_JOB_TYPE, name=name, tags=tags, group=group,
+                       run_config=sweep_config(config, sweep_dir, results)) as sink:
             if sink.run is None:
                 return
             images = {k: paths[k] for k in ("privacy_utility", "roc") if k in paths}

@@ -1,0 +1,872 @@
+"""The paper path on one CUDA GPU in one command: does it work, and how fast is it.
+
+    python -m benchmarks.gpu_check [--device cuda|cpu] [--tiny] [--data DIR] [--out FILE]
+                                   [--budget S] [--sections 1,2,3,4,5]
+
+Sections (each independent: a failure is recorded with its one-line reason and the next one runs;
+the JSON is rewritten after every step, so a killed run keeps everything measured so far):
+
+1. bench: the reference-style training loop vs our trainer (``benchmarks.bench``), their ratio and the
+   projected time of the paper protocol (65 ResNet-18 × 100 epochs × 25,000 images per model).
+2. fast vs plain: K models with the same seeds and member sets, a short recipe, trained by the fast
+   path (``train.fast=true``: K models per step, bf16 on CUDA) and by the plain Lightning path;
+   test accuracy of each, their difference in points and img/s.
+3. mini paper protocol: ResNet-18, 8 pool models × a few epochs, AdaRound / BRECQ / OBC (and GPTQ when
+   ``quant=gptq`` exists) at 4 / 2 / 1.58 bits with a reduced budget, ``attack=all``,
+   ``attack.reference=both``, run in-process through ``src.main.run`` (Hydra compose): the summary
+   table (test accuracy, LiRA AUC and TPR at 1 % FPR with FP and with matched references).
+4. seconds per quantizer at the paper's 20k iterations, projected from timed short runs (two budgets,
+   linear in the iterations); OBC has no iteration budget: its cost is Σ_layers rows·d_col³, projected
+   from timed runs of ``obq_layer`` on each distinct layer width with a subset of the rows (two row
+   counts, linear in the rows). Peak GPU memory of each (null on CPU).
+5. scoring throughput of ``compute_phi_fast`` (φ of K models × examples × 2 query views).
+
+Sections run in the order 1, 5, 2, 4, 3: section 3 is the most elastic (it skips the jobs that no
+longer fit, predicted from a timed quantization of its target) and uses what is left of the budget.
+
+``--tiny`` runs every section on CPU at tiny sizes (generated 16×16 data, ResNet-18 of base width 4
+and 8, bench's tiny sizes) in under 3 minutes; it checks the code paths, not the speed. Targets
+(``TARGETS``) are printed next to the figures; pass / fail is judged only on CUDA.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import io
+import math
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from benchmarks import bench
+
+REPO = Path(__file__).resolve().parents[1]
+SECTIONS = {1: "bench", 2: "fast_vs_plain", 3: "mini_protocol", 4: "quant_seconds", 5: "scoring"}
+RUN_ORDER = (1, 5, 2, 4, 3)
+PAPER_ITERS = 20_000
+ATTACK = "lira_online"
+TPR_KEY = "tpr_at_fpr_1e-2"
+
+# (key, label, comparison, threshold, unit); value paths are filled by _targets().
+TARGETS = {
+    "trainer_ratio": ("trainer / reference loop", ">=", 10.0, "x"),
+    "protocol_h": ("projected paper protocol", "<=", 1.0, "h"),
+    "quant_20k_s": ("each quantizer at 20k iterations", "<=", 300.0, "s"),
+    "scoring_img_s": ("scoring compute_phi_fast", ">=", 200_000.0, "img/s"),
+    "fast_plain_pts": ("|fast - plain| test accuracy", "<=", 0.5, "points"),
+}
+
+# Sizes. gpu: one H200, 8 minutes wall-clock in all (budget 450 s after start-up); tiny: CPU, < 3 min.
+PROFILES = {
+    "gpu": dict(
+        budget_s=450.0,
+        caps={1: 75.0, 5: 25.0, 2: 75.0, 4: 100.0},       # section 3 gets what is left
+        bench_size="cifar", variants=("eager", "graphs", "graphs_k8"),
+        quant_iters=[100, 300], obc_row_cap=128, width=64,
+        s2=dict(models=4, epochs=2, width=64, batch=None),
+        # base width 16: OBC costs ∝ width⁴ (Σ rows·d_col³), and with matched references every job
+        # quantizes all 8 pool models; width 64 is what sections 1, 4 and 5 time
+        s3=dict(n_models=8, epochs=10, width=16, max_train=10_000, max_test=5_000, iters=50, n_calib=128,
+                bootstrap=50, models_per_step=8, batch=None),
+    ),
+    "tiny": dict(
+        budget_s=None, caps={},
+        bench_size="tiny", variants=("eager",),
+        quant_iters=None, obc_row_cap=None, width=None,   # bench's tiny spec
+        # batch 16: a few steps per epoch on 64 members. Generated data (random class prototypes +
+        # noise) at 16×16 without augmentation: ResNet-18 w4 reaches ~0.6 test accuracy in 8 epochs,
+        # while at 32×32 with crop+flip it stays near chance (0.1-0.2) in any budget that fits here
+        s2=dict(models=2, epochs=8, width=8, batch=16),
+        s3=dict(n_models=8, epochs=8, width=4, max_train=None, max_test=None, iters=4, n_calib=32,
+                bootstrap=10, models_per_step=4, batch=16),
+        synthetic=dict(n_train=128, n_test=64, num_classes=10, image_size=16, channels=3),
+        folder=dict(max_train=256, max_test=128),          # --tiny --data DIR: a subset of the folder
+    ),
+}
+
+
+def _error(e: BaseException) -> str:
+    return bench._error(e)
+
+
+def _sync(device):
+    bench._sync(device)
+
+
+def _cuda(device) -> bool:
+    return str(device).startswith("cuda")
+
+
+# ------------------------------------------------------------------------------------- context
+class Context:
+    """What the sections share: device, sizes, the time budget, the working dir, loaded data."""
+
+    def __init__(self, device: str, tiny: bool, data_dir: str | None, out: str, workdir: Path,
+                 budget_s: float | None):
+        self.device, self.tiny, self.out, self.workdir = device, tiny, out, workdir
+        self.cuda = _cuda(device)
+        self.prof = PROFILES["tiny" if tiny else "gpu"]
+        self.data_dir = str(Path(data_dir).resolve()) if data_dir else None
+        self.download_dir = str((REPO / "outputs" / "data").resolve())
+        self.t_start = time.perf_counter()
+        self.budget_s = budget_s
+        self.deadline = self.t_start + budget_s if budget_s else None
+        self._memo: dict = {}
+        self.obc_model = None        # OBC cost model from section 4 (used by section 3 to skip jobs)
+        self.res: dict = {}
+
+    def until(self, deadline=None) -> float | None:
+        """The earlier of the overall and a section's deadline (perf_counter), None = no limit."""
+        d = [x for x in (self.deadline, deadline) if x is not None]
+        return min(d) if d else None
+
+    def left(self, deadline=None) -> float:
+        d = self.until(deadline)
+        return float("inf") if d is None else d - time.perf_counter()
+
+    def checkpoint(self):
+        self.res["total_s"] = time.perf_counter() - self.t_start
+        self.res["targets"] = _targets(self.res, self.cuda)
+        bench._write(self.res, self.out)
+
+    # -- data -----------------------------------------------------------------------------------
+    def dataset_overrides(self, subset: dict | None = None) -> list[str]:
+        """Hydra overrides of the dataset: the image folder, torchvision's CIFAR-10, or (tiny) generated."""
+        subset = {k: v for k, v in (subset or {}).items() if v}
+        if self.data_dir:
+            ov = ["dataset=imagefolder", f"dataset.root={self.data_dir}"]
+            if self.tiny:
+                subset = {**self.prof["folder"], **subset}
+        elif self.tiny:
+            ov = ["dataset=synthetic", "dataset.augment.pad=0", "dataset.augment.flip=false"]
+            ov += [f"dataset.{k}={v}" for k, v in self.prof["synthetic"].items()]
+        else:
+            ov = ["dataset=cifar10"]
+        return ov + [f"dataset.{k}={v}" for k, v in subset.items()]
+
+    def common_overrides(self) -> list[str]:
+        ov = ["logger=none", "progress=false", f"paths.data_dir={self.download_dir}",
+              f"paths.cache_dir={self.workdir / 'cache'}", f"device={self.device}"]
+        return ov + (["num_threads=1"] if self.tiny else [])
+
+    def load(self, dataset_cfg, data_dir: str | None = None):
+        """``src.data.load_dataset``, read once per dataset config (jobs of a sweep share the folder).
+        A shallow copy: load_dataset's callers may rebind the tensors of what they get."""
+        from src.data import load_dataset
+
+        data_dir = data_dir or self.download_dir
+        key = OmegaConf.to_yaml(dataset_cfg) + "|" + str(data_dir)
+        if key not in self._memo:
+            self._memo[key] = load_dataset(dataset_cfg, data_dir)
+        return copy.copy(self._memo[key])
+
+    def full_data(self):
+        """The whole training split (GPU profile) for sections 1, 4 and 5."""
+        cfg = compose(self.dataset_overrides() + self.common_overrides())
+        return self.load(cfg.dataset, cfg.paths.data_dir)
+
+    def bench_data(self, spec, sec: dict):
+        """Data of the timing sections (1, 4, 5). Their speed does not depend on the pixels: without
+        a readable dataset they run on generated CIFAR-sized data and say so."""
+        if self.tiny:
+            return bench.load_data("tiny", spec, None)
+        try:
+            return self.full_data()
+        except Exception as e:
+            from src.data.datasets import make_synthetic
+
+            sec["data_note"] = f"generated 50k x 3x32x32 images ({_error(e)})"
+            return make_synthetic(n_train=50_000, n_test=10_000, num_classes=10, image_size=32, channels=3,
+                                  noise=60.0, seed=0)
+
+    def bench_spec(self) -> dict:
+        spec = dict(bench.SIZES[self.prof["bench_size"]])
+        if self.prof["quant_iters"]:
+            spec["quant_iters"] = list(self.prof["quant_iters"])
+        if self.prof["width"]:
+            spec["width"] = self.prof["width"]
+        return spec
+
+
+def compose(overrides: list[str]):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=list(overrides))
+
+
+def has_width_knob() -> bool:
+    """Whether ``model.width`` reaches ResNet-18 (a base width below 64 keeps every layer type)."""
+    from src.models import build_model
+
+    try:
+        return build_model("resnet18", 10, 3, 8).conv1.out_channels == 8
+    except Exception:
+        return False
+
+
+def quant_methods() -> list[str]:
+    """The reconstruction quantizers of the study, plus GPTQ when it is registered."""
+    from src.quant import METHODS
+
+    ms = ["adaround", "brecq", "obc"]
+    if "gptq" in METHODS and (REPO / "conf" / "quant" / "gptq.yaml").exists():
+        ms.append("gptq")
+    return ms
+
+
+def _quant_yaml(method: str):
+    return OmegaConf.load(REPO / "conf" / "quant" / f"{method}.yaml")
+
+
+@contextlib.contextmanager
+def _isolated(device):
+    """Each section starts from the same global torch state: the plain path's Lightning Trainer
+    switches deterministic algorithms on for the whole process (slower scatter kernels), which must
+    not leak into the timing of the next section."""
+    det, warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    cudnn_bench, threads = torch.backends.cudnn.benchmark, torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(det, warn_only=warn)
+        torch.backends.cudnn.benchmark = cudnn_bench
+        torch.set_num_threads(threads)
+        bench._free(device)
+
+
+def _peak_reset(device):
+    if _cuda(device):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak_gib(device):
+    if not _cuda(device):
+        return None
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() / 2**30
+
+
+# ------------------------------------------------------------------------------------ 1. bench
+def section_bench(ctx: Context, sec: dict, deadline):
+    spec = ctx.bench_spec()
+    data = ctx.bench_data(spec, sec)
+    res = sec
+    res.update(size=ctx.prof["bench_size"], model=spec["model"], width=spec["width"], n_train=len(data.y_train),
+               protocol=bench.PROTOCOL, fast={"variants": {}})
+    try:
+        res["reference"] = bench.bench_reference(data, spec, ctx.device)
+    except Exception as e:
+        err = _error(e)
+        res["reference"] = {"error": err, "batch": spec["ref_batch"]}
+        bench._free(ctx.device)
+        if ctx.cuda:  # e.g. a DataLoader worker killed (small /dev/shm): in-process loading
+            try:
+                res["reference"] = dict(bench.bench_reference(data, spec, ctx.device, workers=0),
+                                        error_with_workers=err)
+            except Exception as e2:
+                res["reference"]["error"] += " | with workers=0: " + _error(e2)
+    bench._free(ctx.device)
+    ctx.checkpoint()
+    for v in ctx.prof["variants"]:
+        if ctx.left(deadline) <= 0:
+            row = {"error": "skipped: time budget"}
+        else:
+            try:
+                row = bench.bench_fast(data, spec, ctx.device, v)
+            except Exception as e:
+                row = {"error": _error(e)}
+        if "error" in row:
+            row.update(models_per_step=8 if v.endswith("_k8") else spec["k"], batch=spec["batch"])
+        res["fast"]["variants"][v] = row
+        bench._free(ctx.device)
+        bench.summarise(res)
+        ctx.checkpoint()
+    res["compile"] = "not run here (its cold compile takes minutes): see make bench"
+    if "ratio" not in res:
+        raise RuntimeError("no ratio: " + (res["reference"].get("error") or "every fast variant failed"))
+
+
+# ------------------------------------------------------------------------------ 2. fast vs plain
+def _train_images(n_members: int, batch: int, epochs: int) -> int:
+    """Images one model sees: DataLoader(drop_last) steps as in both paths, times the batch."""
+    steps = n_members // batch if n_members > batch else 1
+    return epochs * steps * min(batch, n_members)
+
+
+def section_fast_vs_plain(ctx: Context, sec: dict, deadline):
+    from src.data import keep_matrix
+    from src.training.fast import train_models_fast
+    from src.training.pool import evaluate_accuracy, train_model
+
+    p = ctx.prof["s2"]
+    width = p["width"] if has_width_knob() else None
+    model = "resnet18" if (width is not None or not ctx.tiny) else "smallcnn"
+    base = ctx.dataset_overrides() + ctx.common_overrides() + [
+        f"model={model}", "train=paper", f"train.epochs={p['epochs']}", f"train.models_per_step={p['models']}"]
+    if p["batch"]:
+        base.append(f"train.batch_size={p['batch']}")
+    if width is not None:
+        base.append(f"model.width={width}")
+    cfg_fast, cfg_plain = compose(base + ["train.fast=true"]), compose(base + ["train.fast=false"])
+    data = ctx.load(cfg_fast.dataset, cfg_fast.paths.data_dir)
+    k = int(p["models"])
+    keep = keep_matrix(max(2, k), len(data.y_train), 0.5, 0)[:k]
+    members = [torch.from_numpy(np.flatnonzero(row)) for row in keep]
+    seeds = [1000 + i for i in range(k)]
+    batch, epochs = int(cfg_fast.train.batch_size), int(cfg_fast.train.epochs)
+    images = [_train_images(len(m), batch, epochs) for m in members]
+    sec.update(model=model, width=cfg_fast.model.get("width"),
+               models=k, epochs=epochs, batch=batch, train_images=len(data.y_train), n_test=len(data.y_test),
+               seeds=seeds, recipe=OmegaConf.to_container(cfg_fast.train, resolve=True),
+               bf16=ctx.cuda and bool(cfg_fast.train.get("bf16", True)))
+
+    def acc(m):
+        return evaluate_accuracy(m, data.x_test, data.y_test, data.mean, data.std, ctx.device)
+
+    _sync(ctx.device)
+    t0 = time.perf_counter()
+    fast_models = train_models_fast(cfg_fast, data, members, seeds, ctx.device, [f"fast {i}" for i in range(k)])
+    _sync(ctx.device)
+    dt = time.perf_counter() - t0
+    sec["fast"] = {"test_acc": [acc(m) for m in fast_models], "seconds": dt, "images": sum(images),
+                   "images_per_s": sum(images) / dt}
+    ctx.checkpoint()
+    plain = {"test_acc": [], "seconds": 0.0, "images": 0}
+    sec["plain"] = plain
+    for i in range(k):          # one model at a time (the plain path); stop when the time is up
+        if i and ctx.left(deadline) < plain["seconds"] / i:
+            plain["stopped"] = f"time budget: {i} of {k} models"
+            break
+        t0 = time.perf_counter()
+        m = train_model(cfg_plain, data, members[i], seeds[i], name=f"plain {i}")
+        _sync(ctx.device)
+        plain["seconds"] += time.perf_counter() - t0
+        plain["images"] += images[i]
+        plain["test_acc"].append(acc(m))
+        plain["images_per_s"] = plain["images"] / plain["seconds"]
+        ctx.checkpoint()
+    n = len(plain["test_acc"])
+    d = 100.0 * (np.array(sec["fast"]["test_acc"][:n]) - np.array(plain["test_acc"]))
+    sec["compared_models"] = n
+    sec["acc_diff_points"] = float(d.mean())                    # fast − plain, mean over the same seeds
+    sec["acc_diff_se_points"] = float(d.std(ddof=1) / math.sqrt(n)) if n > 1 else None
+    sec["speedup"] = sec["fast"]["images_per_s"] / plain["images_per_s"]
+
+
+# -------------------------------------------------------------------------- 4. quantizer seconds
+class ObcCostModel:
+    """Seconds of ``obq_layer`` for (rows, d_col): per measured d_col ``a + b·rows`` per row batch
+    (a: per-column latency of the loop and the Hessian inverse, b: the GEMM-bound part), elsewhere
+    the least-squares fit ``α·d·batches + β·rows·d³`` over every measured point."""
+
+    def __init__(self, points: list[tuple[int, int, float]], device):
+        self.device = torch.device(device)
+        self.per_d: dict[int, tuple[float, float]] = {}
+        by_d: dict[int, list[tuple[int, float]]] = {}
+        for r, d, t in points:
+            by_d.setdefault(d, []).append((r, t))
+        for d, pts in by_d.items():
+            (r1, t1), (r2, t2) = pts[0], pts[-1]
+            if r2 != r1:
+                b = max(0.0, (t2 - t1) / (r2 - r1))
+                a = max(0.0, t2 - b * r2)
+            else:
+                a, b = 0.0, t2 / r2
+            self.per_d[d] = (a, b)
+        X = np.array([[d, r * float(d) ** 3] for r, d, _ in points])
+        y = np.array([t for _, _, t in points])
+        coef = np.linalg.lstsq(X, y, rcond=None)[0] if len(points) >= 2 else np.array([0.0, y[0] / X[0, 1]])
+        self.alpha, self.beta = (max(0.0, float(c)) for c in coef)
+
+    def predict(self, rows: int, d: int) -> float:
+        from src.quant.obc import auto_row_batch
+
+        batches = math.ceil(rows / auto_row_batch(d, rows, self.device, "auto", None))
+        if d in self.per_d:
+            a, b = self.per_d[d]
+            return batches * a + b * rows
+        return self.alpha * d * batches + self.beta * rows * float(d) ** 3
+
+    def predict_model(self, model) -> float:
+        from src.quant.policy import quantizable_layers
+
+        return sum(self.predict(m.weight.shape[0], m.weight[0].numel()) for _, m in quantizable_layers(model))
+
+
+def obc_projection(ctx: Context, spec: dict, data, deadline) -> dict:
+    """OBC seconds for the whole model, projected from ``obq_layer`` timed on each distinct d_col with
+    two row counts; plus the Hessians of every layer (timed in full, as ``quantize_obc`` builds them)."""
+    from src.data import normalize
+    from src.quant.bn_fold import fold_batchnorm
+    from src.quant.grid import init_grid
+    from src.quant.obc import layer_hessian, obq_layer
+    from src.quant.policy import quantizable_layers
+
+    qcfg = _quant_yaml("obc")
+    dev = torch.device(ctx.device)
+    n_calib = min(int(qcfg.get("n_calib", 2048)) if spec["quant_calib"] is None else spec["quant_calib"],
+                  len(data.y_train))
+    model = fold_batchnorm(bench._calibrated_model(spec["model"], spec["width"], data, ctx.device)).to(dev).eval()
+    layers = quantizable_layers(model)
+    calib = normalize(data.x_train[:n_calib], data.mean, data.std).to(dev)
+    threads = torch.get_num_threads()
+    if dev.type == "cpu" and qcfg.get("cpu_threads", 1) is not None:
+        torch.set_num_threads(int(qcfg.get("cpu_threads", 1)))   # as quantize_obc runs its loop
+    try:
+        _peak_reset(ctx.device)
+        _sync(ctx.device)
+        t0 = time.perf_counter()
+        hess = {n: layer_hessian(model, m, calib, int(qcfg.get("calib_batch", 128))) for n, m in layers}
+        _sync(ctx.device)
+        hessian_s = time.perf_counter() - t0
+        widest: dict[int, tuple[str, torch.nn.Module]] = {}
+        for n, m in layers:
+            d = m.weight[0].numel()
+            if d not in widest or m.weight.shape[0] > widest[d][1].weight.shape[0]:
+                widest[d] = (n, m)
+        points, timed = [], {}
+        n0, m0 = layers[0]                 # one untimed run first: kernel / allocator warm-up
+        W0 = m0.weight.detach().reshape(m0.weight.shape[0], -1).float()
+        obq_layer(W0, hess[n0], init_grid(W0, 2, False, "minmax").to(dev), float(qcfg.get("damp", 0.01)), "auto")
+        for d, (n, m) in sorted(widest.items(), reverse=True):      # the costly widths first
+            if ctx.left(deadline) <= 0:
+                raise RuntimeError(f"time budget: OBC timed on {len(timed)} of {len(widest)} layer widths")
+            W = m.weight.detach().reshape(m.weight.shape[0], -1).float()
+            cap = ctx.prof["obc_row_cap"] or W.shape[0]
+            r2 = min(W.shape[0], cap)
+            r1 = max(1, r2 // 2)
+            for r in sorted({r1, r2}):
+                grid = init_grid(W[:r], 2, bool(qcfg.get("symmetric", False)), qcfg.get("init", "lp"),
+                                 float(qcfg.get("p", 2.4))).to(dev)
+                _sync(ctx.device)
+                t1 = time.perf_counter()
+                obq_layer(W[:r], hess[n], grid, float(qcfg.get("damp", 0.01)), "auto", int(qcfg.get("block", 64)),
+                          bool(qcfg.get("outlier", True)))
+                _sync(ctx.device)
+                t = time.perf_counter() - t1
+                points.append((r, d, t))
+                timed[f"{n} [{W.shape[0]}x{d}] rows={r}"] = t
+        peak = _peak_gib(ctx.device)
+    finally:
+        torch.set_num_threads(threads)
+    cost = ObcCostModel(points, ctx.device)
+    ctx.obc_model = cost
+    layers_s = cost.predict_model(model)
+    return {"model": spec["model"], "width": spec["width"], "n_calib": n_calib, "hessian_seconds": hessian_s,
+            "timed_runs": timed, "projected_seconds": hessian_s + layers_s, "projected_layer_seconds": layers_s,
+            "peak_gib": peak, "peak_note": "of the timed row subsets (a full run sizes its row batch to "
+                                           "60% of the free GPU memory)" if ctx.cuda else None,
+            "bits": 2, "default_iters": None,
+            "reduced": "no iteration budget: projected from rows subsets, Σ rows·d_col³"}
+
+
+def section_quant_seconds(ctx: Context, sec: dict, deadline):
+    """OBC first (its cost model also lets section 3 skip OBC jobs that cannot fit), then the rest."""
+    spec = ctx.bench_spec()
+    data = ctx.bench_data(spec, sec)
+    sec.update(model=spec["model"], width=spec["width"], bits=2, paper_iters=PAPER_ITERS, methods={})
+    methods = quant_methods()
+    try:
+        sec["methods"]["obc"] = obc_projection(ctx, spec, data, deadline)
+        if ctx.tiny:  # small enough to run in full: the projection's error is part of the report
+            from src.data import normalize
+            from src.quant import quantize
+
+            qcfg = _quant_yaml("obc")
+            qcfg.progress = False
+            n_calib = sec["methods"]["obc"]["n_calib"]
+            model = bench._calibrated_model(spec["model"], spec["width"], data, ctx.device)
+            calib = normalize(data.x_train[:n_calib], data.mean, data.std)
+            qcfg.n_calib = n_calib
+            sec["methods"]["obc"]["measured_seconds"] = quantize(model, 2, qcfg, "uniform", calib, "bench",
+                                                                 ctx.device).seconds
+    except Exception as e:
+        sec["methods"]["obc"] = {"error": _error(e)}
+    bench._free(ctx.device)
+    ctx.checkpoint()
+    for m in methods:
+        if m == "obc":
+            continue
+        _peak_reset(ctx.device)
+        bench.bench_quant(data, spec, ctx.device, [m], sec["methods"], ctx.until(deadline))
+        row = sec["methods"][m]
+        row["peak_gib"] = _peak_gib(ctx.device)
+        if "projected_seconds" in row:      # bench projects to the YAML's iters: restate at the paper's 20k
+            row["projected_seconds_20k"] = row["seconds"] + row["seconds_per_iter"] * (PAPER_ITERS - row["iters"])
+        ctx.checkpoint()
+    bad = [m for m, v in sec["methods"].items() if "error" in v]
+    if bad and len(bad) == len(sec["methods"]):
+        raise RuntimeError("every quantizer failed: " + sec["methods"][bad[0]]["error"])
+
+
+# ------------------------------------------------------------------------------------ 5. scoring
+def section_scoring(ctx: Context, sec: dict, deadline):
+    spec = ctx.bench_spec()
+    data = ctx.bench_data(spec, sec)
+    sec.update(model=spec["model"], width=spec["width"], **bench.bench_scoring(data, spec, ctx.device))
+
+
+# ------------------------------------------------------------------------------ 3. mini protocol
+def _job(cfg, directory: Path, ctx: Context):
+    """One job through ``src.main.run``, writing into ``directory`` (its outputs go to the cwd outside
+    Hydra), its printed table into ``directory/stdout.txt``; the dataset read once per config."""
+    import src.main as main
+
+    directory.mkdir(parents=True, exist_ok=True)
+    cwd, buf = os.getcwd(), io.StringIO()
+    patched = hasattr(main, "load_dataset")
+    orig = getattr(main, "load_dataset", None)
+    try:
+        os.chdir(directory)
+        if patched:
+            main.load_dataset = ctx.load
+        with contextlib.redirect_stdout(buf):
+            return main.run(cfg)
+    finally:
+        if patched:
+            main.load_dataset = orig
+        os.chdir(cwd)
+        (directory / "stdout.txt").write_text(buf.getvalue())
+
+
+def _metrics(block: dict | None) -> dict:
+    return {a: {"auc": v.get("auc"), TPR_KEY: v.get(TPR_KEY)} for a, v in (block or {}).items()}
+
+
+def section_mini_protocol(ctx: Context, sec: dict, deadline):
+    import src.main as main
+    from src import pipeline as P
+    from src.cache import ArtifactStore
+    from src.models import build_model
+    from src.quant.bn_fold import fold_batchnorm
+
+    p = ctx.prof["s3"]
+    width = p["width"] if has_width_knob() else None
+    model = "resnet18" if (width is not None or not ctx.tiny) else "smallcnn"   # tiny: no OBC on width 64 on CPU
+    base = ctx.dataset_overrides({"max_train": p["max_train"], "max_test": p["max_test"]}) + ctx.common_overrides()
+    base += [f"model={model}", "train=paper", f"train.epochs={p['epochs']}",
+             f"train.models_per_step={p['models_per_step']}",
+             f"n_models={p['n_models']}", "pkeep=0.5", "targets=[0]", "attack=all", "attack.reference=both",
+             f"attack.bootstrap={p['bootstrap']}", "bitwidth=paper", "seed=0"]
+    if p["batch"]:
+        base.append(f"train.batch_size={p['batch']}")
+    if width is not None:
+        base.append(f"model.width={width}")
+    methods = quant_methods()
+    bits = [4, 2, 1.58]
+    cheap = [m for m in methods if m != "obc"]
+    plan = [(m, b) for b in bits for m in cheap] + ([("obc", b) for b in bits] if "obc" in methods else [])
+    sec.update(model=model, width=width, n_models=p["n_models"], epochs=p["epochs"], iters=p["iters"],
+               n_calib=p["n_calib"], attack=ATTACK, reference="both", methods=methods, bits=bits, jobs=[])
+    if width is None and ctx.tiny:
+        sec["note"] = "resnet18 has no model.width knob: smallcnn instead (OBC on width 64 does not fit a CPU)"
+    jobs_dir = ctx.workdir / "jobs"
+
+    # the pool first (stage=train): its training time apart from the per-job times
+    cfg = compose(base + ["quant=rtn", "bits=4", "stage=train"])
+    t0 = time.perf_counter()
+    _job(cfg, jobs_dir / "pool", ctx)
+    _sync(ctx.device)
+    sec["pool_seconds"] = time.perf_counter() - t0
+    sec["train_path"] = "fast" if P.model_key(cfg, "-", 0)["train"].get("path") == "fast" else "plain"
+    ctx.checkpoint()
+    obc_pred = None
+    if ctx.obc_model is not None and "obc" in methods:
+        net = fold_batchnorm(build_model(model, 10, 3, width))
+        obc_pred = ctx.obc_model.predict_model(net)
+        sec["obc_predicted_seconds_per_model"] = obc_pred
+    for m, b in plan:
+        row = {"quant": m, "bits": b}
+        sec["jobs"].append(row)
+        try:
+            left = ctx.left(deadline)
+            if left <= 0:
+                raise TimeoutError("skipped: time budget")
+            if m == "obc" and obc_pred is not None and obc_pred * p["n_models"] > left:
+                raise TimeoutError(f"skipped: OBC projected {obc_pred * p['n_models']:.0f} s "
+                                   f"({p['n_models']} models) > {left:.0f} s left")
+            ov = base + [f"quant={m}", f"bits={b}", f"quant.n_calib={p['n_calib']}"]
+            if "iters" in _quant_yaml(m):
+                ov.append(f"quant.iters={p['iters']}")
+            cfg = compose(ov)
+            t0 = time.perf_counter()
+            # the target first, timed (cached: the job loads it): predicts the job's cost
+            orig = getattr(main, "load_dataset", None)
+            if orig is not None:
+                main.load_dataset = ctx.load
+            try:
+                data, keep, targets = main.prepare(cfg)
+            finally:
+                if orig is not None:
+                    main.load_dataset = orig
+            store = ArtifactStore(cfg.paths.cache_dir, lock=cfg.get("cache_lock", "soft"))
+            q = P.quantize_pool_model(cfg, data, keep, targets[0], store)
+            per_model = time.perf_counter() - t0
+            row["quant_seconds_per_model"] = q.seconds
+            predicted = per_model * (p["n_models"] - 1)
+            if predicted > ctx.left(deadline):
+                raise TimeoutError(f"skipped: projected {predicted:.0f} s for the matched references "
+                                   f"> {ctx.left(deadline):.0f} s left")
+            res = _job(cfg, jobs_dir / f"{m}_{b:g}", ctx)
+            _sync(ctx.device)
+            row["seconds"] = time.perf_counter() - t0
+            u = res["utility"]
+            row.update(test_acc=u["test_acc"], fp_test_acc=u["fp_test_acc"], attacks=_metrics(res.get("attacks")),
+                       attacks_matched=_metrics(res.get("attacks_matched")))
+            if "fp" not in sec:
+                sec["fp"] = {"test_acc": u["fp_test_acc"], "attacks": _metrics(res.get("fp_attacks"))}
+        except Exception as e:
+            row["error"] = _error(e)
+        bench._free(ctx.device)
+        ctx.checkpoint()
+    done = [r for r in sec["jobs"] if "error" not in r]
+    sec["jobs_done"] = f"{len(done)} of {len(plan)}"
+    if not done:
+        raise RuntimeError("no job finished: " + sec["jobs"][0]["error"])
+
+
+# ------------------------------------------------------------------------------------ targets
+def _targets(res: dict, cuda: bool) -> list[dict]:
+    s = res.get("sections", {})
+    vals: list[tuple[str, str, float | None]] = []
+    b = s.get("bench", {})
+    vals.append(("trainer_ratio", "", b.get("ratio")))
+    vals.append(("protocol_h", "", b.get("projected_protocol_h")))
+    for m, v in s.get("quant_seconds", {}).get("methods", {}).items():
+        vals.append(("quant_20k_s", m, v.get("projected_seconds_20k", v.get("projected_seconds", v.get("seconds")))))
+    vals.append(("scoring_img_s", "", s.get("scoring", {}).get("images_per_s")))
+    d = s.get("fast_vs_plain", {}).get("acc_diff_points")
+    vals.append(("fast_plain_pts", "", None if d is None else abs(d)))
+    out = []
+    for key, what, v in vals:
+        label, op, thr, unit = TARGETS[key]
+        ok = None
+        if cuda and v is not None:
+            ok = bool(v >= thr) if op == ">=" else bool(v <= thr)
+        out.append({"target": key, "what": what, "label": label + (f" ({what})" if what else ""), "value": v,
+                    "op": op, "threshold": thr, "unit": unit, "pass": ok})
+    return out
+
+
+# -------------------------------------------------------------------------------------- table
+def _num(v, unit="", nd=2):
+    if v is None:
+        return "-"
+    if unit == "img/s":
+        return f"{v:,.0f} img/s"
+    return f"{v:,.{nd}f} {unit}".rstrip()
+
+
+def format_table(res: dict) -> str:
+    cuda = _cuda(res["device"])
+    s = res.get("sections", {})
+    tg = {(t["target"], t["what"]): t for t in res.get("targets", [])}
+    lines = [f"gpu_check: device={res['device']} ({res.get('gpu', 'cpu')}), {'tiny' if res['tiny'] else 'full'} sizes, "
+             f"torch {res['torch']}, total {res.get('total_s', 0):.0f} s"
+             + (f" of a {res['budget_s']:.0f} s budget" if res.get("budget_s") else ""), ""]
+    head = f"{'figure':<58}{'value':>18}   {'target':<14}" + ("pass" if cuda else "")
+    lines += [head, "-" * len(head)]
+
+    def row(label, value, key=None, what=""):
+        t = tg.get((key, what)) if key else None
+        target = f"{t['op']} {t['threshold']:g} {t['unit']}" if t else ""
+        verdict = ("" if t is None or t["pass"] is None else ("PASS" if t["pass"] else "FAIL")) if cuda else ""
+        lines.append(f"{label:<58}{value:>18}   {target:<14}{verdict}")
+
+    def failed(title, sec):
+        if sec.get("error"):
+            lines.append(f"{title:<58}{'failed':>18}   {sec['error']}")
+            return True
+        return False
+
+    b = s.get("bench")
+    if b is not None and not (failed("1 bench", b) and "reference" not in b):
+        r = b.get("reference", {})
+        row(f"1 reference loop (PIL+DataLoader, fp32, batch {r.get('batch', '?')})",
+            _num(r.get("images_per_s"), "img/s") if "images_per_s" in r else "failed")
+        if "error" in r and "images_per_s" not in r:
+            lines.append(f"    {r['error']}")
+        for name, v in b.get("fast", {}).get("variants", {}).items():
+            label = f"  fast trainer [{name}] K={v.get('models_per_step', '?')} x batch {v.get('batch', '?')}"
+            row(label, _num(v.get("images_per_s"), "img/s") if "images_per_s" in v else "failed")
+            if "error" in v:
+                lines.append(f"    {v['error']}")
+        row(f"  ratio (best: {b.get('fast', {}).get('best', '-')})", _num(b.get("ratio"), "x"), "trainer_ratio")
+        row("  projected paper protocol, 65 x 100 ep x 25k", _num(b.get("projected_protocol_h"), "h"), "protocol_h")
+    f = s.get("fast_vs_plain")
+    if f is not None and not (failed("2 fast vs plain", f) and "fast" not in f):
+        for path in ("fast", "plain"):
+            v = f.get(path, {})
+            accs = v.get("test_acc") or []
+            acc = f"acc {100 * np.mean(accs):.2f}%" if accs else "-"
+            row(f"2 {path} path: {len(accs)} x {f.get('model')} w{f.get('width')}, {f.get('epochs')} ep, test {acc}",
+                _num(v.get("images_per_s"), "img/s"))
+        se = f.get("acc_diff_se_points")
+        row("  test accuracy fast - plain" + (f" (SE {se:.2f})" if se is not None else ""),
+            _num(f.get("acc_diff_points"), "points"), "fast_plain_pts")
+    q = s.get("quant_seconds")
+    if q is not None and not (failed("4 quantizers", q) and not q.get("methods")):
+        for m, v in q.get("methods", {}).items():
+            title = f"4 {m} 2-bit {q.get('model')} w{q.get('width')}"
+            if "error" in v:
+                lines.append(f"{title:<58}{'failed':>18}   {v['error']}")
+                continue
+            peak = f", peak {v['peak_gib']:.2f} GiB" if v.get("peak_gib") is not None else ""
+            if "projected_seconds_20k" in v:
+                row(f"{title}: {v['seconds']:.1f} s at {v['iters']} it{peak}", _num(v["projected_seconds_20k"], "s"),
+                    "quant_20k_s", m)
+            elif m == "obc":
+                meas = f", measured {v['measured_seconds']:.2f} s" if "measured_seconds" in v else ""
+                row(f"{title}: projected (rows subsets){meas}{peak}", _num(v.get("projected_seconds"), "s"),
+                    "quant_20k_s", m)
+            else:
+                row(f"{title}: measured{peak}", _num(v.get("seconds"), "s"), "quant_20k_s", m)
+    sc = s.get("scoring")
+    if sc is not None and not failed("5 scoring", sc):
+        row(f"5 scoring phi: {sc.get('models')} models x {sc.get('examples')} x {sc.get('queries')} views",
+            _num(sc.get("images_per_s"), "img/s"), "scoring_img_s")
+        row("  compute_phi (1 model, fp32)", _num(sc.get("reference_images_per_s"), "img/s"))
+    mp = s.get("mini_protocol")
+    if mp is not None:
+        lines.append("")
+        if not (failed("3 mini protocol", mp) and not mp.get("jobs")):
+            lines.append(f"3 mini protocol: {mp.get('model')} w{mp.get('width')}, {mp.get('n_models')} models x "
+                         f"{mp.get('epochs')} ep ({mp.get('train_path')} path, "
+                         f"pool {mp.get('pool_seconds', 0):.0f} s), "
+                         f"iters {mp.get('iters')}, n_calib {mp.get('n_calib')}, {ATTACK}, refs fp | matched")
+            if mp.get("note"):
+                lines.append(f"  {mp['note']}")
+            lines.append(f"  {'method':<10}{'bits':>5}{'test acc':>10}{'AUC fp':>9}{'AUC mt':>9}"
+                         f"{'TPR1% fp':>10}{'TPR1% mt':>10}{'s/model':>9}{'job s':>8}")
+
+            def g(block, k):
+                v = (block or {}).get(ATTACK, {}).get(k)
+                return f"{v:.3f}" if v is not None else "-"
+            fp = mp.get("fp")
+            if fp:
+                lines.append(f"  {'fp':<10}{32:>5}{fp['test_acc']:>10.3f}{g(fp['attacks'], 'auc'):>9}{'':>9}"
+                             f"{g(fp['attacks'], TPR_KEY):>10}")
+            for j in mp.get("jobs", []):
+                if "error" in j:
+                    lines.append(f"  {j['quant']:<10}{j['bits']:>5g}   {j['error']}")
+                    continue
+                lines.append(f"  {j['quant']:<10}{j['bits']:>5g}{j['test_acc']:>10.3f}{g(j['attacks'], 'auc'):>9}"
+                             f"{g(j['attacks_matched'], 'auc'):>9}{g(j['attacks'], TPR_KEY):>10}"
+                             f"{g(j['attacks_matched'], TPR_KEY):>10}{j.get('quant_seconds_per_model', 0):>9.1f}"
+                             f"{j.get('seconds', 0):>8.0f}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------- run
+RUNNERS = {1: section_bench, 2: section_fast_vs_plain, 3: section_mini_protocol, 4: section_quant_seconds,
+           5: section_scoring}
+
+
+def run(device: str, tiny: bool, data_dir: str | None, out: str, budget_s: float | None = None,
+        sections=None, workdir: str | None = None, keep: bool = False) -> dict:
+    prof = PROFILES["tiny" if tiny else "gpu"]
+    budget_s = prof["budget_s"] if budget_s is None else (budget_s if budget_s > 0 else None)
+    wd = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="gpu_check_"))
+    wd.mkdir(parents=True, exist_ok=True)
+    ctx = Context(device, tiny, data_dir, out, wd, budget_s)
+    res = ctx.res
+    res.update(device=device, tiny=tiny, data=data_dir or ("generated" if tiny else "torchvision cifar10"),
+               torch=torch.__version__, python=platform.python_version(), threads=torch.get_num_threads(),
+               budget_s=budget_s, sections={})
+    if ctx.cuda:
+        res["gpu"] = torch.cuda.get_device_name()
+    wanted = [i for i in RUN_ORDER if sections is None or i in sections]
+    if not tiny:   # read the dataset once, before the sections' own time limits start
+        t0 = time.perf_counter()
+        try:
+            data = ctx.full_data()
+            res["data_train_images"] = len(data.y_train)
+        except Exception as e:
+            res["data_error"] = _error(e)
+        res["data_seconds"] = time.perf_counter() - t0
+    ctx.checkpoint()
+    try:
+        for i in wanted:
+            name = SECTIONS[i]
+            sec: dict = {}
+            res["sections"][name] = sec
+            cap = prof["caps"].get(i)
+            t0 = time.perf_counter()
+            deadline = t0 + cap if cap else None
+            if ctx.left() <= 0:
+                sec["error"] = "skipped: time budget"
+            else:
+                with _isolated(device):
+                    try:
+                        RUNNERS[i](ctx, sec, deadline)
+                    except Exception as e:
+                        sec["error"] = _error(e)
+            sec["section_seconds"] = time.perf_counter() - t0
+            ctx.checkpoint()
+    finally:
+        if not keep:
+            shutil.rmtree(wd, ignore_errors=True)
+    ctx.checkpoint()
+    print(format_table(res))
+    print(f"\ntotal {res['total_s']:.0f} s; written {out}" + (f"; work dir {wd}" if keep else ""))
+    return res
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, no usage block
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def main(argv=None) -> dict:
+    p = _Parser(prog="python -m benchmarks.gpu_check", description=__doc__.split("\n\n")[0])
+    cuda = torch.cuda.is_available()
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if cuda else "cpu")
+    p.add_argument("--tiny", action="store_true", help="tiny sizes (CPU check of every section, < 3 min)")
+    p.add_argument("--data", default=None, help="image folder with train/<class>/* and test/<class>/* "
+                   "(e.g. the CIFAR-10 JPEGs); default: torchvision's CIFAR-10 download (or generated with --tiny)")
+    p.add_argument("--out", default="outputs/gpu_check/gpu_check.json")
+    p.add_argument("--budget", type=float, default=None,
+                   help="wall-clock budget in s after start-up: later work is skipped and reported "
+                        f"(default {PROFILES['gpu']['budget_s']:.0f} on full sizes, none with --tiny; 0 = none)")
+    p.add_argument("--sections", default=None, help="comma-separated subset of 1..5 (default: all)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: 1 with --tiny)")
+    p.add_argument("--workdir", default=None, help="cache and job outputs (default: a temporary dir, removed)")
+    p.add_argument("--keep", action="store_true", help="keep the work dir")
+    a = p.parse_args(argv)
+    if a.device == "cuda" and not cuda:
+        p.error("--device cuda: CUDA is not available (use --device cpu --tiny)")
+    if a.device == "cpu" and not a.tiny:
+        p.error("--device cpu needs --tiny: the full sizes are for a GPU (hours on a CPU)")
+    if a.data and not (Path(a.data) / "train").is_dir():
+        p.error(f"--data {a.data}: need a folder holding train/<class>/* and test/<class>/*")
+    sections = None
+    if a.sections:
+        try:
+            sections = {int(s) for s in a.sections.split(",") if s.strip()}
+        except ValueError:
+            sections = {0}
+        if not sections or not sections <= set(SECTIONS):
+            p.error(f"--sections {a.sections}: allowed: comma-separated numbers from 1..5")
+    if a.threads or a.tiny:
+        torch.set_num_threads(a.threads or 1)
+    os.environ.setdefault("WANDB_MODE", "disabled")
+    return run(a.device, a.tiny, a.data, a.out, a.budget, sections, a.workdir, a.keep)
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        main()
+    sys.exit(0)
