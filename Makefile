@@ -10,9 +10,6 @@ SWEEP_DIR ?=
 MATCHED ?= adaround
 # demo-cifar10 runs two multiruns into one sweep dir (one summary): default a fresh stamped dir
 DEMO_CIFAR10_DIR := $(or $(SWEEP_DIR),outputs/multirun/demo-cifar10-$(shell date +%Y-%m-%d_%H-%M-%S))
-# the paper protocol, spelled out (the experiment presets set the same; see conf/experiment/paper_*.yaml)
-PAPER   := model=resnet18 train=paper n_models=65 pkeep=0.5 targets=[0] bitwidth=paper attack=all \
-           quant=adaround,brecq,obc bits=4,2,1.58
 
 .DEFAULT_GOAL := help
 .PHONY: help install test test-portable test-all demo demo-cifar10 controls quant-table bench gpu-check report sync wandb-report clean-cache \
@@ -29,11 +26,13 @@ install:  ## create .venv and install the package (editable) with dev + launcher
 test:  ## fast test suite (CPU, tiny data)
 	$(PY) -m pytest -q -m "not slow"
 
-# the numeric test modules once more on torch's portable kernels and another thread count
+# the numeric test modules once more on torch's portable kernels and another thread count; passive
+# OpenMP waits: spinning threads of many tiny ops on a busy 2-core runner are ~10x slower (same results)
 NUMERIC_TESTS := tests/test_adaround_brecq.py tests/test_grid.py tests/test_obc.py tests/test_obc_columns.py \
-                 tests/test_attacks.py tests/test_metrics.py
+                 tests/test_attacks.py tests/test_metrics.py tests/test_gptq.py tests/test_evidence.py \
+                 tests/test_controls.py tests/test_models.py tests/test_architectures.py
 test-portable:  ## numeric tests again with ATEN_CPU_CAPABILITY=default and 2 threads (results must not hinge on one CPU)
-	ATEN_CPU_CAPABILITY=default PTQ_TEST_THREADS=2 $(PY) -m pytest -q -m "not slow" $(NUMERIC_TESTS)
+	ATEN_CPU_CAPABILITY=default PTQ_TEST_THREADS=2 OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q -m "not slow" $(NUMERIC_TESTS)
 
 test-all:  ## every test, including the slow ones
 	$(PY) -m pytest -q
@@ -72,13 +71,13 @@ report:  ## rebuild summary.csv/.md and plots of a sweep: make report SWEEP=outp
 	$(PY) -m src.report.summary $(SWEEP)
 
 paper-cifar10:  ## paper protocol on CIFAR-10: ResNet-18, 64 shadows + target, 100 epochs, 3 methods x 3 bit-widths, all attacks
-	$(PY) -m src.main -m experiment=paper_cifar10 dataset=cifar10 $(PAPER)
+	$(PY) -m src.main -m experiment=paper_cifar10 $(ARGS)
 
 paper-cifar100:  ## paper protocol on CIFAR-100
-	$(PY) -m src.main -m experiment=paper_cifar100 dataset=cifar100 $(PAPER)
+	$(PY) -m src.main -m experiment=paper_cifar100 $(ARGS)
 
 paper-tinyimagenet:  ## paper protocol on TinyImageNet (needs paths.data_dir/tiny-imagenet-200)
-	$(PY) -m src.main -m experiment=paper_tinyimagenet dataset=tinyimagenet $(PAPER)
+	$(PY) -m src.main -m experiment=paper_tinyimagenet $(ARGS)
 
 sync:  ## upload offline W&B runs (needs `wandb login` and network)
 	@runs=$$(find outputs -path '*/wandb/offline-run-*' -prune 2>/dev/null); \

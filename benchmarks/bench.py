@@ -12,7 +12,13 @@
 (c) scoring: φ for K models × examples × 2 queries (``compute_phi_fast``) vs ``compute_phi``;
 (d) seconds per quantizer (RTN, AdaRound, BRECQ, OBC) at 2 bits with conf/quant/*.yaml settings
     (reduced on the small sizes, and extrapolated linearly in ``iters`` where the default budget
-    does not fit; the table says which).
+    does not fit; the table says which);
+(e) CPU only: the plain training path (``src.training.pool.train_model``, Lightning Trainer) against a
+    bare PyTorch loop (randperm batches, same batched augmentation and normalisation, SGD + cosine
+    LambdaLR, no Lightning) on the model and recipe of ``experiment=cifar10_cpu`` (smallcnn width 32,
+    16x16, batch 64, one thread), ~2,000 members, the same epochs; whole calls timed (model build and
+    Trainer set-up count against the plain path), best of ``pvb_repeats`` interleaved runs;
+    ratio = plain / bare.
 
 All rates are warm: first iterations (and compilation / graph capture) are excluded, and the device
 is synchronised before and after each timed region. Default: cuda + cifar if CUDA is available,
@@ -45,11 +51,12 @@ PROTOCOL = {"models": 65, "images": 25_000, "epochs": 100}
 SIZES = {
     "tiny": dict(model="smallcnn", width=8, n_train=96, image_size=16, ref_batch=16, ref_warm=1, ref_steps=2,
                  k=2, batch=16, fast_warm=1, fast_steps=2, score_n=64, score_batch=64,
-                 quant_model={}, quant_calib=16, quant_iters=[2, 4], quant_calib_batch=16),
+                 quant_model={}, quant_calib=16, quant_iters=[2, 4], quant_calib_batch=16,
+                 pvb_n=96, pvb_epochs=1, pvb_repeats=1),
     "small": dict(model="resnet18", width=64, n_train=512, image_size=32, ref_batch=128, ref_warm=1, ref_steps=2,
                   k=2, batch=128, fast_warm=1, fast_steps=1, score_n=128, score_batch=128,
                   quant_model={"obc": "smallcnn", "brecq": "smallcnn", "adaround": "smallcnn"}, quant_calib=64,
-                  quant_iters=[4, 8], quant_calib_batch=64),
+                  quant_iters=[4, 8], quant_calib_batch=64, pvb_n=2000, pvb_epochs=8, pvb_repeats=2),
     "cifar": dict(model="resnet18", width=64, n_train=None, image_size=32, ref_batch=128, ref_warm=20, ref_steps=150,
                   k=4, batch=128, fast_warm=10, fast_steps=60, score_n=25_000, score_batch=4096,
                   quant_model={}, quant_calib=None, quant_iters=[250, 500], quant_calib_batch=128),
@@ -213,7 +220,7 @@ def bench_fast(data, spec, device, variant: str) -> dict:
 # ----------------------------------------------------------------------------------- (c) scoring
 def bench_scoring(data, spec, device) -> dict:
     from src.attacks.scores import compute_phi
-    from src.training.fast import compute_phi_fast
+    from src.attacks.scores import compute_phi_fast
 
     k, n, queries = spec["k"], min(spec["score_n"], len(data.y_train)), ["identity", "mirror"]
     torch.manual_seed(0)
@@ -309,6 +316,100 @@ def bench_quant(data, spec, device, methods, out: dict | None = None, deadline: 
     return out
 
 
+# ------------------------------------------------------------- (e) plain training path vs bare loop
+def _preset_train_cfg(epochs: int):
+    """The model + recipe of ``conf/experiment/cifar10_cpu.yaml`` merged onto its groups' defaults
+    (read from the YAML files, so the bench follows the preset), with ``epochs`` replaced."""
+    conf = REPO / "conf"
+    pre = OmegaConf.load(conf / "experiment" / "cifar10_cpu.yaml")
+    base_train = OmegaConf.load(conf / "train" / "default.yaml")
+    base_model = OmegaConf.load(conf / "model" / "smallcnn.yaml")
+    cfg = OmegaConf.create({"train": OmegaConf.merge(base_train, pre.get("train", {})),
+                            "model": OmegaConf.merge(base_model, pre.get("model", {})),
+                            "dataset": {"augment": pre.dataset.augment}, "device": "cpu", "num_workers": 0,
+                            "progress": False})
+    cfg.train.epochs = int(epochs)
+    cfg.train.fast = False
+    return cfg, int(pre.dataset.get("image_size") or 32), int(pre.get("num_threads") or 0)
+
+
+def bare_train(cfg, data, members: torch.Tensor, seed: int) -> torch.nn.Module:
+    """The recipe as a bare PyTorch loop: what the plain path computes, without Lightning."""
+    import math
+
+    import torch.nn.functional as F
+
+    from src.data.augment import normalize, random_crop_flip
+
+    torch.manual_seed(seed)
+    model = make_model(cfg.model.name, int(cfg.model.width), data.num_classes)
+    x, y = data.x_train[members], data.y_train[members]
+    tc, aug = cfg.train, cfg.dataset.augment
+    bs, n = int(tc.batch_size), len(y)
+    steps = n // bs if n > bs else 1
+    total = max(1, int(tc.epochs) * steps)
+    opt = torch.optim.SGD(model.parameters(), lr=float(tc.lr), momentum=float(tc.momentum),
+                          weight_decay=float(tc.weight_decay))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5 * (1 + math.cos(math.pi * min(t, total) / total)))
+    g = torch.Generator().manual_seed(seed)
+    pad, flip = int(aug.get("pad", 0)), bool(aug.get("flip", False))
+    model.train()
+    for _ in range(int(tc.epochs)):
+        perm = torch.randperm(n, generator=g)
+        for s in range(steps):
+            idx = perm[s * bs:(s + 1) * bs]
+            xb = x[idx]
+            if pad or flip:
+                xb = random_crop_flip(xb, pad, flip)
+            loss = F.cross_entropy(model(normalize(xb, data.mean, data.std)), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    return model.eval()
+
+
+def bench_plain_vs_bare(spec, data_dir: str | None = None) -> dict:
+    from src.data.datasets import load_imagefolder, make_synthetic
+    from src.training.pool import train_model
+
+    cfg, size, threads = _preset_train_cfg(spec["pvb_epochs"])
+    n = int(spec["pvb_n"])
+    if data_dir:
+        data = load_imagefolder(data_dir, size, max_train=n, max_test=16)
+    else:
+        data = make_synthetic(n_train=n, n_test=16, num_classes=10, image_size=size, channels=3, seed=0)
+    members = torch.arange(len(data.y_train))
+    bs = int(cfg.train.batch_size)
+    steps = len(members) // bs if len(members) > bs else 1
+    images = int(cfg.train.epochs) * steps * min(bs, len(members))
+    old_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    times = {"plain": [], "bare": []}
+    cpu = {"plain": [], "bare": []}
+    try:
+        for r in range(int(spec.get("pvb_repeats", 1))):  # interleaved: load changes hit both alike
+            for name, fn in (("plain", lambda: train_model(cfg, data, members, 1000 + r)),
+                             ("bare", lambda: bare_train(cfg, data, members, 1000 + r))):
+                t0, c0 = time.perf_counter(), time.process_time()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+                cpu[name].append(time.process_time() - c0)
+    finally:
+        torch.set_num_threads(old_threads)
+    plain, bare = min(times["plain"]), min(times["bare"])
+    # CPU seconds of this process: on a shared machine they measure the work, wall time also the
+    # other tenants' load (both are reported; the headline ratio is wall time, best of the repeats)
+    plain_cpu, bare_cpu = min(cpu["plain"]), min(cpu["bare"])
+    return {"model": f"{cfg.model.name} width {cfg.model.width}", "image_size": size, "members": len(members),
+            "epochs": int(cfg.train.epochs), "batch": bs, "threads": threads or old_threads, "images": images,
+            "plain_seconds": times["plain"], "bare_seconds": times["bare"],
+            "plain_cpu_seconds": cpu["plain"], "bare_cpu_seconds": cpu["bare"],
+            "plain_images_per_s": images / plain, "bare_images_per_s": images / bare,
+            "ratio": bare / plain, "ratio_cpu": bare_cpu / plain_cpu}
+
+
 # ---------------------------------------------------------------------------------------- report
 def summarise(res: dict) -> dict:
     """Headline figures, computed from the reported numbers (so they can be checked from the JSON)."""
@@ -368,6 +469,13 @@ def format_table(res: dict) -> str:
             if "projected_seconds" in v else ""
         note = f"   [reduced: {v['reduced']}]" if v.get("reduced") else ""
         lines.append(f"{label:<62}{v['seconds']:>12.2f} s{extra}{note}")
+    pb = res.get("plain_vs_bare", {})
+    if "ratio" in pb:
+        label = f"(e) plain path vs bare loop: {pb['model']}, {pb['image_size']}px, batch {pb['batch']}"
+        lines.append(f"{label:<62}{pb['plain_images_per_s']:>12,.0f} img/s   bare loop {pb['bare_images_per_s']:,.0f} "
+                     f"img/s (plain/bare {pb['ratio']:.1%}; CPU time {pb['ratio_cpu']:.1%})")
+    elif pb:
+        lines.append(f"{'(e) plain path vs bare loop':<62}{'failed':>12}   {pb.get('error')}")
     return "\n".join(lines)
 
 
@@ -449,6 +557,12 @@ def run(device: str, size: str, data_dir: str | None, out: str, variants=None, m
         res["scoring"] = {"error": "skipped: time budget"}
     _free(device)
     checkpoint()
+    if not cuda and "pvb_n" in spec:
+        try:
+            res["plain_vs_bare"] = bench_plain_vs_bare(spec, data_dir if size != "tiny" else None)
+        except Exception as e:
+            res["plain_vs_bare"] = {"error": _error(e)}
+        checkpoint()
     res["quant"] = {}
     bench_quant(data, spec, device, methods, res["quant"], deadline, checkpoint)
     for v in variants:

@@ -93,6 +93,11 @@ class ArtifactStore:
         d = self.root / kind
         return d / f"{key}.pt", d / f"{key}.json", d / f"{key}.lock"
 
+    def lock(self, kind: str, key: str):
+        """The lock guarding artifact ``kind/key`` (held by ``get_or_create`` while it builds): a caller
+        building several artifacts at once holds each one's lock."""
+        return self._lock(self.paths(kind, key)[2])
+
     def _lock(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
         if self.lock_kind == "soft":

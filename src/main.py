@@ -17,6 +17,7 @@ from src.cache import ArtifactStore
 from src.data import DataError, load_dataset
 from src.report.results import build_results, job_dir, print_results, write_job
 from src.report.wandb_sink import WandbSink
+from src.training import resolve_device
 from src.validate import ConfigError, validate, validate_with_data
 
 log = logging.getLogger("src.main")
@@ -37,15 +38,16 @@ def run(cfg: DictConfig) -> dict | None:
     data, keep, targets = prepare(cfg)
     if cfg.get("num_threads"):
         torch.set_num_threads(int(cfg.num_threads))
+    device = resolve_device(cfg.get("device", "auto"))
     store = ArtifactStore(cfg.paths.cache_dir, lock=cfg.get("cache_lock", "soft"))
     with WandbSink(cfg, job_dir()) as sink:
         if cfg.stage == "train":  # fill the cache only (split the pool across jobs with model_range)
             P.train_pool(cfg, data, keep, store, range(*(cfg.model_range or [0, keep.shape[0]])),
-                         sink.lightning_logger())
+                         sink.lightning_logger(), device)
             return None
-        pool = P.train_pool(cfg, data, keep, store, logger=sink.lightning_logger())
-        quantized = [P.quantize_pool_model(cfg, data, keep, t, store) for t in targets]
-        refs = P.reference_phi(cfg, data, keep, pool, store)  # {"fp"|"matched": φ of the references}
+        pool = P.train_pool(cfg, data, keep, store, logger=sink.lightning_logger(), device=device)
+        quantized = [P.quantize_pool_model(cfg, data, keep, t, store, device=device) for t in targets]
+        refs = P.reference_phi(cfg, data, keep, pool, store, device)  # {"fp"|"matched": φ of the references}
         scores = {kind: {t.index: P.attack_target(cfg, keep, phi, t.index, t.phi) for t in quantized}
                   for kind, phi in refs.items()}
         fp_scores = {t: P.attack_target(cfg, keep, pool.phi, t, pool.phi[t]) for t in targets}

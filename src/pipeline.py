@@ -7,6 +7,7 @@ the config that determines the artifact (never logger, paths, devices or progres
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 
@@ -19,13 +20,13 @@ from src.attacks.scores import compute_phi
 from src.cache import ArtifactStore, cache_key
 from src.data import ImageData, data_digest, keep_matrix
 from src.models import build_model
-from src.quant import CONTROLS, FULL_PRECISION, NEEDS_CALIBRATION, quantize
+from src.quant import CONTROLS, FULL_PRECISION, NEEDS_CALIBRATION, QUANTIZERS, quantize
 from src.quant.bn_fold import fold_batchnorm
-from src.training.pool import evaluate_accuracy, resolve_device, train_model
+from src.training import evaluate_accuracy, resolve_device, train_models, use_fast_path
 
 log = logging.getLogger(__name__)
 TRAIN_KEYS_IGNORED = ("models_per_step", "compile", "channels_last", "cuda_graphs")  # speed only
-QUANT_KEYS_IGNORED = ("progress", "row_batch", "max_mem_gb", "cpu_threads", "calib_batch")  # speed/display only
+
 
 
 @dataclass
@@ -62,13 +63,11 @@ def membership(cfg, data: ImageData) -> np.ndarray:
     return keep_matrix(int(cfg.n_models), len(data.y_train), float(cfg.pkeep), int(cfg.seed))
 
 
-def model_key(cfg, digest: str, index: int) -> dict:
+def model_key(cfg, digest: str, index: int, device: str | None = None) -> dict:
     aug = _plain(cfg.dataset.get("augment", {}))
-    from src.training.fast import use_fast_path
-
     train = {k: v for k, v in _plain(cfg.train).items() if k not in TRAIN_KEYS_IGNORED}
     # the fast (bf16, CUDA) and plain (Lightning Trainer) paths give different models: key the path
-    train["path"] = "fast" if use_fast_path(cfg, resolve_device(cfg.get("device", "auto"))) else "plain"
+    train["path"] = "fast" if use_fast_path(cfg, device or resolve_device(cfg.get("device", "auto"))) else "plain"
     if train["path"] == "plain":
         for k in ("fast", "bf16"):
             train.pop(k, None)
@@ -77,59 +76,76 @@ def model_key(cfg, digest: str, index: int) -> dict:
             "pkeep": float(cfg.pkeep), "index": int(index)}
 
 
-def _model_seed(cfg, index: int) -> int:
+def model_seed(cfg, index: int) -> int:
     return int(cfg.seed) * 100_003 + int(index)
 
 
+def _train_pool_models(cfg, data: ImageData, keep: np.ndarray, indices: list[int], device: str,
+                       logger=None) -> list[dict]:
+    """Train pool models ``indices`` on their IN halves; their cache artifacts (weights + utility)."""
+    members = [torch.from_numpy(np.flatnonzero(keep[m])) for m in indices]
+    for m, mem in zip(indices, members):
+        log.info("pool: training model %d of %d (%d examples)", m + 1, keep.shape[0], len(mem))
+    models = train_models(cfg, data, members, [model_seed(cfg, m) for m in indices], device,
+                          [f"pool model {m}" for m in indices], logger)
+    return [{"state_dict": model.state_dict(),
+             "test_acc": evaluate_accuracy(model, data.x_test, data.y_test, data.mean, data.std, device),
+             "train_acc": evaluate_accuracy(model, data.x_train[mem], data.y_train[mem], data.mean, data.std,
+                                            device)}
+            for model, mem in zip(models, members)]
+
+
 def get_pool_model(cfg, data: ImageData, keep: np.ndarray, index: int, store: ArtifactStore,
-                   digest: str | None = None, logger=None) -> tuple[nn.Module, dict]:
+                   digest: str | None = None, logger=None, device: str | None = None) -> tuple[nn.Module, dict]:
     """Pool model ``index`` (trained on its IN half, or loaded from the cache) and its utility."""
     digest = digest or data_digest(data)
-    key = model_key(cfg, digest, index)
-    device = resolve_device(cfg.get("device", "auto"))
-
-    def build():
-        members = torch.from_numpy(np.flatnonzero(keep[index]))
-        log.info("pool: training model %d of %d (%d examples)", index + 1, keep.shape[0], len(members))
-        model = train_model(cfg, data, members, _model_seed(cfg, index), name=f"pool model {index}", logger=logger)
-        return {"state_dict": model.state_dict(),
-                "test_acc": evaluate_accuracy(model, data.x_test, data.y_test, data.mean, data.std, device),
-                "train_acc": evaluate_accuracy(model, data.x_train[members], data.y_train[members], data.mean,
-                                               data.std, device)}
-
-    art, _ = store.get_or_create("models", key, build)
+    device = device or resolve_device(cfg.get("device", "auto"))
+    key = model_key(cfg, digest, index, device)
+    art, _ = store.get_or_create("models", key, lambda: _train_pool_models(cfg, data, keep, [index], device, logger)[0])
     model = build_model(cfg.model, data.num_classes, data.in_channels)
     model.load_state_dict(art["state_dict"])
     return model.eval(), {"key": key, "test_acc": art["test_acc"], "train_acc": art["train_acc"]}
 
 
-def get_scores(cfg, data: ImageData, model_cfg_key: dict, model_fn, store: ArtifactStore) -> np.ndarray:
+def get_scores(cfg, data: ImageData, model_cfg_key: dict, model_fn, store: ArtifactStore,
+               device: str | None = None) -> np.ndarray:
     """φ [N, Q] of a model over the training set, cached by (model key, queries)."""
     queries = list(cfg.dataset.get("queries", ["identity", "mirror"]))
     key = {"kind": "scores", "model": cache_key(model_cfg_key), "queries": queries}
-    device = resolve_device(cfg.get("device", "auto"))
+    device = device or resolve_device(cfg.get("device", "auto"))
     art, _ = store.get_or_create("scores", key, lambda: {
         "phi": compute_phi(model_fn(), data.x_train, data.y_train, data.mean, data.std, queries, device)})
     return art["phi"]
 
 
-def train_pool(cfg, data: ImageData, keep: np.ndarray, store: ArtifactStore, indices=None, logger=None) -> Pool:
-    """Train (or load) every pool model in ``indices`` (default: all) and score it."""
-    from src.training.fast import train_pool_fast, use_fast_path
-
+def train_pool(cfg, data: ImageData, keep: np.ndarray, store: ArtifactStore, indices=None, logger=None,
+               device: str | None = None) -> Pool:
+    """Train (or load) every pool model in ``indices`` (default: all) and score it. Models not cached
+    yet train ``train.models_per_step`` at a time on the fast path (one at a time on the plain one),
+    each model's cache lock held while its group trains, so parallel jobs never train it twice."""
     digest = data_digest(data)
-    m_total = keep.shape[0]
-    indices = range(m_total) if indices is None else indices
-    if use_fast_path(cfg, resolve_device(cfg.get("device", "auto"))):
-        train_pool_fast(cfg, data, keep, store, list(indices), digest, logger)  # K models at a time on CUDA
-    phis, test_acc, train_acc, keys = [], [], [], []
+    device = device or resolve_device(cfg.get("device", "auto"))
+    indices = list(range(keep.shape[0]) if indices is None else indices)
+    keys = {m: cache_key(model_key(cfg, digest, m, device)) for m in indices}
+    todo = [m for m in indices if not store.exists("models", keys[m])]
+    k = max(1, int(cfg.train.get("models_per_step", 4))) if use_fast_path(cfg, device) else 1
+    for g in range(0, len(todo), k):
+        with contextlib.ExitStack() as locks:
+            for m in todo[g:g + k]:
+                locks.enter_context(store.lock("models", keys[m]))
+            group = [m for m in todo[g:g + k] if not store.exists("models", keys[m])]  # another job may have
+            if group:
+                for m, art in zip(group, _train_pool_models(cfg, data, keep, group, device, logger)):
+                    key = model_key(cfg, digest, m, device)
+                    store.save("models", keys[m], art, key)
+    phis, test_acc, train_acc, keys_out = [], [], [], []
     for m in indices:
-        model, info = get_pool_model(cfg, data, keep, m, store, digest, logger)
-        phis.append(get_scores(cfg, data, info["key"], lambda model=model: model, store))
+        model, info = get_pool_model(cfg, data, keep, m, store, digest, logger, device)
+        phis.append(get_scores(cfg, data, info["key"], lambda model=model: model, store, device))
         test_acc.append(info["test_acc"])
         train_acc.append(info["train_acc"])
-        keys.append(info["key"])
-    return Pool(keep, np.stack(phis), np.array(test_acc), np.array(train_acc), keys)
+        keys_out.append(info["key"])
+    return Pool(keep, np.stack(phis), np.array(test_acc), np.array(train_acc), keys_out)
 
 
 def calibration_indices(cfg, data: ImageData, keep: np.ndarray, index: int) -> tuple[str, np.ndarray]:
@@ -151,10 +167,15 @@ def calibration_indices(cfg, data: ImageData, keep: np.ndarray, index: int) -> t
 
 
 def quant_key(cfg, pool_model_key: dict) -> dict:
-    qcfg = {k: v for k, v in _plain(cfg.quant).items() if k not in QUANT_KEYS_IGNORED}
-    if cfg.quant.name not in NEEDS_CALIBRATION:  # e.g. RTN: no calibration data, no optimisation budget
-        for k in ("calibration", "n_calib", "iters"):
-            qcfg.pop(k, None)
+    spec = QUANTIZERS[cfg.quant.name]
+    # keys that do not change the quantized model: speed/display, and the embedded default's shared
+    # budget (conf/experiment/default.yaml) where the method has no such budget
+    ignored = {"progress", *spec.speed_keys}
+    if not spec.iterative:
+        ignored.add("iters")
+    if not spec.needs_calibration:
+        ignored.update(("calibration", "n_calib"))
+    qcfg = {k: v for k, v in _plain(cfg.quant).items() if k not in ignored}
     control = cfg.quant.name in CONTROLS  # noise / prune: bits and bit policy do not apply
     return {"kind": "quantized", "model": cache_key(pool_model_key), "quant": qcfg,
             "bits": None if control else float(cfg.bits), "policy": None if control else cfg.bitwidth.policy,
@@ -162,15 +183,15 @@ def quant_key(cfg, pool_model_key: dict) -> dict:
 
 
 def quantize_pool_model(cfg, data: ImageData, keep: np.ndarray, index: int, store: ArtifactStore,
-                        digest: str | None = None) -> QuantTarget:
+                        digest: str | None = None, device: str | None = None) -> QuantTarget:
     """Quantize pool model ``index`` with (quant, bits, policy), calibrating on its members; cached."""
     digest = digest or data_digest(data)
-    fp_model, info = get_pool_model(cfg, data, keep, index, store, digest)
+    device = device or resolve_device(cfg.get("device", "auto"))
+    fp_model, info = get_pool_model(cfg, data, keep, index, store, digest, device=device)
     if cfg.quant.name in FULL_PRECISION:
-        phi = get_scores(cfg, data, info["key"], lambda: fp_model, store)
+        phi = get_scores(cfg, data, info["key"], lambda: fp_model, store, device)
         return QuantTarget(index, fp_model, phi, info["test_acc"], info["train_acc"], {}, 0.0, np.array([], int), {})
     key = quant_key(cfg, info["key"])
-    device = resolve_device(cfg.get("device", "auto"))
 
     def build():
         from src.data import normalize
@@ -201,7 +222,7 @@ def quantize_pool_model(cfg, data: ImageData, keep: np.ndarray, index: int, stor
         fold_batchnorm(qmodel)
     qmodel.load_state_dict(art["state_dict"])
     qmodel.eval()
-    phi = get_scores(cfg, data, key, lambda: qmodel, store)
+    phi = get_scores(cfg, data, key, lambda: qmodel, store, device)
     return QuantTarget(index, qmodel, phi, art["test_acc"], art["train_acc"], art["layer_bits"], art["seconds"],
                        art["calib_idx"], art["export"])
 
@@ -212,7 +233,8 @@ def target_indices(cfg) -> list[int]:
     return [int(t) for t in cfg.targets]
 
 
-def reference_phi(cfg, data: ImageData, keep: np.ndarray, pool: Pool, store: ArtifactStore) -> dict[str, np.ndarray]:
+def reference_phi(cfg, data: ImageData, keep: np.ndarray, pool: Pool, store: ArtifactStore,
+                  device: str | None = None) -> dict[str, np.ndarray]:
     """φ of the reference models, by kind: ``fp`` = the FP pool (``attack.reference=fp``, the paper),
     ``matched`` = every pool model quantized with the job's quantizer and bits (the attacker knows
     the deployment pipeline); ``attack.reference=both`` gives both, ``fp`` first."""
@@ -220,7 +242,8 @@ def reference_phi(cfg, data: ImageData, keep: np.ndarray, pool: Pool, store: Art
     if ref == "fp" or cfg.quant.name in FULL_PRECISION:
         return {"fp": pool.phi}
     digest = data_digest(data)
-    matched = np.stack([quantize_pool_model(cfg, data, keep, m, store, digest).phi for m in range(keep.shape[0])])
+    matched = np.stack([quantize_pool_model(cfg, data, keep, m, store, digest, device).phi
+                        for m in range(keep.shape[0])])
     return {"matched": matched} if ref == "matched" else {"fp": pool.phi, "matched": matched}
 
 

@@ -1,4 +1,4 @@
-"""One place that checks the composed config before any work starts (issue: reliability).
+"""One place that checks the composed config before any work starts.
 
 Each problem raises ``ConfigError`` with one line naming the key, the value and what is allowed;
 ``src.main`` prints it and exits with status 2. Unknown group options (``quant=foo``) are already

@@ -10,8 +10,8 @@ from src.attacks.scores import compute_phi
 from src.data.augment import random_crop_flip
 from src.data.datasets import ImageData, make_synthetic
 from src.training import fast
-from src.training.fast import (FastOptions, MultiModelTrainer, compute_phi_fast, crop_flip, train_models_fast,
-                               use_fast_path)
+from src.attacks.scores import compute_phi_fast
+from src.training.fast import FastOptions, MultiModelTrainer, crop_flip, train_models_fast, use_fast_path
 from src.training.pool import evaluate_accuracy, train_model
 
 
@@ -168,18 +168,33 @@ def test_compute_phi_fast_equals_compute_phi():
     np.testing.assert_allclose(phi, ref, atol=1e-5, rtol=0)
 
 
-def test_train_pool_fast_fills_the_cache_for_get_pool_model(tmp_path):
+def test_train_pool_on_the_fast_path_trains_in_groups_and_fills_the_cache(tmp_path, monkeypatch):
+    """``pipeline.train_pool`` on the fast path trains ``models_per_step`` models per call of the fast
+    trainer (4 models, K = 3: groups [0, 1, 2] and [3]), writes the artifacts ``get_pool_model`` loads,
+    and trains nothing once they are cached."""
+    from src import pipeline
     from src.cache import ArtifactStore
     from src.data import keep_matrix
-    from src.pipeline import get_pool_model
-    from src.training.fast import train_pool_fast
+    from src.pipeline import get_pool_model, train_pool
 
     data = make_synthetic(n_train=64, n_test=16, num_classes=4, image_size=8)
-    cfg = make_cfg(epochs=1, models_per_step=3)
+    cfg = make_cfg(epochs=1, models_per_step=3, fast=True)
     cfg.dataset.name = "synthetic"
+    cfg.dataset.queries = ["identity"]
     keep = keep_matrix(4, 64, 0.5, 0)
     store = ArtifactStore(tmp_path)
-    assert train_pool_fast(cfg, data, keep, store, [0, 1, 2, 3]) == [0, 1, 2, 3]
-    assert train_pool_fast(cfg, data, keep, store, [0, 1, 2, 3]) == []          # all cached now
+    groups = []
+    real = pipeline.train_models
+
+    def spy(cfg_, data_, members, seeds, *a, **k):
+        groups.append(list(seeds))
+        return real(cfg_, data_, members, seeds, *a, **k)
+
+    monkeypatch.setattr(pipeline, "train_models", spy)
+    pool = train_pool(cfg, data, keep, store, device="cpu")
+    assert groups == [[pipeline.model_seed(cfg, m) for m in (0, 1, 2)], [pipeline.model_seed(cfg, 3)]]
+    assert pool.phi.shape == (4, 64, 1)
+    train_pool(cfg, data, keep, store, device="cpu")
+    assert len(groups) == 2                                                       # all cached now
     model, info = get_pool_model(cfg, data, keep, 2, store)                      # loads, does not train
     assert 0.0 <= info["test_acc"] <= 1.0 and isinstance(model, nn.Module)

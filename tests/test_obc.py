@@ -1,8 +1,13 @@
 """OBC / OBQ (src/quant/obc.py): grid membership, export, optimality on tiny problems, robustness,
-and that it beats RTN on a trained SmallResNet (digits)."""
+and that it beats RTN on a trained SmallResNet (digits), in the shipped default mode (conf/quant/obc.yaml:
+every H from the FP model) and in the sequential, FP-target mode. The im2col columns and H themselves
+are checked against F.conv2d in test_obc_columns.py."""
 from __future__ import annotations
 
+import copy
 import itertools
+import logging
+import os
 
 import pytest
 import torch
@@ -13,8 +18,10 @@ from src.data import load_dataset, normalize
 from src.models import SmallResNet
 from src.quant import quantize
 from src.quant.bn_fold import fold_batchnorm
+from src.quant.calibration import capture
 from src.quant.grid import ChannelGrid, init_grid
-from src.quant.obc import layer_hessian, obq_layer, prepare_hessian, quantize_obc, reconstruction_error
+from src.quant.obc import (layer_columns, layer_hessian, obq_layer, prepare_hessian, quantize_obc,
+                           reconstruction_error)
 from src.quant.policy import quantizable_layers
 
 
@@ -27,6 +34,17 @@ def obc_cfg(**kw):
 
 def rtn_cfg():
     return OmegaConf.create(dict(name="rtn", init="lp", p=2.4, symmetric=False, fold_bn=True))
+
+
+def shipped_cfg():
+    """conf/quant/obc.yaml as shipped (sequential: false), progress bar off."""
+    cfg = OmegaConf.load(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                      "conf", "quant", "obc.yaml"))
+    cfg.progress = False
+    return cfg
+
+
+MODES = {"default": shipped_cfg, "sequential": obc_cfg}
 
 
 @pytest.fixture(scope="module")
@@ -62,12 +80,15 @@ def accuracy(model, x, y):
 @pytest.fixture(scope="module")
 def quantized(trained):
     model, calib, _, _ = trained
-    return {b: quantize(model, b, obc_cfg(), "uniform", calib) for b in (4.0, 2.0, 1.58)}
+    assert shipped_cfg().sequential is False
+    return {(mode, b): quantize(model, b, make(), "uniform", calib)
+            for mode, make in MODES.items() for b in (4.0, 2.0, 1.58)}
 
 
+@pytest.mark.parametrize("mode", list(MODES))
 @pytest.mark.parametrize("bits", [4.0, 2.0, 1.58])
-def test_weights_on_grid_and_export(quantized, bits):
-    res = quantized[bits]
+def test_weights_on_grid_and_export(quantized, mode, bits):
+    res = quantized[(mode, bits)]
     layers = dict(quantizable_layers(res.model))
     assert set(res.export) == set(layers)
     for name, layer in layers.items():
@@ -88,27 +109,62 @@ def test_weights_on_grid_and_export(quantized, bits):
 
 
 def test_obc_beats_rtn_per_layer(trained):
-    """On the FP inputs of every layer, OBQ's ‖WX − ŴX‖² is below RTN's on the same fixed grid."""
-    model, calib, _, _ = trained
-    fmodel = fold_batchnorm(__import__("copy").deepcopy(model)).eval()
+    """Per layer (FP model, BN folded) and bit-width, OBQ against RTN on the same fixed grid:
+
+    - on the calibration set, through H: ‖WX − ŴX‖² = ½ tr(ΔW H ΔWᵀ) of OBQ < RTN's (what OBQ
+      minimises greedily);
+    - on held-out inputs (the test images, never in H), the output error ‖layer(x) − layer_Ŵ(x)‖²
+      computed by the layer itself: OBQ < RTN per layer, and summed over layers ≤ 0.5 × RTN's.
+    Measured (AVX-512, AVX2, ``ATEN_CPU_CAPABILITY=default`` with 1 and 2 threads): held-out ratio per
+    layer 0.10–0.79, the worst the 9-weight rows of the 1-channel stem, the rest ≤ 0.56; summed over
+    layers 0.23–0.36 (≥ 1.4× below the bound). H itself is checked against F.conv2d in
+    test_obc_columns.py, so a wrong H fails there and here on the held-out error.
+    """
+    model, calib, xte, _ = trained
+    fmodel = fold_batchnorm(copy.deepcopy(model)).eval()
+    held = {b: [0.0, 0.0] for b in (4.0, 2.0, 1.58)}
     for name, layer in quantizable_layers(fmodel):
         H = layer_hessian(fmodel, layer, calib)
         W = layer.weight.detach().reshape(layer.weight.shape[0], -1)
+        x_out = capture(fmodel, layer, xte, keep_output=False)[0]
+        probe = copy.deepcopy(layer)
+        with torch.no_grad():
+            ref = layer(x_out)
+
+        def out_err(W_hat):
+            with torch.no_grad():
+                probe.weight.copy_(W_hat.reshape(layer.weight.shape))
+                return (probe(x_out) - ref).pow(2).sum().item()
+
         for bits in (4.0, 2.0, 1.58):
             grid = init_grid(W, bits)
-            e_rtn = reconstruction_error(W, grid.fake_quant(W), H)
+            W_rtn = grid.fake_quant(W)
             codes, _ = obq_layer(W, H, grid, damp=0.01)
-            e_obc = reconstruction_error(W, grid.dequantize(codes), H)
+            W_obc = grid.dequantize(codes)
+            e_rtn, e_obc = reconstruction_error(W, W_rtn, H), reconstruction_error(W, W_obc, H)
             assert e_obc < e_rtn, (name, bits, e_obc, e_rtn)
+            h_rtn, h_obc = out_err(W_rtn), out_err(W_obc)
+            assert h_obc < h_rtn, (name, bits, h_obc, h_rtn)
+            held[bits][0] += h_obc
+            held[bits][1] += h_rtn
+    for bits, (h_obc, h_rtn) in held.items():
+        assert h_obc <= 0.5 * h_rtn, (bits, h_obc, h_rtn)
 
 
-def test_obc_model_accuracy_beats_rtn(trained, quantized):
+@pytest.mark.parametrize("mode", list(MODES))
+def test_obc_model_accuracy_beats_rtn(trained, quantized, mode):
+    """Test accuracy: OBC at 2 bits > RTN + 0.1 and > FP − 0.05; at 4 bits > FP − 0.02.
+
+    Measured (AVX-512 / AVX2 / ``ATEN_CPU_CAPABILITY=default``): FP 0.99 / 0.987 / 0.99; RTN 2 bits
+    0.54 / 0.09 / 0.15; OBC 2 bits default mode 0.973 / 0.970 / 0.976, sequential 0.99 on all three;
+    4 bits ≥ 0.983. The tightest margin is the default mode at 2 bits vs FP − 0.05 (≥ 0.017, about
+    5 test images of 297)."""
     model, calib, xte, yte = trained
     fp = accuracy(model, xte, yte)
     rtn2 = accuracy(quantize(model, 2.0, rtn_cfg(), "uniform", calib).model, xte, yte)
-    obc2 = accuracy(quantized[2.0].model, xte, yte)
+    obc2 = accuracy(quantized[(mode, 2.0)].model, xte, yte)
     assert obc2 > rtn2 + 0.1 and obc2 > fp - 0.05, (fp, rtn2, obc2)
-    assert accuracy(quantized[4.0].model, xte, yte) > fp - 0.02
+    assert accuracy(quantized[(mode, 4.0)].model, xte, yte) > fp - 0.02
 
 
 def test_two_weight_row_matches_brute_force():
@@ -194,11 +250,74 @@ def test_batched_lazy_loop_equals_plain_obq():
         assert torch.equal(codes, ref), (row_batch, block)
 
 
-def test_no_nan_with_rank_deficient_calibration(trained):
-    """Two calibration images (n ≪ d for every conv), and damp = 0: still finite and on the grid."""
+def _hessians(model, x):
+    """{layer: (H, W [d_row, d_col], number of im2col rows behind H)} of the BN-folded FP model."""
+    fmodel = fold_batchnorm(copy.deepcopy(model)).eval()
+    return {name: (layer_hessian(fmodel, layer, x).double(), layer.weight.detach().reshape(layer.weight.shape[0], -1),
+                   len(layer_columns(layer, capture(fmodel, layer, x, keep_output=False)[0])))
+            for name, layer in quantizable_layers(fmodel)}
+
+
+def _applied_damp(H, Hd):
+    """λ with Hd = H + λ·mean(diag H)·I and nothing else changed. Hd − H recovers λ·mean(diag H) to
+    ~1e-16·max(diag H) absolute, ≤ 1e-9 relative for the λ ≥ 1e-6 used here; checked to 1e-6."""
+    d = Hd - H
+    lam = d.diagonal().mean().item() / H.diagonal().mean().item()
+    assert torch.equal(d - torch.diag(d.diagonal()), torch.zeros_like(d))
+    assert torch.allclose(d.diagonal(), torch.full_like(d.diagonal(), lam * H.diagonal().mean().item()),
+                          rtol=1e-6, atol=0)
+    return lam
+
+
+def test_undamped_path_on_full_rank_calibration(trained, caplog):
+    """damp = 0 with 512 calibration images: every layer's H is comfortably positive definite
+    (smallest eigenvalue / largest ≥ 2e-4 here, far from float64 round-off), so OBQ runs on H itself:
+    prepare_hessian returns Hd = H exactly, no retry is logged, and the result is finite, on the grid
+    and below RTN in ‖WX − ŴX‖² per layer."""
     model, calib, _, _ = trained
+    for name, (H, W, _) in _hessians(model, calib).items():
+        ev = torch.linalg.eigvalsh(H)
+        assert ev.min() > 1e-5 * ev.max(), name
+        Hd, Hinv, _ = prepare_hessian(H, W, 0.0)
+        assert torch.equal(Hd, H), name
+        # H⁻¹ of H's lower triangle mirrored (what Cholesky reads; the float32 Gram is symmetric only to
+        # ~1e-6 relative): float64 inverse, condition number ≤ 5e4 here, residual ≪ 1e-8
+        Hs = torch.tril(H) + torch.tril(H, -1).T
+        assert torch.allclose(Hinv @ Hs, torch.eye(len(H), dtype=H.dtype), atol=1e-8), name
+        grid = init_grid(W, 2.0)
+        codes, _ = obq_layer(W, H, grid, damp=0.0)
+        assert torch.isfinite(codes).all() and codes.min() >= grid.qmin and codes.max() <= grid.qmax
+        assert reconstruction_error(W, grid.dequantize(codes), H) < reconstruction_error(W, grid.fake_quant(W), H)
+    with caplog.at_level(logging.WARNING, logger="src.quant.obc"):
+        res = quantize(model, 2.0, obc_cfg(damp=0.0), "uniform", calib)
+    assert not [r for r in caplog.records if "retrying" in r.getMessage()]
+    assert all(torch.isfinite(m.weight).all() for _, m in quantizable_layers(res.model))
+
+
+def test_rank_deficient_calibration_retries_with_minimal_damping(trained, caplog):
+    """Two calibration images: layers with more columns d than im2col rows (2·8·8 = 128 < d = 144;
+    2·4·4 = 32 < 144, 288; fc: 2 < 32) have a singular H. With damp = 0, Cholesky of H fails there and
+    prepare_hessian retries with the smallest dampening 1e-6 (×10 per further failure; ≤ 1e-4 is
+    accepted), logging it; the damped run (0.01) needs no retry. Either way the model is finite."""
+    model, calib, _, _ = trained
+    x = calib[:2]
+    deficient = 0
+    for name, (H, W, n_rows) in _hessians(model, x).items():
+        if n_rows < W.shape[1]:  # rank(H) ≤ n_rows < d: singular
+            deficient += 1
+            Hd, Hinv, _ = prepare_hessian(H, W, 0.0)
+            lam = _applied_damp(H, Hd)
+            assert any(abs(lam - 10.0 ** -k) <= 1e-6 * 10.0 ** -k for k in (6, 5, 4)), (name, lam)
+            assert torch.isfinite(Hinv).all()
+        Hd, _, _ = prepare_hessian(H, W, 0.01)
+        assert _applied_damp(H, Hd) == pytest.approx(0.01, rel=1e-6), name
+    assert deficient == 5  # the 144-column convs of both blocks, the 288-column conv, fc
     for damp in (0.01, 0.0):
-        res = quantize(model, 2.0, obc_cfg(damp=damp), "uniform", calib[:2])
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="src.quant.obc"):
+            res = quantize(model, 2.0, obc_cfg(damp=damp), "uniform", x)
+        retries = [r for r in caplog.records if "retrying" in r.getMessage()]
+        assert (len(retries) >= deficient) if damp == 0.0 else not retries, (damp, len(retries))
         for _, layer in quantizable_layers(res.model):
             assert torch.isfinite(layer.weight).all()
 

@@ -7,11 +7,13 @@ Models are queried in eval mode (BatchNorm running statistics).
 """
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 from torch import nn
 
-from src.data.augment import apply_query, normalize
+from src.data.augment import apply_query, normalize, normalizer
 
 
 def logit_confidence(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -36,3 +38,38 @@ def compute_phi(model: nn.Module, x_uint8: torch.Tensor, y: torch.Tensor, mean, 
             out[i:i + len(yb), q] = logit_confidence(logits, yb).cpu().numpy()
     model.cpu()
     return out
+
+
+@torch.no_grad()
+def compute_phi_fast(models: list[nn.Module], x_uint8: torch.Tensor, y: torch.Tensor, mean, std, queries,
+                     device="cpu", batch_size: int = 4096, bf16: bool = True,
+                     channels_last: bool = True) -> np.ndarray:
+    """φ [M, N, Q] float32 of every model, example and query view (``scores.compute_phi`` for M
+    models at once). Data uploaded once, each view built once per batch and shared by all models,
+    results kept on the device until the end (one transfer). bf16 autocast and channels_last apply
+    on CUDA only; on CPU this equals ``compute_phi`` up to float32 rounding."""
+    dev = torch.device(device)
+    cuda = dev.type == "cuda"
+    bf16, channels_last = bf16 and cuda, channels_last and cuda
+    x = x_uint8.to(dev)
+    yd = y.to(dev).long()
+    norm = normalizer(mean, std, dev)
+    out = torch.empty(len(models), len(y), len(queries), device=dev, dtype=torch.float32)
+    prepared = []
+    for m in models:
+        m = m.to(dev).eval()
+        prepared.append(m.to(memory_format=torch.channels_last) if channels_last else m)
+    ctx = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    with ctx:
+        for i in range(0, len(y), batch_size):
+            xb, yb = x[i:i + batch_size], yd[i:i + batch_size]
+            for q, name in enumerate(queries):
+                xq = norm(apply_query(xb, name))
+                if channels_last:
+                    xq = xq.contiguous(memory_format=torch.channels_last)
+                for j, m in enumerate(prepared):
+                    out[j, i:i + len(yb), q] = logit_confidence(m(xq), yb)
+    res = out.cpu().numpy()
+    for m in prepared:
+        (m.to(memory_format=torch.contiguous_format) if channels_last else m).cpu()
+    return res

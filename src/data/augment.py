@@ -61,3 +61,11 @@ def apply_query(x: torch.Tensor, name: str) -> torch.Tensor:
     xs, xd = (slice(0, w - dx), slice(dx, w)) if dx >= 0 else (slice(-dx, w), slice(0, w + dx))
     out[..., yd, xd] = x[..., ys, xs]
     return out
+
+
+def normalizer(mean, std, device):
+    """uint8 → standardised float, with mean/std uploaded once (``augment.normalize`` builds them
+    from Python lists at every call, a host→device copy per step on CUDA). Same operations, same bits."""
+    m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1).to(device)
+    s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1).to(device)
+    return lambda x: (x.float().div_(255.0) - m) / s

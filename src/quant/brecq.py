@@ -38,22 +38,10 @@ differing only in the per-example, per-element weights ω:
   back-propagated, so that it is exactly zero where p_Q = p_FP). The KL is summed
   over the examples of a batch, so each example gets the gradient of its own KL (BN folded / eval
   mode: examples are independent). If every gradient is zero (p_Q = p_FP exactly) ω falls back to 1.
-  Differences from the BRECQ reference code (yhhhli/BRECQ, ``quant/data_utils.py`` and
-  ``quant/block_recon.py``, the version we read): its KL call passes log p_Q as the input and p_FP
-  as the target of ``F.kl_div`` (batch-mean), i.e. its g is the gradient of KL(p_FP ‖ p_Q) (the
-  other direction from REFERENCE.md's wording) divided by the batch size; its current block enters
-  in the *soft* initial AdaRound state (``soft_targets = True`` is set before the gradients are
-  saved), which equals W up to grid clipping, not round-to-nearest; and it uses
-  ω = (|g| + 1)² (``grads.abs() + 1.0``, squared in the ``fisher_diag`` loss) without normalising
-  (a mean-normalising line is commented out).
+  (How this differs from the BRECQ reference code: README, "Quantizers".)
 
 For ``fisher`` and ``fisher_kl``, ω is divided by its mean over the calibration set (all examples
-and elements; mean 1), so λ keeps the meaning it has with ``mse``. On the test file's digits
-SmallResNet (512 calibration images, iters = 500, 4 seeds) the weighted losses did worse than
-``mse``: test accuracy mse / fisher / fisher_kl ≈ 0.89 / 0.81 / 0.82 at 2 bits and
-0.86 / 0.77 / 0.77 at 1.58 bits (RTN 0.19 / 0.21, FP 0.99). The un-damped ``fisher_kl`` weights of
-the stem put 94 % (2 bits) / 73 % (1.58 bits) of the total weight on 10 % of the examples
-(``fisher``: 64 %).
+and elements; mean 1), so λ keeps the meaning it has with ``mse``.
 """
 from __future__ import annotations
 

@@ -166,7 +166,10 @@ def roc(results: list[dict], attack: str | None, path: str | Path) -> Path:
     """Log-log ROC of ``attack`` for every job (``results`` as returned by
     :func:`src.report.summary.collect`, or a single job's results in a list), plus the
     full-precision target's curve (dashed black) once per (dataset, model)."""
-    from src.report.summary import is_fp_job
+    from src.quant import FULL_PRECISION
+
+    def is_fp_job(r: dict) -> bool:  # quant=none|fp: the full-precision row
+        return str(r.get("job", {}).get("quant", "")).lower() in FULL_PRECISION
 
     combos = _combos(results, lambda r: (r["job"].get("dataset"), r["job"].get("model")))
     combos = combos or [(None, None)]

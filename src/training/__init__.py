@@ -1,4 +1,6 @@
+from .fast import train_models_fast, use_fast_path
 from .module import Classifier
-from .pool import evaluate_accuracy, train_model
+from .pool import evaluate_accuracy, resolve_device, train_model, train_models
 
-__all__ = ["Classifier", "evaluate_accuracy", "train_model"]
+__all__ = ["Classifier", "evaluate_accuracy", "resolve_device", "train_model", "train_models", "train_models_fast",
+           "use_fast_path"]

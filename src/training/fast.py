@@ -42,8 +42,7 @@ import torch.nn.functional as F
 from lightning.fabric import Fabric
 from torch import nn
 
-from src.attacks.scores import logit_confidence
-from src.data.augment import apply_query
+from src.data.augment import normalizer
 from src.models import build_model
 from src.training.module import curve_prefix
 
@@ -109,14 +108,6 @@ def crop_flip(x: torch.Tensor, pad: int, flip: bool, generator: torch.Generator 
     return x.contiguous()
 
 
-def _normalizer(mean, std, device):
-    """uint8 → standardised float, with mean/std uploaded once (``augment.normalize`` builds them
-    from Python lists at every call, a host→device copy per step on CUDA). Same operations, same bits."""
-    m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1).to(device)
-    s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1).to(device)
-    return lambda x: (x.float().div_(255.0) - m) / s
-
-
 def _cosine(step, total: int):
     """λ(t) of the plain path's LambdaLR: 0.5(1 + cos(π min(t,T)/T)); float or device tensor."""
     if isinstance(step, torch.Tensor):
@@ -175,7 +166,7 @@ class MultiModelTrainer:
         # data: uint8 resident on the device, uploaded once
         self.x = self.fabric.to_device(x_train.contiguous())
         self.y = self.fabric.to_device(y_train.long())
-        self.norm = _normalizer(mean, std, self.device)
+        self.norm = normalizer(mean, std, self.device)
         names = names or [f"model {i}" for i in range(len(seeds))]
         if model_fn is None:
             in_ch = int(x_train.shape[1])
@@ -379,7 +370,7 @@ def train_models_fast(cfg, data, member_idx_list: list[torch.Tensor], seeds: lis
     seed ``seeds[k]`` (init, shuffling, augmentation). Returns them on CPU, eval mode.
 
     All K models are trained in one loop (call it with ``models_per_step`` models at a time; see
-    ``train_pool_fast``). Raises ``FloatingPointError`` naming the model whose loss became non-finite
+    ``pipeline.train_pool``). Raises ``FloatingPointError`` naming the model whose loss became non-finite
     (checked once per epoch).
     """
     dev = torch.device(device)
@@ -396,80 +387,3 @@ def train_models_fast(cfg, data, member_idx_list: list[torch.Tensor], seeds: lis
                     curves.update({f"{p}/train_loss": loss, f"{p}/train_acc": acc})
                 tr.fabric.log_dict(curves, step=e)
         return tr.models()
-
-
-def train_pool_fast(cfg, data, keep: np.ndarray, store, indices=None, digest: str | None = None,
-                    logger=None) -> list[int]:
-    """Fill the artifact cache with the pool models in ``indices`` that are not cached yet, training
-    them ``train.models_per_step`` at a time. Artifacts are exactly those of
-    ``pipeline.get_pool_model`` (same key, same fields), so ``train_pool`` then just loads them.
-    Returns the indices trained here."""
-    from src.cache import cache_key
-    from src.data import data_digest
-    from src.pipeline import _model_seed, model_key
-    from src.training.pool import evaluate_accuracy, resolve_device
-
-    digest = digest or data_digest(data)
-    device = resolve_device(cfg.get("device", "auto"))
-    indices = list(range(keep.shape[0]) if indices is None else indices)
-    todo = [m for m in indices if not store.exists("models", cache_key(model_key(cfg, digest, m)))]
-    k = max(1, int(cfg.train.get("models_per_step", 4)))
-    trained = []
-    for g in range(0, len(todo), k):
-        group = todo[g:g + k]
-        # hold every model's lock while the group trains: a parallel job needing one of them waits
-        with contextlib.ExitStack() as locks:
-            for m in group:
-                locks.enter_context(store._lock(store.paths("models", cache_key(model_key(cfg, digest, m)))[2]))
-            group = [m for m in group if not store.exists("models", cache_key(model_key(cfg, digest, m)))]
-            if not group:
-                continue
-            members = [torch.from_numpy(np.flatnonzero(keep[m])) for m in group]
-            log.info("pool (fast): training models %s together", group)
-            models = train_models_fast(cfg, data, members, [_model_seed(cfg, m) for m in group], device,
-                                       [f"pool model {m}" for m in group], logger)
-            for m, mem, model in zip(group, members, models):
-                art = {"state_dict": model.state_dict(),
-                       "test_acc": evaluate_accuracy(model, data.x_test, data.y_test, data.mean, data.std, device),
-                       "train_acc": evaluate_accuracy(model, data.x_train[mem], data.y_train[mem], data.mean,
-                                                      data.std, device)}
-                key = model_key(cfg, digest, m)
-                store.save("models", cache_key(key), art, key)
-            trained += group
-    return trained
-
-
-# ------------------------------------------------------------------------------------------ scoring
-@torch.no_grad()
-def compute_phi_fast(models: list[nn.Module], x_uint8: torch.Tensor, y: torch.Tensor, mean, std, queries,
-                     device="cpu", batch_size: int = 4096, bf16: bool = True,
-                     channels_last: bool = True) -> np.ndarray:
-    """φ [M, N, Q] float32 of every model, example and query view (``scores.compute_phi`` for M
-    models at once). Data uploaded once, each view built once per batch and shared by all models,
-    results kept on the device until the end (one transfer). bf16 autocast and channels_last apply
-    on CUDA only; on CPU this equals ``compute_phi`` up to float32 rounding."""
-    dev = torch.device(device)
-    cuda = dev.type == "cuda"
-    bf16, channels_last = bf16 and cuda, channels_last and cuda
-    x = x_uint8.to(dev)
-    yd = y.to(dev).long()
-    norm = _normalizer(mean, std, dev)
-    out = torch.empty(len(models), len(y), len(queries), device=dev, dtype=torch.float32)
-    prepared = []
-    for m in models:
-        m = m.to(dev).eval()
-        prepared.append(m.to(memory_format=torch.channels_last) if channels_last else m)
-    ctx = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-    with ctx:
-        for i in range(0, len(y), batch_size):
-            xb, yb = x[i:i + batch_size], yd[i:i + batch_size]
-            for q, name in enumerate(queries):
-                xq = norm(apply_query(xb, name))
-                if channels_last:
-                    xq = xq.contiguous(memory_format=torch.channels_last)
-                for j, m in enumerate(prepared):
-                    out[j, i:i + len(yb), q] = logit_confidence(m(xq), yb)
-    res = out.cpu().numpy()
-    for m in prepared:
-        (m.to(memory_format=torch.contiguous_format) if channels_last else m).cpu()
-    return res

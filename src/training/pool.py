@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from src.data import ImageData, normalize
 from src.models import build_model
 
+from .fast import train_models_fast, use_fast_path
 from .module import Classifier, curve_prefix
 
 log = logging.getLogger(__name__)
@@ -37,12 +38,22 @@ def _quiet_lightning():
         lg.setLevel(level)
 
 
+def train_models(cfg, data: ImageData, members: list[torch.Tensor], seeds: list[int], device: str,
+                 names: list[str] | None = None, logger=None) -> list[nn.Module]:
+    """Train fresh ``cfg.model``s, model k on ``data.x_train[members[k]]`` with seed ``seeds[k]``.
+    The fast path (``train.fast``; 'auto' = on CUDA) trains them together; the plain Lightning path
+    one after the other. Returns them on CPU, eval mode."""
+    names = names or [f"model {k}" for k in range(len(seeds))]
+    if use_fast_path(cfg, device):
+        return train_models_fast(cfg, data, members, seeds, device, names, logger)
+    return [train_model(cfg, data, m, s, n, logger, device) for m, s, n in zip(members, seeds, names)]
+
+
 def train_model(cfg, data: ImageData, member_idx: torch.Tensor, seed: int, name: str = "model",
-                logger=None) -> nn.Module:
-    """Train a fresh ``cfg.model`` on ``data.x_train[member_idx]``; returns it on CPU, eval mode."""
-    from .fast import train_models_fast, use_fast_path  # fast path: train.fast (auto = CUDA only)
-    if use_fast_path(cfg, dev := resolve_device(cfg.get("device", "auto"))):
-        return train_models_fast(cfg, data, [member_idx], [seed], dev, [name], logger)[0]
+                logger=None, device: str | None = None) -> nn.Module:
+    """Train a fresh ``cfg.model`` on ``data.x_train[member_idx]`` through a Lightning Trainer (the
+    plain path); returns it on CPU, eval mode."""
+    device = device or resolve_device(cfg.get("device", "auto"))
     L.seed_everything(seed, workers=True, verbose=False)
     model = build_model(cfg.model, data.num_classes, data.in_channels)
     x, y = data.x_train[member_idx], data.y_train[member_idx]
@@ -55,7 +66,7 @@ def train_model(cfg, data: ImageData, member_idx: torch.Tensor, seed: int, name:
                         int(aug.get("pad", 0)), bool(aug.get("flip", False)), cfg.train.get("schedule", "cosine"),
                         name=name, num_classes=data.num_classes,
                         prefix=curve_prefix(name, cfg.get("n_models")))  # pool/mNN/train_loss|train_acc
-    accel = "gpu" if resolve_device(cfg.get("device", "auto")).startswith("cuda") else "cpu"
+    accel = "gpu" if str(device).startswith("cuda") else "cpu"
     with _quiet_lightning():  # the Trainer's device banner
         trainer = L.Trainer(max_epochs=int(cfg.train.epochs), accelerator=accel, devices=1,
                             precision=cfg.train.get("precision", "32-true"), logger=logger if logger else False,

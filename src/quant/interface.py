@@ -1,0 +1,92 @@
+"""The quantization interface: one function for every method (REFERENCE.md "Quantizers").
+
+``quantize(model, bits, qcfg, policy, calib_x)`` copies the full-precision model, folds BatchNorm
+(``quant.fold_bn``, default true, as PTQ reference pipelines do), assigns per-layer bits with the
+``bitwidth`` policy and hands the copy to the method, which replaces each Conv2d/Linear weight by
+fake-quantized float weights on its grid and returns the integer export (codes, scales, zero points).
+
+Each method has the signature ``fn(model, layer_bits, cfg, calib_x, device) -> export`` and modifies
+``model`` in place; ``calib_x`` holds normalised calibration images (the target's members by default).
+A method is one module, one line in :data:`QUANTIZERS` and one ``conf/quant/<name>.yaml``.
+"""
+from __future__ import annotations
+
+import copy
+import importlib
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .bn_fold import fold_batchnorm
+from .grid import check_bits
+from .policy import layer_bits as policy_layer_bits
+
+_HESSIAN_SPEED = ("row_batch", "max_mem_gb", "cpu_threads", "calib_batch")
+
+
+@dataclass(frozen=True)
+class Quantizer:
+    """A registry entry: where the method lives and what the rest of the system needs to know."""
+
+    module: str
+    fn: str
+    needs_calibration: bool = True   # calibration images (and an iteration budget, where it has one)
+    speed_keys: tuple[str, ...] = ()  # config keys that change speed or display only: not in the cache key
+    strength_key: str | None = None   # matched-utility controls: the key that sets their strength (bits do not apply)
+    iterative: bool = True            # has an iteration budget (``iters``); OBC/GPTQ are one-shot
+
+    def load(self):
+        return getattr(importlib.import_module(self.module), self.fn)
+
+
+QUANTIZERS: dict[str, Quantizer] = {
+    "rtn": Quantizer("src.quant.rtn", "quantize_rtn", needs_calibration=False, iterative=False),
+    "adaround": Quantizer("src.quant.adaround", "quantize_adaround"),
+    "brecq": Quantizer("src.quant.brecq", "quantize_brecq"),
+    "obc": Quantizer("src.quant.obc", "quantize_obc", speed_keys=_HESSIAN_SPEED, iterative=False),
+    "gptq": Quantizer("src.quant.gptq", "quantize_gptq", speed_keys=_HESSIAN_SPEED, iterative=False),
+    "noise": Quantizer("src.quant.noise", "perturb_noise", needs_calibration=False, strength_key="sigma",
+                       iterative=False),
+    "prune": Quantizer("src.quant.prune", "prune_magnitude", needs_calibration=False,
+                       strength_key="sparsity", iterative=False),
+}
+FULL_PRECISION = ("none", "fp")
+# views of the registry, for the call sites that need one fact
+METHODS = tuple(QUANTIZERS)
+NEEDS_CALIBRATION = tuple(n for n, q in QUANTIZERS.items() if q.needs_calibration)
+CONTROLS = {n: q.strength_key for n, q in QUANTIZERS.items() if q.strength_key}
+
+
+@dataclass
+class QuantResult:
+    model: nn.Module
+    layer_bits: dict[str, float] = field(default_factory=dict)
+    export: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def quantize(model: nn.Module, bits: float, qcfg, policy: str = "uniform", calib_x: torch.Tensor | None = None,
+             dataset: str = "", device: str | torch.device | None = None) -> QuantResult:
+    name = qcfg.name
+    if name in FULL_PRECISION:
+        return QuantResult(copy.deepcopy(model).eval())
+    if name not in QUANTIZERS:
+        raise ValueError(f"quant.name={name!r}: allowed: {', '.join(FULL_PRECISION + METHODS)}")
+    bits = check_bits(bits)
+    t0 = time.perf_counter()
+    qmodel = copy.deepcopy(model).cpu().eval()
+    if qcfg.get("fold_bn", True):
+        fold_batchnorm(qmodel)
+    bits_per_layer = policy_layer_bits(qmodel, bits, policy, dataset)
+    if name in CONTROLS:  # weights stay float32: bits do not apply
+        bits_per_layer = {n: 32.0 for n in bits_per_layer}
+    method = QUANTIZERS[name].load()
+    export = method(qmodel, bits_per_layer, qcfg, calib_x, device)
+    qmodel = qmodel.cpu().eval()
+    modules = dict(qmodel.named_modules())
+    for name, entry in export.items():  # float bias (BN folded in) so each layer can be rebuilt from the export
+        bias = modules[name].bias
+        entry["bias"] = None if bias is None else bias.detach().float().cpu().clone()
+    return QuantResult(qmodel, bits_per_layer, export, time.perf_counter() - t0)
