@@ -266,7 +266,7 @@ def bench_quant(data, spec, device, methods, out: dict | None = None, deadline: 
     """Fills ``out`` (returned) method by method; ``on_row()`` after each (incremental JSON);
     methods that would start after ``deadline`` (perf_counter) are reported as skipped."""
     from src.data import normalize
-    from src.quant import quantize
+    from src.quant import quant_config, quantize
 
     out = {} if out is None else out
     for m in methods:
@@ -275,7 +275,7 @@ def bench_quant(data, spec, device, methods, out: dict | None = None, deadline: 
             out[m] = {"error": "skipped: time budget"}
             continue
         try:
-            qcfg = OmegaConf.load(REPO / "conf" / "quant" / f"{m}.yaml")
+            qcfg = quant_config(m)
             qcfg.progress = False
             model_name = spec["quant_model"].get(m, spec["model"])
             n_calib = int(qcfg.get("n_calib", 1024)) if spec["quant_calib"] is None else spec["quant_calib"]

@@ -226,7 +226,9 @@ def quant_methods() -> list[str]:
 
 
 def _quant_yaml(method: str):
-    return OmegaConf.load(REPO / "conf" / "quant" / f"{method}.yaml")
+    from src.quant import quant_config
+
+    return quant_config(method)
 
 
 @contextlib.contextmanager

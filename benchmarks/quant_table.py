@@ -60,7 +60,7 @@ def run(bits: list[float], methods: list[str], out: str, overrides: list[str] | 
                 source, idx = P.calibration_indices(qc, data, keep, 0)
                 x_src = data.x_test if source == "test" else data.x_train
                 calib_x = normalize(x_src[torch.from_numpy(idx)], data.mean, data.std)
-                qcfg = OmegaConf.merge(qc.quant, {"seed": int(qc.seed), "progress": False})
+                qcfg = OmegaConf.merge(OmegaConf.to_container(qc.quant, resolve=True), {"seed": int(qc.seed), "progress": False})
                 r = quantize(fp_model, float(b), qcfg, qc.bitwidth.policy, calib_x, qc.dataset.name, device)
                 row["acc"][str(b)] = evaluate_accuracy(r.model, data.x_test, data.y_test, data.mean, data.std, device)
                 row["seconds"][str(b)] = r.seconds

@@ -113,8 +113,11 @@ def get_scores(cfg, data: ImageData, model_cfg_key: dict, model_fn, store: Artif
     queries = list(cfg.dataset.get("queries", ["identity", "mirror"]))
     key = {"kind": "scores", "model": cache_key(model_cfg_key), "queries": queries}
     device = device or resolve_device(cfg.get("device", "auto"))
+    aug = cfg.dataset.get("augment", {}) or {}
+    seed = int(cache_key(model_cfg_key)[:8], 16)  # random_aug queries: draws of their own per model
     art, _ = store.get_or_create("scores", key, lambda: {
-        "phi": compute_phi(model_fn(), data.x_train, data.y_train, data.mean, data.std, queries, device)})
+        "phi": compute_phi(model_fn(), data.x_train, data.y_train, data.mean, data.std, queries, device, seed=seed,
+                           augment=(int(aug.get("pad", 0)), bool(aug.get("flip", False))))})
     return art["phi"]
 
 
@@ -166,6 +169,39 @@ def calibration_indices(cfg, data: ImageData, keep: np.ndarray, index: int) -> t
     return source, np.sort(rng.choice(pool_idx, size=n, replace=False))
 
 
+def calibration_augment(cfg, data: ImageData):
+    """``quant.calib_augment=crop_flip``: the training augmentation (``dataset.augment``) applied to
+    the normalised calibration images at every draw; None for ``none``."""
+    if cfg.quant.get("calib_augment", "none") != "crop_flip":
+        return None
+    from src.data.augment import normalized_crop_flip
+
+    aug = cfg.dataset.get("augment", {}) or {}
+    return normalized_crop_flip(int(aug.get("pad", 0)), bool(aug.get("flip", False)), data.mean, data.std)
+
+
+def bn_tune(cfg, data: ImageData, keep: np.ndarray, index: int, model: nn.Module, augment, device) -> np.ndarray:
+    """``quant.bn_tune``: re-estimate the quantized model's BatchNorm statistics (src/quant/bn_tune.py)
+    on ``quant.bn_tune_images`` images drawn from the target's members (``members``) or from the whole
+    training set (``train``, the study's code). Returns the training-set indices it read."""
+    source = cfg.quant.get("bn_tune", "none")
+    if source == "none":
+        return np.array([], dtype=np.int64)
+    from src.data import normalize
+    from src.quant.bn_tune import retune_batchnorm
+
+    pool_idx = np.flatnonzero(keep[index]) if source == "members" else np.arange(len(data.y_train))
+    rng = np.random.default_rng(int(cfg.seed) * 7_927 + index)
+    chosen = np.sort(rng.choice(pool_idx, size=min(int(cfg.quant.get("bn_tune_images", 1024)), len(pool_idx)),
+                                replace=False))
+    images = normalize(data.x_train[torch.from_numpy(chosen)], data.mean, data.std)
+    gen = torch.Generator().manual_seed(int(cfg.seed) + index)
+    used = retune_batchnorm(model, images, int(cfg.quant.get("bn_tune_batches", 100)),
+                            int(cfg.quant.get("bn_tune_batch_size", 128)), gen, augment, device)
+    log.info("bn_tune: BatchNorm statistics of model %d re-estimated on %d %s images", index, len(chosen), source)
+    return np.unique(chosen[used.numpy()])
+
+
 def quant_key(cfg, pool_model_key: dict) -> dict:
     spec = QUANTIZERS[cfg.quant.name]
     # keys that do not change the quantized model: speed/display, and the embedded default's shared
@@ -207,10 +243,13 @@ def quantize_pool_model(cfg, data: ImageData, keep: np.ndarray, index: int, stor
                else f"{cfg.bits} bits ({cfg.bitwidth.policy} policy)")
         log.info("quantize: model %d with %s at %s, %d %s calibration images",
                  index, cfg.quant.name, how, len(idx), source or "no")
-        res = quantize(fp_model, float(cfg.bits), qcfg, cfg.bitwidth.policy, calib_x, cfg.dataset.name, device)
+        augment = calibration_augment(cfg, data)
+        res = quantize(fp_model, float(cfg.bits), qcfg, cfg.bitwidth.policy, calib_x, cfg.dataset.name, device,
+                       augment)
+        bn_idx = bn_tune(cfg, data, keep, index, res.model, augment, device)
         members = torch.from_numpy(np.flatnonzero(keep[index]))
         return {"state_dict": res.model.state_dict(), "layer_bits": res.layer_bits, "export": res.export,
-                "seconds": res.seconds, "calib_idx": idx, "calib_source": source,
+                "seconds": res.seconds, "calib_idx": idx, "calib_source": source, "bn_tune_idx": bn_idx,
                 "fold_bn": bool(cfg.quant.get("fold_bn", True)),
                 "test_acc": evaluate_accuracy(res.model, data.x_test, data.y_test, data.mean, data.std, device),
                 "train_acc": evaluate_accuracy(res.model, data.x_train[members], data.y_train[members], data.mean,

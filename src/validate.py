@@ -148,9 +148,31 @@ def validate(cfg) -> None:
     if "scope" in q:
         _need(q.scope in ("layer", "global"), f"quant.scope={q.scope}: allowed: layer, global")
     if q.name not in FULL_PRECISION:
-        _need(not (q.name == "adaround" and q.get("fold_bn", True) is False),
+        _need(not (q.name == "adaround" and q.get("fold_bn", True) is False and q.get("activation_in_loss", True)),
               "quant.fold_bn=false: AdaRound reconstructs each layer with its activation (conv → ReLU), "
-              "which is only its real output with BatchNorm folded; allowed: true")
+              "which is only its real output with BatchNorm folded; allowed: true, or "
+              "quant.activation_in_loss=false (reconstruct the raw conv output, as the study's code)")
+        aug = q.get("calib_augment", "none")
+        _need(aug in ("none", "crop_flip"), f"quant.calib_augment={aug}: allowed: none, crop_flip")
+        _need(aug == "none" or q.name in NEEDS_CALIBRATION,
+              f"quant.calib_augment={aug}: quant={q.name} uses no calibration images; allowed: none")
+        _need(not (aug != "none" and q.get("loss", "mse") != "mse"),
+              f"quant.loss={q.get('loss')}: its Fisher weights belong to fixed calibration images; "
+              f"with quant.calib_augment={aug} allowed: mse")
+        passes = _int(cfg, "quant.calib_passes", q.get("calib_passes", 1), 1)
+        _need(passes == 1 or aug != "none",
+              f"quant.calib_passes={passes}: repeated passes only differ with quant.calib_augment=crop_flip; allowed: 1")
+        tune = q.get("bn_tune", "none")
+        _need(tune in ("none", "members", "train"), f"quant.bn_tune={tune}: allowed: none, members, train")
+        _need(tune == "none" or q.get("fold_bn", True) is False,
+              f"quant.bn_tune={tune}: needs BatchNorm left in the model; set quant.fold_bn=false")
+        for k in ("bn_tune_images", "bn_tune_batches", "bn_tune_batch_size"):
+            if k in q:
+                _int(cfg, f"quant.{k}", q[k], 1)
+        tern = q.get("ternary", "symmetric")
+        _need(tern in ("symmetric", "affine"), f"quant.ternary={tern}: allowed: symmetric, affine")
+        _need(not (tern == "affine" and q.get("init", "lp") in ("absmean", "twn")),
+              f"quant.init={q.get('init')}: a symmetric ternary baseline; with quant.ternary=affine allowed: lp, minmax")
         if "init" in q:
             _need(q.init in INIT_METHODS, f"quant.init={q.init}: allowed: {', '.join(INIT_METHODS)}")
         cal = q.get("calibration", "members")

@@ -9,7 +9,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from src.models import build_model, structure_of
+from src.models import build_model
 from src.quant import quantize
 from src.quant.adaround import layer_units, relu_followed_layers
 from src.quant.bn_fold import fold_batchnorm

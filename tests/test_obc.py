@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import itertools
 import logging
-import os
 
 import pytest
 import torch
@@ -37,9 +36,10 @@ def rtn_cfg():
 
 
 def shipped_cfg():
-    """conf/quant/obc.yaml as shipped (sequential: false), progress bar off."""
-    cfg = OmegaConf.load(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                      "conf", "quant", "obc.yaml"))
+    """conf/quant/obc.yaml as shipped (sequential: false), composed with the default protocol, progress off."""
+    from src.quant import quant_config
+
+    cfg = quant_config("obc")
     cfg.progress = False
     return cfg
 

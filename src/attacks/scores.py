@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from src.data.augment import apply_query, normalize, normalizer
+from src.data.augment import RANDOM_QUERY, apply_query, normalize, normalizer, random_crop_flip
 
 
 def logit_confidence(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -26,15 +26,20 @@ def logit_confidence(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def compute_phi(model: nn.Module, x_uint8: torch.Tensor, y: torch.Tensor, mean, std, queries,
-                device: str = "cpu", batch_size: int = 1024) -> np.ndarray:
-    """φ [N, Q] float32 for every example and query view."""
+                device: str = "cpu", batch_size: int = 1024, seed: int = 0,
+                augment: tuple[int, bool] = (0, False)) -> np.ndarray:
+    """φ [N, Q] float32 for every example and query view. A ``random_aug`` view is a random crop
+    (pad ``augment[0]``) + flip (``augment[1]``) with its own generator per (``seed``, query): each model
+    (seed) sees its own draws, not aligned across models, as in the study's code."""
     model = model.to(device).eval()
     out = np.empty((len(y), len(queries)), dtype=np.float32)
+    gens = {q: torch.Generator().manual_seed(int(seed) * 1_000 + q) for q, n in enumerate(queries) if n == RANDOM_QUERY}
     for i in range(0, len(y), batch_size):
         xb = x_uint8[i:i + batch_size].to(device)
         yb = y[i:i + batch_size].to(device)
         for q, name in enumerate(queries):  # views made on raw pixels, as training augmentation is
-            logits = model(normalize(apply_query(xb, name), mean, std))
+            view = random_crop_flip(xb, int(augment[0]), bool(augment[1]), gens[q]) if q in gens else apply_query(xb, name)
+            logits = model(normalize(view, mean, std))
             out[i:i + len(yb), q] = logit_confidence(logits, yb).cpu().numpy()
     model.cpu()
     return out

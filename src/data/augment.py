@@ -41,15 +41,20 @@ def random_crop_flip(x: torch.Tensor, pad: int, flip: bool, generator: torch.Gen
 _SHIFT = re.compile(r"^shift_(-?\d+)_(-?\d+)$")
 
 
+RANDOM_QUERY = "random_aug"  # a random crop + flip (dataset.augment), drawn per model (the study's code)
+
+
 def check_query(name: str) -> None:
-    if name not in ("identity", "mirror") and not _SHIFT.match(name):
-        raise ValueError(f"query {name!r} is not known; allowed: identity, mirror, shift_<dx>_<dy> "
+    if name not in ("identity", "mirror", RANDOM_QUERY) and not _SHIFT.match(name):
+        raise ValueError(f"query {name!r} is not known; allowed: identity, mirror, random_aug, shift_<dx>_<dy> "
                          f"(e.g. shift_1_0)")
 
 
 def apply_query(x: torch.Tensor, name: str) -> torch.Tensor:
     """One deterministic view of a batch: identity, mirror, or a zero-filled shift by (dx, dy) pixels."""
     check_query(name)
+    if name == RANDOM_QUERY:
+        raise ValueError("query random_aug has no fixed view: it is drawn per model by scores.compute_phi")
     if name == "identity":
         return x
     if name == "mirror":
@@ -69,3 +74,16 @@ def normalizer(mean, std, device):
     m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1).to(device)
     s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1).to(device)
     return lambda x: (x.float().div_(255.0) - m) / s
+
+
+def normalized_crop_flip(pad: int, flip: bool, mean, std):
+    """``random_crop_flip`` for images that are already normalised: the padding takes the value a
+    black pixel has after normalisation (−mean/std), so the result equals augmenting the raw image
+    and normalising it afterwards (crop and flip only move pixels)."""
+    black = (-torch.tensor(mean, dtype=torch.float32) / torch.tensor(std, dtype=torch.float32)).view(1, -1, 1, 1)
+
+    def augment(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        b = black.to(x.device, x.dtype)
+        return random_crop_flip(x - b, pad, flip, generator) + b
+
+    return augment

@@ -150,13 +150,18 @@ def _decode_files(paths: list[str], size: int | None) -> list:
     return out
 
 
+MAX_DECODE_WORKERS = 8  # each worker imports torch (~0.3 GB); 8 decode 60k small JPEGs in seconds
+
+
 def _workers() -> int:
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        n = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
+        n = os.cpu_count() or 1
+    return max(1, min(n, MAX_DECODE_WORKERS))
 
 
+DECODER = "pil-rgb-bilinear-1"  # part of the decoded-cache key: change it when decoding changes
 PARALLEL_MIN_FILES = 2000   # below this, worker start-up (~1-2 s) costs more than it saves
 CHUNK = 500
 
@@ -216,8 +221,8 @@ def _subset(n: int, limit, seed: int) -> np.ndarray:
 
 
 def _list_split(root_p: Path, split: str, classes: list[str], key: str) -> tuple[list[Path], list[int], list]:
-    """Image files of one split in (class, name) order, their labels, and (size, mtime) per file
-    from the same directory scan (for the fingerprint)."""
+    """Image files of one split in (class, name) order, their labels, and (relative name, size,
+    mtime) per file from the same directory scan (for the fingerprint)."""
     files, labels, stats = [], [], []
     for i, c in enumerate(classes):
         d = root_p / split / c
@@ -285,7 +290,8 @@ def load_imagefolder(root: str | None, image_size: int | None = None, name: str 
 
         fp = folder_fingerprint(listing["train"][2] + listing["test"][2])
         art, _ = ArtifactStore(cache_dir).get_or_create(
-            "decoded", {"kind": "imagefolder", "fingerprint": fp, "image_size": image_size}, decode)
+            "decoded", {"kind": "imagefolder", "fingerprint": fp, "image_size": image_size,
+                        "decoder": DECODER}, decode)
     else:
         art = decode()
     tr = torch.from_numpy(_subset(len(art["y_train"]), max_train, seed))

@@ -27,10 +27,11 @@ def relu_followed_layers(model: nn.Module) -> set[str]:
     return set(structure_of(model, "AdaRound").relu_after)
 
 
-def layer_units(model: nn.Module, layer_names: list[str]) -> list[Unit]:
+def layer_units(model: nn.Module, layer_names: list[str], activation_in_loss: bool = True) -> list[Unit]:
     """One unit per layer: the layer followed by its activation f_a (a fresh ReLU instance, so no
-    module of the model is replaced or shared)."""
-    relu = relu_followed_layers(model)
+    module of the model is replaced or shared). ``activation_in_loss=False`` (the study's code, with
+    BatchNorm not folded) reconstructs every layer's raw output, f_a = identity."""
+    relu = relu_followed_layers(model) if activation_in_loss else set()
     units = []
     for name in layer_names:
         layer = model.get_submodule(name)
@@ -39,6 +40,8 @@ def layer_units(model: nn.Module, layer_names: list[str]) -> list[Unit]:
     return units
 
 
-def quantize_adaround(model: nn.Module, layer_bits: dict[str, float], cfg, calib_x, device=None) -> dict:
+def quantize_adaround(model: nn.Module, layer_bits: dict[str, float], cfg, calib_x, device=None, augment=None) -> dict:
     names = list(layer_bits)
-    return reconstruct(model, layer_bits, cfg, calib_x, device, lambda m: layer_units(m, names), "AdaRound")
+    act = bool(cfg.get("activation_in_loss", True))
+    return reconstruct(model, layer_bits, cfg, calib_x, device, lambda m: layer_units(m, names, act), "AdaRound",
+                       augment=augment)

@@ -171,7 +171,7 @@ def kl_grad_weights(qmodel: nn.Module, fp_model: nn.Module, calib_x: torch.Tenso
     return w / mean
 
 
-def quantize_brecq(model: nn.Module, layer_bits: dict[str, float], cfg, calib_x, device=None) -> dict:
+def quantize_brecq(model: nn.Module, layer_bits: dict[str, float], cfg, calib_x, device=None, augment=None) -> dict:
     loss = cfg.get("loss", "mse")
     if loss not in LOSSES:
         raise ValueError(f"quant.loss={loss!r}: allowed: {', '.join(LOSSES)}")
@@ -181,7 +181,11 @@ def quantize_brecq(model: nn.Module, layer_bits: dict[str, float], cfg, calib_x,
         weight_fn = FisherWeights(int(cfg.get("fisher_samples", 16)), int(cfg.get("seed", 0)))
     elif loss == "fisher_kl":
         weight_fn = KLGradWeights()
-    return reconstruct(model, layer_bits, cfg, calib_x, device, lambda m: block_units(m, names), "BRECQ", weight_fn)
+    if weight_fn is not None and augment is not None:
+        raise ValueError(f"quant.loss={loss}: its weights belong to fixed calibration images; "
+                         f"allowed with quant.calib_augment=crop_flip: mse")
+    return reconstruct(model, layer_bits, cfg, calib_x, device, lambda m: block_units(m, names), "BRECQ", weight_fn,
+                       augment)
 
 
 class FisherWeights:

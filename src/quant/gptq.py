@@ -60,7 +60,7 @@ def gptq_layer(W: torch.Tensor, H: torch.Tensor, grid: ChannelGrid, damp: float 
 
 @torch.no_grad()
 def quantize_gptq(model: nn.Module, layer_bits: dict[str, float], cfg, calib_x: torch.Tensor | None = None,
-                  device=None) -> dict:
+                  device=None, augment=None) -> dict:
     """GPTQ every layer of ``layer_bits`` in forward order, in place. cfg keys (conf/quant/gptq.yaml):
     damp, block_size, act_order, init, p, symmetric, sequential, fp_target, calib_batch, progress."""
     damp, block_size, act_order = float(cfg.get("damp", 0.01)), int(cfg.get("block_size", 128)), bool(
@@ -72,4 +72,4 @@ def quantize_gptq(model: nn.Module, layer_bits: dict[str, float], cfg, calib_x: 
             on_batch(W.shape[0])
         return out
 
-    return quantize_with_hessians(model, layer_bits, cfg, calib_x, device, solve, "GPTQ")
+    return quantize_with_hessians(model, layer_bits, cfg, calib_x, device, solve, "GPTQ", augment)

@@ -4,7 +4,10 @@ A grid maps a weight w of output channel c to an integer code q ∈ [qmin, qmax]
     q = clamp(round(w / s_c) + z_c, qmin, qmax),   ŵ = s_c · (q − z_c).
 b ∈ {1..8} bits give 2^b levels: asymmetric (default, qmin = 0, qmax = 2^b − 1, z_c chosen so that
 the channel's clipped range [lo, hi] ∋ 0 fits) or symmetric (qmin = −2^(b−1), qmax = 2^(b−1) − 1, z = 0).
-1.58 bits is ternary: three levels {−δ, 0, +δ} (qmin = −1, qmax = 1, z = 0) whatever ``symmetric`` says.
+1.58 bits is ternary: three levels {−δ, 0, +δ} (qmin = −1, qmax = 1, z = 0) whatever ``symmetric`` says;
+``ternary="affine"`` (the study's code) is instead the asymmetric grid with three codes {0, 1, 2}:
+s = (hi − lo)/2, z = round(−lo/s) = round(−2·lo/(hi − lo)), which is one-sided ({0, δ, 2δ} or
+{−2δ, −δ, 0}) when the channel's range lies mostly on one side of 0.
 
 The clipping range is initialised by a search for the minimum ‖W − Q(W)‖_p per channel over shrunk
 ranges α·[lo, hi] (p = 2.4 by default, as in the BRECQ/AdaRound reference setting); ``minmax`` skips
@@ -20,6 +23,7 @@ import torch
 TERNARY = 1.58
 VALID_BITS = (1, 2, 3, 4, 5, 6, 7, 8, TERNARY)
 INIT_METHODS = ("lp", "minmax", "absmean", "twn")
+TERNARY_GRIDS = ("symmetric", "affine")
 
 
 def check_bits(bits: float, key: str = "bits") -> float:
@@ -77,9 +81,13 @@ class ChannelGrid:
                 "qmin": self.qmin, "qmax": self.qmax, "bits": self.bits}
 
 
-def _range_grid(lo: torch.Tensor, hi: torch.Tensor, bits: float, symmetric: bool) -> ChannelGrid:
+def _range_grid(lo: torch.Tensor, hi: torch.Tensor, bits: float, symmetric: bool,
+                ternary: str = "symmetric") -> ChannelGrid:
     """Grid whose representable range covers [lo, hi] (lo ≤ 0 ≤ hi) per channel."""
     eps = 1e-8
+    if is_ternary(bits) and ternary == "affine":
+        scale = ((hi - lo) / 2).clamp_min(eps)
+        return ChannelGrid(scale, torch.clamp(torch.round(-lo / scale), 0, 2), 0, 2, bits)
     if is_ternary(bits):
         delta = torch.maximum(hi.abs(), lo.abs()).clamp_min(eps)
         return ChannelGrid(delta, torch.zeros_like(delta), -1, 1, bits)
@@ -96,12 +104,15 @@ def _range_grid(lo: torch.Tensor, hi: torch.Tensor, bits: float, symmetric: bool
 
 
 def init_grid(w: torch.Tensor, bits: float, symmetric: bool = False, method: str = "lp", p: float = 2.4,
-              n_candidates: int = 80) -> ChannelGrid:
+              n_candidates: int = 80, ternary: str = "symmetric") -> ChannelGrid:
     """Choose the per-channel grid of weight ``w`` [C_out, ...] (see module docstring)."""
     if method not in INIT_METHODS:
         raise ValueError(f"quant.init={method!r}: allowed: {', '.join(INIT_METHODS)}")
+    if ternary not in TERNARY_GRIDS:
+        raise ValueError(f"quant.ternary={ternary!r}: allowed: {', '.join(TERNARY_GRIDS)}")
+    affine = is_ternary(bits) and ternary == "affine"
     w2 = w.detach().reshape(w.shape[0], -1).float()
-    if method in ("absmean", "twn"):
+    if method in ("absmean", "twn") and not affine:
         if not is_ternary(bits):
             raise ValueError(f"quant.init={method}: only defined for ternary weights (bits=1.58), got bits={bits}")
         absw = w2.abs()
@@ -114,16 +125,16 @@ def init_grid(w: torch.Tensor, bits: float, symmetric: bool = False, method: str
         return ChannelGrid(delta, torch.zeros_like(delta), -1, 1, TERNARY)
     lo = w2.min(1).values.clamp(max=0.0)
     hi = w2.max(1).values.clamp(min=0.0)
-    if is_ternary(bits) or symmetric:
+    if (is_ternary(bits) and not affine) or symmetric:
         amax = torch.maximum(lo.abs(), hi)
         lo, hi = -amax, amax
-    best = _range_grid(lo, hi, bits, symmetric)
+    best = _range_grid(lo, hi, bits, symmetric, ternary)
     if method == "minmax":
         return best
     best_err = (w2 - best.fake_quant(w2)).abs().pow(p).sum(1)
     for i in range(1, n_candidates):
         alpha = 1.0 - i / n_candidates
-        g = _range_grid(lo * alpha, hi * alpha, bits, symmetric)
+        g = _range_grid(lo * alpha, hi * alpha, bits, symmetric, ternary)
         err = (w2 - g.fake_quant(w2)).abs().pow(p).sum(1)
         better = err < best_err
         if better.any():

@@ -59,6 +59,23 @@ NEEDS_CALIBRATION = tuple(n for n, q in QUANTIZERS.items() if q.needs_calibratio
 CONTROLS = {n: q.strength_key for n, q in QUANTIZERS.items() if q.strength_key}
 
 
+def quant_config(name: str, overrides: tuple[str, ...] = ()):
+    """``conf/quant/<name>.yaml`` as a job composes it (the protocol's keys resolved), as a plain
+    OmegaConf node: for code that quantizes outside a job (benchmarks)."""
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    conf = Path(__file__).resolve().parents[2] / "conf"
+    if GlobalHydra.instance().is_initialized():  # inside a Hydra app: compose needs its own context
+        GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose("config", overrides=[f"quant={name}", *overrides])
+    return OmegaConf.create(OmegaConf.to_container(cfg.quant, resolve=True))
+
+
 @dataclass
 class QuantResult:
     model: nn.Module
@@ -68,7 +85,9 @@ class QuantResult:
 
 
 def quantize(model: nn.Module, bits: float, qcfg, policy: str = "uniform", calib_x: torch.Tensor | None = None,
-             dataset: str = "", device: str | torch.device | None = None) -> QuantResult:
+             dataset: str = "", device: str | torch.device | None = None, augment=None) -> QuantResult:
+    """``augment(x, generator)``: random crop + flip of normalised calibration images
+    (``quant.calib_augment=crop_flip``), for the methods that take calibration data."""
     name = qcfg.name
     if name in FULL_PRECISION:
         return QuantResult(copy.deepcopy(model).eval())
@@ -83,7 +102,7 @@ def quantize(model: nn.Module, bits: float, qcfg, policy: str = "uniform", calib
     if name in CONTROLS:  # weights stay float32: bits do not apply
         bits_per_layer = {n: 32.0 for n in bits_per_layer}
     method = QUANTIZERS[name].load()
-    export = method(qmodel, bits_per_layer, qcfg, calib_x, device)
+    export = method(qmodel, bits_per_layer, qcfg, calib_x, device, **({"augment": augment} if augment else {}))
     qmodel = qmodel.cpu().eval()
     modules = dict(qmodel.named_modules())
     for name, entry in export.items():  # float bias (BN folded in) so each layer can be rebuilt from the export

@@ -292,7 +292,7 @@ def _progress(enabled: bool):
 
 @torch.no_grad()
 def quantize_obc(model: nn.Module, layer_bits: dict[str, float], cfg, calib_x: torch.Tensor | None = None,
-                 device=None) -> dict:
+                 device=None, augment=None) -> dict:
     """OBQ every layer of ``layer_bits`` in forward order, in place (see module docstring).
 
     cfg keys (conf/quant/obc.yaml): damp, row_batch, block, outlier, init, p, symmetric, sequential,
@@ -304,25 +304,31 @@ def quantize_obc(model: nn.Module, layer_bits: dict[str, float], cfg, calib_x: t
     def solve(W, H, grid, G, on_batch):
         return obq_layer(W, H, grid, damp, row_batch, block, outlier, max_mem_gb, on_batch=on_batch, G=G)
 
-    return quantize_with_hessians(model, layer_bits, cfg, calib_x, device, solve, "OBC")
+    return quantize_with_hessians(model, layer_bits, cfg, calib_x, device, solve, "OBC", augment)
 
 
 @torch.no_grad()
 def quantize_with_hessians(model: nn.Module, layer_bits: dict[str, float], cfg, calib_x: torch.Tensor | None,
-                           device, solve, label: str) -> dict:
+                           device, solve, label: str, augment=None) -> dict:
     """The layer loop shared by the Hessian-based methods (OBC, GPTQ): per layer in forward order,
     the per-channel grid, H = 2X̂X̂ᵀ (and G = 2X̂Xᵀ with ``fp_target``), ``solve(W, H, grid, G, on_batch)
     → (codes, target weights)``, then the weights are replaced in place.
 
     With ``sequential`` the Hessian of layer l is built from the inputs of the already-quantized
-    prefix; otherwise all Hessians come from the FP model first (the OBC paper).
+    prefix; otherwise all Hessians come from the FP model first (the OBC paper). With ``augment``
+    (``quant.calib_augment=crop_flip``) H accumulates over ``quant.calib_passes`` randomly cropped and
+    flipped copies of the calibration set (the study's code: 10 passes).
     """
     if calib_x is None or len(calib_x) == 0:
         raise ValueError(f"{label} needs calibration images (calib_x)")
     fabric = make_fabric(device)
     dev = fabric.device
     model = model.to(dev).eval()
-    x = calib_x.to(dev).float()
+    x = calib_x.float()
+    if augment is not None:
+        gen = torch.Generator().manual_seed(int(cfg.get("seed", 0)) + 7_919)
+        x = torch.cat([augment(x, gen) for _ in range(max(1, int(cfg.get("calib_passes", 1))))])
+    x = x.to(dev)
     modules = dict(model.named_modules())
     sequential = bool(cfg.get("sequential", False))
     bs = int(cfg.get("calib_batch", 128))
@@ -346,7 +352,7 @@ def quantize_with_hessians(model: nn.Module, layer_bits: dict[str, float], cfg, 
             Wt = layer.weight.data
             W = Wt.reshape(Wt.shape[0], -1).float()
             method = init if not (init in ("absmean", "twn") and not is_ternary(bits)) else "lp"
-            grid = init_grid(W, bits, symmetric, method, p).to(dev)
+            grid = init_grid(W, bits, symmetric, method, p, ternary=cfg.get("ternary", "symmetric")).to(dev)
             G = None
             if not sequential:
                 H = hessians.pop(name)

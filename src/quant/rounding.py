@@ -140,7 +140,8 @@ def layer_grid(weight: torch.Tensor, bits: float, cfg):
     method = cfg.get("init", "lp")
     if method in ("absmean", "twn") and not is_ternary(bits):
         method = "lp"  # ternary-only scale inits; other layers (e.g. 8-bit ends) use the L_p search
-    return init_grid(weight, bits, bool(cfg.get("symmetric", False)), method, float(cfg.get("p", 2.4)))
+    return init_grid(weight, bits, bool(cfg.get("symmetric", False)), method, float(cfg.get("p", 2.4)),
+                     ternary=cfg.get("ternary", "symmetric"))
 
 
 @torch.no_grad()
@@ -150,7 +151,7 @@ def _batched(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, bs: in
 
 def reconstruct(model: nn.Module, layer_bits: dict[str, float], cfg, calib_x: torch.Tensor, device,
                 build_units: Callable[[nn.Module], list[Unit]], title: str,
-                weight_fn: Callable | None = None) -> dict:
+                weight_fn: Callable | None = None, augment: Callable | None = None) -> dict:
     """Quantize ``model`` in place, unit by unit in forward order (see AdaRound / BRECQ docstrings).
 
     Per unit: x̂ = unit input in the already-quantized model, y = unit output of the FP model on
@@ -159,6 +160,10 @@ def reconstruct(model: nn.Module, layer_bits: dict[str, float], cfg, calib_x: to
     with Adam on V (ω = 1, or BRECQ's Fisher weights from ``weight_fn``). The reconstruction term
     sums over the channel axis and averages over the rest, the regulariser sums over all weights
     (the reference setting that λ = 0.01 was tuned for). Then hard rounding, weights written back.
+
+    With ``augment`` (``quant.calib_augment=crop_flip``, the study's code) every step draws a fresh
+    random crop + flip of its calibration batch, and the unit's inputs and FP target are recomputed
+    for it through both models, instead of being captured once on the fixed images.
     """
     if calib_x is None or len(calib_x) == 0:
         raise ValueError(f"quant.name={cfg.get('name')}: needs calibration images (calib_x is empty)")
@@ -194,12 +199,15 @@ def reconstruct(model: nn.Module, layer_bits: dict[str, float], cfg, calib_x: to
             names = {k: q for k, q in qu.params.items() if q in layer_bits}
             if not names:
                 continue
-            x_fp = calib_x.to(dev) if fu.entry is None else capture(fp_model, fp_model.get_submodule(fu.entry), calib_x,
-                                                                    device=dev, keep_output=False)[0]
-            x_q = calib_x.to(dev) if qu.entry is None else capture(model, model.get_submodule(qu.entry), calib_x,
-                                                                   device=dev, keep_output=False)[0]
-            target = _batched(fu.module, x_fp)
-            del x_fp
+            def unit_io(x, fu=fu, qu=qu):
+                """(quantized-prefix input, FP target) of this unit for images ``x``."""
+                x_fp = x.to(dev) if fu.entry is None else capture(fp_model, fp_model.get_submodule(fu.entry), x,
+                                                                  device=dev, keep_output=False)[0]
+                x_q = x.to(dev) if qu.entry is None else capture(model, model.get_submodule(qu.entry), x,
+                                                                 device=dev, keep_output=False)[0]
+                return x_q, _batched(fu.module, x_fp)
+
+            x_q, target = unit_io(calib_x) if augment is None else (None, None)
             grids = {q: layer_grid(modules[q].weight, layer_bits[q], cfg) for q in names.values()}
             omega = weight_fn(model, fp_model, qu, grids, calib_x) if weight_fn is not None else None
 
@@ -208,17 +216,22 @@ def reconstruct(model: nn.Module, layer_bits: dict[str, float], cfg, calib_x: to
             rounders, opt = fabric.setup(core, opt)
             task = progress.add_task(f"{title} {qu.name}", total=iters, loss=float("nan"))
             every = max(1, iters // 50)
-            n = len(x_q)
+            n = len(calib_x)
             # all batch indices drawn up front (same sequence as drawing per step) and moved to the
             # device once: no host-to-device copy, hence no implicit sync, inside the loop
             order = torch.stack([torch.randperm(n, generator=gen)[:bs] for _ in range(iters)]).to(dev) \
                 if iters > 0 else None
+            aug_gen = torch.Generator().manual_seed(int(cfg.get("seed", 0)) + 7_919)
             for t in range(iters):
                 idx = order[t]
                 beta = sched(t) if sched.active(t) else None
+                if augment is None:
+                    xb, yb = x_q[idx], target[idx]
+                else:  # a fresh augmented batch, pushed through the (partly quantized) prefix and the FP model
+                    xb, yb = unit_io(augment(calib_x[idx.cpu()], aug_gen))
                 weights, reg = rounders(beta)
-                out = functional_call(qu.module, weights, (x_q[idx],))
-                err = (out - target[idx]).pow(2)
+                out = functional_call(qu.module, weights, (xb,))
+                err = (out - yb).pow(2)
                 if omega is not None:
                     err = err * omega[idx]
                 rec = err.sum(1).mean()

@@ -17,7 +17,8 @@ def quantize_rtn(model: nn.Module, layer_bits: dict[str, float], cfg, calib_x=No
         method = cfg.get("init", "lp")
         if method in ("absmean", "twn") and not is_ternary(bits):
             method = "lp"  # ternary-only baselines; other layers of the policy (e.g. 8-bit ends) use L_p
-        grid = init_grid(layer.weight, bits, bool(cfg.get("symmetric", False)), method, float(cfg.get("p", 2.4)))
+        grid = init_grid(layer.weight, bits, bool(cfg.get("symmetric", False)), method, float(cfg.get("p", 2.4)),
+                         ternary=cfg.get("ternary", "symmetric"))
         q = twn_codes(layer.weight, grid) if method == "twn" else grid.codes(layer.weight)
         layer.weight.copy_(grid.dequantize(q))
         export[name] = grid.export(q)

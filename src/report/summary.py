@@ -311,9 +311,11 @@ def write_summary(sweep_dir: str | Path, quiet: bool = False) -> dict[str, Path]
     md = markdown_table(rows, attack)
     paths["md"].write_text(md)
     # the plot shows each job once: with attack.reference=both, its primary (FP-reference) numbers
-    plots.privacy_utility([r for r in rows if not r.get("secondary")], attack, paths["privacy_utility"])
+    # one point per job and method: FP-reference rows (matched-reference jobs and rows are in the tables)
+    primary = [r for r in rows if not r.get("secondary") and r.get("reference") != "matched"] or rows
+    plots.privacy_utility(primary, attack, paths["privacy_utility"])
     plots.roc(results, attack, paths["roc"])
-    plots.privacy_utility_delta([r for r in rows if not r.get("secondary")], attack, paths["privacy_utility_delta"])
+    plots.privacy_utility_delta(primary, attack, paths["privacy_utility_delta"])
     if not quiet:
         print(md, end="")
     return paths

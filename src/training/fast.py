@@ -36,7 +36,6 @@ import math
 from dataclasses import dataclass
 
 import lightning as L
-import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.fabric import Fabric
