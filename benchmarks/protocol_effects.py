@@ -24,6 +24,7 @@ ROWS = [  # (row label, quantizer + bits, the one switch)
     ("  1 calibration augmented", ["quant=adaround", "bits=2"], ["quant.calib_augment=crop_flip"]),
     ("  3 BN unfolded, raw output, λ 0.001", ["quant=adaround", "bits=2"],
      ["quant.fold_bn=false", "quant.activation_in_loss=false", "quant.reg_lambda=0.001"]),
+    ("  6 independent target, all pool models refs", ["quant=adaround", "bits=2"], ["membership.target=independent"]),
     ("OBC 2 bit (default)", ["quant=obc", "bits=2"], []),
     ("  1 Hessian over 10 augmented passes", ["quant=obc", "bits=2"], ["quant.calib_augment=crop_flip", "quant.calib_passes=10"]),
     ("  2 BN re-estimated on train images", ["quant=obc", "bits=2"], ["quant.fold_bn=false", "quant.bn_tune=train"]),

@@ -19,6 +19,7 @@ from torch import nn
 from src.attacks.scores import compute_phi
 from src.cache import ArtifactStore, cache_key
 from src.data import ImageData, data_digest, keep_matrix
+from src.data.membership import independent_rows
 from src.models import build_model
 from src.quant import CONTROLS, FULL_PRECISION, NEEDS_CALIBRATION, QUANTIZERS, quantize
 from src.quant.bn_fold import fold_batchnorm
@@ -59,8 +60,26 @@ def _plain(node):
     return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
 
 
+def independent_targets(cfg) -> bool:
+    return (cfg.get("membership") or {}).get("target", "pool") == "independent"
+
+
 def membership(cfg, data: ImageData) -> np.ndarray:
-    return keep_matrix(int(cfg.n_models), len(data.y_train), float(cfg.pkeep), int(cfg.seed))
+    """The keep matrix [rows, N]: the pool's ``n_models`` balanced rows (each example IN for exactly
+    round(n_models·pkeep)); with ``membership.target=independent`` one more row per target after them,
+    each the target's own random half, independent of the pool's split."""
+    keep = keep_matrix(int(cfg.n_models), len(data.y_train), float(cfg.pkeep), int(cfg.seed))
+    if independent_targets(cfg):
+        n_targets = max(int(t) for t in _target_list(cfg)) + 1
+        keep = np.vstack([keep, independent_rows(n_targets, len(data.y_train), float(cfg.pkeep), int(cfg.seed))])
+    return keep
+
+
+def reference_models(cfg, keep: np.ndarray, target: int) -> list[int]:
+    """The references of ``target``: every other pool model (leave-one-out), or with independent
+    targets all ``n_models`` pool models and never another target."""
+    n = int(cfg.n_models) if independent_targets(cfg) else keep.shape[0]
+    return [m for m in range(n) if m != target]
 
 
 def model_key(cfg, digest: str, index: int, device: str | None = None) -> dict:
@@ -71,9 +90,12 @@ def model_key(cfg, digest: str, index: int, device: str | None = None) -> dict:
     if train["path"] == "plain":
         for k in ("fast", "bf16"):
             train.pop(k, None)
-    return {"kind": "pool_model", "data": digest, "augment": aug, "model": _plain(cfg.model),
-            "train": train, "seed": int(cfg.seed), "n_models": int(cfg.n_models),
-            "pkeep": float(cfg.pkeep), "index": int(index)}
+    key = {"kind": "pool_model", "data": digest, "augment": aug, "model": _plain(cfg.model),
+           "train": train, "seed": int(cfg.seed), "n_models": int(cfg.n_models),
+           "pkeep": float(cfg.pkeep), "index": int(index)}
+    if index >= int(cfg.n_models):  # an independent target's row
+        key["split"] = "independent"
+    return key
 
 
 def model_seed(cfg, index: int) -> int:
@@ -266,10 +288,17 @@ def quantize_pool_model(cfg, data: ImageData, keep: np.ndarray, index: int, stor
                        art["calib_idx"], art["export"])
 
 
-def target_indices(cfg) -> list[int]:
+def _target_list(cfg) -> list[int]:
     if cfg.get("n_targets"):
         return list(range(int(cfg.n_targets)))
     return [int(t) for t in cfg.targets]
+
+
+def target_indices(cfg) -> list[int]:
+    """Rows of the keep matrix attacked: pool models ``targets``, or with independent targets the
+    rows ``n_models + t`` after the pool."""
+    offset = int(cfg.n_models) if independent_targets(cfg) else 0
+    return [offset + t for t in _target_list(cfg)]
 
 
 def reference_phi(cfg, data: ImageData, keep: np.ndarray, pool: Pool, store: ArtifactStore,
@@ -290,7 +319,7 @@ def attack_target(cfg, keep: np.ndarray, ref_phi: np.ndarray, target: int, targe
     """Membership scores [N] per attack for one target; references = every other pool model."""
     from src.attacks import run_attacks
 
-    refs = np.array([m for m in range(keep.shape[0]) if m != target])
+    refs = np.array(reference_models(cfg, keep, target))
     return run_attacks(list(cfg.attack.names), ref_phi[refs], keep[refs], target_phi, cfg.attack)
 
 
@@ -301,7 +330,7 @@ def reference_out_scores(cfg, keep: np.ndarray, ref_phi: np.ndarray, target: int
     the attacks once two models (target and pseudo-target) are left out."""
     from src.attacks import run_attacks
 
-    refs = [m for m in range(keep.shape[0]) if m != target]
+    refs = reference_models(cfg, keep, target)
     out: dict[str, list[np.ndarray]] = {name: [] for name in cfg.attack.names}
     for r in refs[:int(cfg.attack.get("threshold_refs", 4))]:
         others = np.array([m for m in refs if m != r])

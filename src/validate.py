@@ -121,9 +121,13 @@ def validate(cfg) -> None:
     else:
         targets = _as_list("targets", cfg.targets)
         _need(len(targets) > 0, "targets=[]: name at least one pool model to attack")
+    mode = (cfg.get("membership") or {}).get("target", "pool")
+    _need(mode in ("pool", "independent"), f"membership.target={mode}: allowed: pool, independent")
     for t in targets:
         ti = _int(cfg, "targets", t, 0)
-        _need(ti < m, f"targets: index {t} is outside the pool; allowed: 0..{m - 1} (n_models={m})")
+        # independent targets are numbered 0.. after the pool; pool targets are pool indices
+        _need(mode == "independent" or ti < m,
+              f"targets: index {t} is outside the pool; allowed: 0..{m - 1} (n_models={m})")
     if cfg.get("model_range") is not None:
         r = _as_list("model_range", cfg.model_range)
         _need(len(r) == 2 and 0 <= int(r[0]) < int(r[1]) <= m,

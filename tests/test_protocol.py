@@ -151,6 +151,7 @@ def test_study_code_protocol_composes_and_runs_the_paper_preset(tmp_path, monkey
     q = OmegaConf.to_container(cfg.quant, resolve=True)
     assert (q["calib_augment"], q["ternary"], q["bn_tune"], q["fold_bn"]) == ("crop_flip", "affine", "train", False)
     assert list(cfg.dataset.queries) == ["random_aug", "random_aug"] and cfg.attack.offline == "two_sided"
+    assert cfg.membership.target == "independent"
     for quant, extra in (("obc", ["quant.calib_passes=2", "quant.bn_tune_batches=4"]), ("adaround", ["quant.iters=10"])):
         job = tmp_path / quant
         job.mkdir()
@@ -158,5 +159,30 @@ def test_study_code_protocol_composes_and_runs_the_paper_preset(tmp_path, monkey
         run(compose_cfg(base + [f"quant={quant}", *extra]))
         res = json.loads((job / "results.json").read_text())
         assert res["config"]["protocol"]["name"] == "study_code"
-        codes = torch.load(job / "quantized_target0.pt", weights_only=False)["conv1"]["codes"]
+        assert res["job"]["targets"] == [4]  # the independent target after the 4 pool models
+        codes = torch.load(job / "quantized_target4.pt", weights_only=False)["conv1"]["codes"]
         assert codes.min() >= 0 and codes.max() <= 2  # affine ternary codes
+
+
+def test_independent_target_split_and_references(tmp_path, monkeypatch):
+    """membership.target=independent: the n_models pool rows stay balanced (each example IN for
+    exactly n_models/2 of them), each target gets one more row, exactly half the examples, drawn
+    independently (its overlap with a pool row is ≈ N/4, not the pool's structure), and every pool
+    model, and no other target, is a reference."""
+    from src import pipeline as P
+    from src.main import run
+
+    cfg = compose_cfg(["dataset=synthetic", "dataset.n_train=200", "n_models=6", "membership.target=independent",
+                       "targets=[0,1]", "train.epochs=1", "logger=none", "progress=false", "attack.bootstrap=5",
+                       f"paths.cache_dir={tmp_path}/cache"])
+    data = make_synthetic(n_train=200, n_test=128, num_classes=4, image_size=8)
+    keep = P.membership(cfg, data)
+    assert keep.shape == (8, 200) and (keep[:6].sum(0) == 3).all() and (keep[6:].sum(1) == 100).all()
+    assert not np.array_equal(keep[6], keep[7])
+    overlap = (keep[6] & keep[:6]).sum(1)  # hypergeometric around 50, sd ≈ 3.5
+    assert (abs(overlap - 50) < 20).all()
+    assert P.target_indices(cfg) == [6, 7] and P.reference_models(cfg, keep, 6) == [0, 1, 2, 3, 4, 5]
+    monkeypatch.chdir(tmp_path)
+    res = run(cfg)
+    assert res["job"]["targets"] == [6, 7]
+    assert res["fp_attacks"]["lira_online"]["per_target"][0]["n_members"] == 100

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-DATASETS = ("digits", "synthetic", "cifar10", "cifar100", "tinyimagenet", "imagefolder")
 IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
@@ -331,24 +330,28 @@ def load_tinyimagenet(data_dir: str, download: bool) -> ImageData:
     return _finish("tinyimagenet", xtr, torch.tensor(tr_labels), xte, torch.tensor(te_labels), len(wnids))
 
 
+# name → loader(dataset config node, paths.data_dir) -> ImageData: one line per dataset
+DATASETS = {
+    "digits": lambda c, d: load_digits(int(c.get("n_test", 297)), int(c.get("split_seed", 0))),
+    "synthetic": lambda c, d: make_synthetic(int(c.n_train), int(c.n_test), int(c.num_classes), int(c.image_size),
+                                             int(c.get("channels", 1)), float(c.get("noise", 60.0)),
+                                             int(c.get("split_seed", 0))),
+    "cifar10": lambda c, d: load_cifar("cifar10", d, bool(c.get("download", True))),
+    "cifar100": lambda c, d: load_cifar("cifar100", d, bool(c.get("download", True))),
+    "tinyimagenet": lambda c, d: load_tinyimagenet(d, bool(c.get("download", False))),
+    "imagefolder": lambda c, d: load_imagefolder(c.get("root"), c.get("image_size"), max_train=c.get("max_train"),
+                                                 max_test=c.get("max_test"), seed=int(c.get("split_seed", 0)),
+                                                 cache_dir=c.get("decode_cache"),
+                                                 progress=bool(c.get("progress", False))),
+}
+
+
 def load_dataset(cfg, data_dir: str) -> ImageData:
     """Build the dataset named by ``cfg.name`` (the ``dataset`` config group)."""
     name = cfg.name
-    if name == "digits":
-        data = load_digits(int(cfg.get("n_test", 297)), int(cfg.get("split_seed", 0)))
-    elif name == "synthetic":
-        data = make_synthetic(int(cfg.n_train), int(cfg.n_test), int(cfg.num_classes), int(cfg.image_size),
-                              int(cfg.get("channels", 1)), float(cfg.get("noise", 60.0)), int(cfg.get("split_seed", 0)))
-    elif name in ("cifar10", "cifar100"):
-        data = load_cifar(name, data_dir, bool(cfg.get("download", True)))
-    elif name == "tinyimagenet":
-        data = load_tinyimagenet(data_dir, bool(cfg.get("download", False)))
-    elif name == "imagefolder":
-        data = load_imagefolder(cfg.get("root"), cfg.get("image_size"), max_train=cfg.get("max_train"),
-                                max_test=cfg.get("max_test"), seed=int(cfg.get("split_seed", 0)),
-                                cache_dir=cfg.get("decode_cache"), progress=bool(cfg.get("progress", False)))
-    else:
+    if name not in DATASETS:
         raise DataError(f"dataset.name={name!r} is not known; allowed: {', '.join(DATASETS)}")
+    data = DATASETS[name](cfg, data_dir)
     # optional seeded random subsets (any dataset; imagefolder already read only its subset)
     tr = _subset(len(data.y_train), cfg.get("max_train"), int(cfg.get("split_seed", 0)))
     te = _subset(len(data.y_test), cfg.get("max_test"), int(cfg.get("split_seed", 0)))

@@ -10,6 +10,16 @@ from __future__ import annotations
 import numpy as np
 
 
+def independent_rows(n_rows: int, n_examples: int, pkeep: float = 0.5, seed: int = 0) -> np.ndarray:
+    """``n_rows`` membership rows drawn independently of the pool and of each other: each a uniformly
+    random subset of exactly round(pkeep·N) examples (a target trained on its own random half)."""
+    out = np.zeros((n_rows, n_examples), dtype=bool)
+    for i in range(n_rows):
+        perm = np.random.default_rng([int(seed), 104_729, i]).permutation(n_examples)
+        out[i, perm[:int(round(pkeep * n_examples))]] = True
+    return out
+
+
 def keep_matrix(n_models: int, n_examples: int, pkeep: float = 0.5, seed: int = 0) -> np.ndarray:
     if n_models < 2:
         raise ValueError(f"n_models={n_models}: need at least 2 models for a membership split")
