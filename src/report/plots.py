@@ -60,14 +60,23 @@ def privacy_utility(rows: list[dict], attack: str | None, path: str | Path) -> P
         _control_curves(ax, sub, methods, "tpr_at_fpr_1e-3")
         if ys and min(ys) > 0 and max(ys) / min(ys) > 20:
             ax.set_yscale("log")
-        handles, labels = ax.get_legend_handles_labels()
-        uniq = dict(zip(labels, handles))  # one legend entry per method
-        if uniq:
-            ax.legend(uniq.values(), uniq.keys(), fontsize=8)
-        ax.set_xlabel("test accuracy")
-        ax.set_ylabel("TPR @ 0.1% FPR")
-        ax.set_title(f"{ds} / {model} — {attack}" if ds is not None else f"{attack}")
-        ax.grid(True, alpha=0.3)
+        _label_panel(ax, "TPR @ 0.1% FPR", ds, model, attack)
+    return _save(fig, path)
+
+
+def _label_panel(ax, ylabel: str, ds, model, attack) -> None:
+    """One legend entry per method, axis labels, title, grid."""
+    handles, labels = ax.get_legend_handles_labels()
+    uniq = dict(zip(labels, handles))
+    if uniq:
+        ax.legend(uniq.values(), uniq.keys(), fontsize=8)
+    ax.set_xlabel("test accuracy")
+    ax.set_ylabel(ylabel)
+    ax.set_title(f"{ds} / {model} — {attack}" if ds is not None else f"{attack}")
+    ax.grid(True, alpha=0.3)
+
+
+def _save(fig, path) -> Path:
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=120)
@@ -107,19 +116,8 @@ def privacy_utility_delta(rows: list[dict], attack: str | None, path: str | Path
             ax.annotate(label, (r["test_acc"], d), textcoords="offset points", xytext=(5, 4), fontsize=8)
         _control_curves(ax, sub, methods, "delta_auc")
         ax.axhline(0.0, color="black", linewidth=0.8)
-        handles, labels = ax.get_legend_handles_labels()
-        uniq = dict(zip(labels, handles))
-        if uniq:
-            ax.legend(uniq.values(), uniq.keys(), fontsize=8)
-        ax.set_xlabel("test accuracy")
-        ax.set_ylabel("ΔAUC vs FP (filled: CI excludes 0)")
-        ax.set_title(f"{ds} / {model} — {attack}" if ds is not None else f"{attack}")
-        ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+        _label_panel(ax, "ΔAUC vs FP (filled: CI excludes 0)", ds, model, attack)
+    return _save(fig, path)
 
 
 def per_example_scatter(fp_scores, q_scores, is_member, attack: str, path: str | Path) -> Path:
