@@ -56,7 +56,7 @@ controls:  ## quantizers next to matched-utility controls (weight noise SIGMAS, 
 	$(PY) -m src.main -m quant=noise quant.sigma=$(SIGMAS) $(ARGS) hydra.sweep.dir=$(CONTROLS_DIR) 'hydra.sweep.subdir=noise$${hydra.job.num}'
 	$(PY) -m src.main -m quant=prune quant.sparsity=$(SPARSITIES) $(ARGS) hydra.sweep.dir=$(CONTROLS_DIR) 'hydra.sweep.subdir=prune$${hydra.job.num}'
 
-quant-table:  ## accuracy + time of FP, RTN, AdaRound, BRECQ, OBC at 4/3/2/1.58 bits on the embedded default
+quant-table:  ## accuracy + time of FP, RTN, AdaRound, BRECQ, OBC, GPTQ at 4/3/2/1.58 bits on the embedded default
 	$(PY) -m benchmarks.quant_table
 
 bench:  ## throughput benchmark (reference-style loop vs ours, scoring, quantizers); JSON in outputs/bench/
