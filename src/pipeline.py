@@ -135,7 +135,10 @@ def get_scores(cfg, data: ImageData, model_cfg_key: dict, model_fn, store: Artif
     queries = list(cfg.dataset.get("queries", ["identity", "mirror"]))
     key = {"kind": "scores", "model": cache_key(model_cfg_key), "queries": queries}
     device = device or resolve_device(cfg.get("device", "auto"))
-    aug = cfg.dataset.get("augment", {}) or {}
+    # random_aug views: dataset.query_augment ({pad, flip}) or else the training augmentation
+    aug = _plain(cfg.dataset.get("query_augment") or cfg.dataset.get("augment", {}) or {})
+    if "random_aug" in queries:
+        key["query_augment"] = {"pad": int(aug.get("pad", 0)), "flip": bool(aug.get("flip", False))}
     seed = int(cache_key(model_cfg_key)[:8], 16)  # random_aug queries: draws of their own per model
     art, _ = store.get_or_create("scores", key, lambda: {
         "phi": compute_phi(model_fn(), data.x_train, data.y_train, data.mean, data.std, queries, device, seed=seed,
@@ -192,14 +195,17 @@ def calibration_indices(cfg, data: ImageData, keep: np.ndarray, index: int) -> t
 
 
 def calibration_augment(cfg, data: ImageData):
-    """``quant.calib_augment=crop_flip``: the training augmentation (``dataset.augment``) applied to
-    the normalised calibration images at every draw; None for ``none``."""
+    """``quant.calib_augment=crop_flip``: random crop (``quant.calib_augment_pad``) + flip
+    (``quant.calib_augment_flip``; both default to the training recipe's ``dataset.augment``) of the
+    normalised calibration images at every draw; None for ``none``."""
     if cfg.quant.get("calib_augment", "none") != "crop_flip":
         return None
     from src.data.augment import normalized_crop_flip
 
     aug = cfg.dataset.get("augment", {}) or {}
-    return normalized_crop_flip(int(aug.get("pad", 0)), bool(aug.get("flip", False)), data.mean, data.std)
+    pad = cfg.quant.get("calib_augment_pad", aug.get("pad", 0))
+    flip = cfg.quant.get("calib_augment_flip", aug.get("flip", False))
+    return normalized_crop_flip(int(pad), bool(flip), data.mean, data.std)
 
 
 def bn_tune(cfg, data: ImageData, keep: np.ndarray, index: int, model: nn.Module, augment, device) -> np.ndarray:
