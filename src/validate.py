@@ -86,6 +86,10 @@ def validate(cfg) -> None:
     for key in ("width", "depth", "widen"):
         if cfg.model.get(key) is not None:
             _int(cfg, f"model.{key}", cfg.model[key], 1)
+    if cfg.model.name == "wrn28_2":
+        d = int(cfg.model.get("depth", 28))
+        _need(d >= 10 and (d - 4) % 6 == 0,
+              f"model.depth={d}: a Wide ResNet has depth 6n + 4 with n ≥ 1; allowed: 10, 16, 22, 28, ...")
     qnames = FULL_PRECISION + tuple(METHODS)
     _need(cfg.quant.name in qnames, f"quant.name={cfg.quant.name}: allowed: {', '.join(qnames)}")
     _need(cfg.bitwidth.policy in POLICIES, f"bitwidth.policy={cfg.bitwidth.policy}: allowed: {', '.join(POLICIES)}")

@@ -177,3 +177,5 @@ def test_new_architectures_end_to_end(arch_name, tmp_path, monkeypatch):
     with initialize_config_dir(config_dir=f"{REPO}/conf", version_base="1.3"):
         with pytest.raises(ConfigError, match="model.depth"):
             validate(compose("config", overrides=["model=wrn28_2", "model.depth=0"]))
+        with pytest.raises(ConfigError, match="model.depth=12: a Wide ResNet has depth 6n"):
+            validate(compose("config", overrides=["model=wrn28_2", "model.depth=12"]))
