@@ -68,11 +68,12 @@ def quant_config(name: str, overrides: tuple[str, ...] = ()):
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
-    conf = Path(__file__).resolve().parents[2] / "conf"
-    if GlobalHydra.instance().is_initialized():  # inside a Hydra app: compose needs its own context
-        GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        cfg = compose("config", overrides=[f"quant={name}", *overrides])
+    overrides = [f"quant={name}", *overrides]
+    if GlobalHydra.instance().is_initialized():  # inside a Hydra app or context: compose from its config
+        cfg = compose("config", overrides=overrides)
+    else:
+        with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[2] / "conf"), version_base="1.3"):
+            cfg = compose("config", overrides=overrides)
     return OmegaConf.create(OmegaConf.to_container(cfg.quant, resolve=True))
 
 
