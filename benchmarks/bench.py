@@ -187,6 +187,7 @@ def _fast_cfg(spec, variant: str, k: int):
 
 def bench_fast(data, spec, device, variant: str) -> dict:
     from src.training.fast import MultiModelTrainer, _nondeterministic_ok
+    from src.training.recipe import Recipe
 
     k = 8 if variant.endswith("_k8") else spec["k"]
     cfg = _fast_cfg(spec, variant, k)
@@ -194,7 +195,7 @@ def bench_fast(data, spec, device, variant: str) -> dict:
     g = torch.Generator().manual_seed(1)
     members = [torch.randperm(n, generator=g)[: n // 2] for _ in range(k)]  # each model: a random half
     with _nondeterministic_ok(str(device).startswith("cuda")):
-        tr = MultiModelTrainer(cfg, data.x_train, data.y_train, data.mean, data.std, data.num_classes, members,
+        tr = MultiModelTrainer(Recipe.of(cfg), data.x_train, data.y_train, data.mean, data.std, data.num_classes, members,
                                list(range(k)), device)
         t0 = time.perf_counter()
         tr.steps(spec["fast_warm"] + (tr.GRAPH_WARMUP if tr.graphs else 0))  # compile / capture happen here
@@ -372,6 +373,7 @@ def bare_train(cfg, data, members: torch.Tensor, seed: int) -> torch.nn.Module:
 def bench_plain_vs_bare(spec, data_dir: str | None = None) -> dict:
     from src.data.datasets import load_imagefolder, make_synthetic
     from src.training.pool import train_model
+    from src.training.recipe import Recipe
 
     cfg, size, threads = _preset_train_cfg(spec["pvb_epochs"])
     n = int(spec["pvb_n"])
@@ -390,7 +392,7 @@ def bench_plain_vs_bare(spec, data_dir: str | None = None) -> dict:
     cpu = {"plain": [], "bare": []}
     try:
         for r in range(int(spec.get("pvb_repeats", 1))):  # interleaved: load changes hit both alike
-            for name, fn in (("plain", lambda: train_model(cfg, data, members, 1000 + r)),
+            for name, fn in (("plain", lambda: train_model(Recipe.of(cfg), data, members, 1000 + r, "cpu")),
                              ("bare", lambda: bare_train(cfg, data, members, 1000 + r))):
                 t0, c0 = time.perf_counter(), time.process_time()
                 fn()

@@ -311,6 +311,7 @@ def section_fast_vs_plain(ctx: Context, sec: dict, deadline):
     from src.data import keep_matrix
     from src.training.fast import train_models_fast
     from src.training.pool import evaluate_accuracy, train_model
+    from src.training.recipe import Recipe
 
     p = ctx.prof["s2"]
     width = p["width"] if has_width_knob() else None
@@ -339,7 +340,7 @@ def section_fast_vs_plain(ctx: Context, sec: dict, deadline):
 
     _sync(ctx.device)
     t0 = time.perf_counter()
-    fast_models = train_models_fast(cfg_fast, data, members, seeds, ctx.device, [f"fast {i}" for i in range(k)])
+    fast_models = train_models_fast(Recipe.of(cfg_fast), data, members, seeds, ctx.device, [f"fast {i}" for i in range(k)])
     _sync(ctx.device)
     dt = time.perf_counter() - t0
     sec["fast"] = {"test_acc": [acc(m) for m in fast_models], "seconds": dt, "images": sum(images),
@@ -352,7 +353,7 @@ def section_fast_vs_plain(ctx: Context, sec: dict, deadline):
             plain["stopped"] = f"time budget: {i} of {k} models"
             break
         t0 = time.perf_counter()
-        m = train_model(cfg_plain, data, members[i], seeds[i], name=f"plain {i}")
+        m = train_model(Recipe.of(cfg_plain), data, members[i], seeds[i], ctx.device, name=f"plain {i}")
         _sync(ctx.device)
         plain["seconds"] += time.perf_counter() - t0
         plain["images"] += images[i]
@@ -582,7 +583,7 @@ def section_mini_protocol(ctx: Context, sec: dict, deadline):
     _job(cfg, jobs_dir / "pool", ctx)
     _sync(ctx.device)
     sec["pool_seconds"] = time.perf_counter() - t0
-    sec["train_path"] = "fast" if P.model_key(cfg, "-", 0)["train"].get("path") == "fast" else "plain"
+    sec["train_path"] = "fast" if P.model_key(cfg, "-", 0, ctx.device)["train"].get("path") == "fast" else "plain"
     ctx.checkpoint()
     obc_pred = None
     if ctx.obc_model is not None and "obc" in methods:
@@ -599,9 +600,8 @@ def section_mini_protocol(ctx: Context, sec: dict, deadline):
             if m == "obc" and obc_pred is not None and obc_pred * p["n_models"] > left:
                 raise TimeoutError(f"skipped: OBC projected {obc_pred * p['n_models']:.0f} s "
                                    f"({p['n_models']} models) > {left:.0f} s left")
-            ov = base + [f"quant={m}", f"bits={b}", f"quant.n_calib={p['n_calib']}"]
-            if "iters" in _quant_yaml(m):
-                ov.append(f"quant.iters={p['iters']}")
+            # the shared budget reaches the methods that have the key (conf/quant/*.yaml)
+            ov = base + [f"quant={m}", f"bits={b}", f"++budget.n_calib={p['n_calib']}", f"++budget.iters={p['iters']}"]
             cfg = compose(ov)
             t0 = time.perf_counter()
             # the target first, timed (cached: the job loads it): predicts the job's cost
@@ -614,7 +614,7 @@ def section_mini_protocol(ctx: Context, sec: dict, deadline):
                 if orig is not None:
                     main.load_dataset = orig
             store = ArtifactStore(cfg.paths.cache_dir, lock=cfg.get("cache_lock", "soft"))
-            q = P.quantize_pool_model(cfg, data, keep, targets[0], store)
+            q = P.quantize_pool_model(cfg, data, keep, targets[0], store, ctx.device)
             per_model = time.perf_counter() - t0
             row["quant_seconds_per_model"] = q.seconds
             predicted = per_model * (p["n_models"] - 1)

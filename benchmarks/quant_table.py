@@ -47,7 +47,7 @@ def run(bits: list[float], methods: list[str], out: str, overrides: list[str] | 
     store = ArtifactStore(cfg.paths.cache_dir, lock=cfg.get("cache_lock", "soft"))
     device = resolve_device(cfg.get("device", "auto"))
     t0 = time.perf_counter()
-    fp_model, info = P.get_pool_model(cfg, data, keep, 0, store)
+    fp_model, info = P.get_pool_model(cfg, data, keep, 0, store, device)
     res = {"dataset": cfg.dataset.name, "model": cfg.model.name, "index": 0, "device": device, "bits": bits,
            "fp": {"test_acc": info["test_acc"], "train_acc": info["train_acc"],
                   "seconds_train_or_load": time.perf_counter() - t0},

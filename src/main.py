@@ -42,11 +42,11 @@ def run(cfg: DictConfig) -> dict | None:
     store = ArtifactStore(cfg.paths.cache_dir, lock=cfg.get("cache_lock", "soft"))
     with WandbSink(cfg, job_dir()) as sink:
         if cfg.stage == "train":  # fill the cache only (split the pool across jobs with model_range)
-            P.train_pool(cfg, data, keep, store, range(*(cfg.model_range or [0, keep.shape[0]])),
-                         sink.lightning_logger(), device)
+            P.train_pool(cfg, data, keep, store, device, range(*(cfg.model_range or [0, keep.shape[0]])),
+                         sink.lightning_logger())
             return None
-        pool = P.train_pool(cfg, data, keep, store, logger=sink.lightning_logger(), device=device)
-        quantized = [P.quantize_pool_model(cfg, data, keep, t, store, device=device) for t in targets]
+        pool = P.train_pool(cfg, data, keep, store, device, logger=sink.lightning_logger())
+        quantized = [P.quantize_pool_model(cfg, data, keep, t, store, device) for t in targets]
         refs = P.reference_phi(cfg, data, keep, pool, store, device)  # {"fp"|"matched": φ of the references}
         scores = {kind: {t.index: P.attack_target(cfg, keep, phi, t.index, t.phi) for t in quantized}
                   for kind, phi in refs.items()}

@@ -23,7 +23,7 @@ from src.data.membership import independent_rows
 from src.models import build_model
 from src.quant import CONTROLS, FULL_PRECISION, NEEDS_CALIBRATION, QUANTIZERS, quantize
 from src.quant.bn_fold import fold_batchnorm
-from src.training import evaluate_accuracy, resolve_device, train_models, use_fast_path
+from src.training import Recipe, evaluate_accuracy, train_models, use_fast_path
 
 log = logging.getLogger(__name__)
 TRAIN_KEYS_IGNORED = ("models_per_step", "compile", "channels_last", "cuda_graphs")  # speed only
@@ -82,11 +82,11 @@ def reference_models(cfg, keep: np.ndarray, target: int) -> list[int]:
     return [m for m in range(n) if m != target]
 
 
-def model_key(cfg, digest: str, index: int, device: str | None = None) -> dict:
+def model_key(cfg, digest: str, index: int, device: str) -> dict:
     aug = _plain(cfg.dataset.get("augment", {}))
     train = {k: v for k, v in _plain(cfg.train).items() if k not in TRAIN_KEYS_IGNORED}
     # the fast (bf16, CUDA) and plain (Lightning Trainer) paths give different models: key the path
-    train["path"] = "fast" if use_fast_path(cfg, device or resolve_device(cfg.get("device", "auto"))) else "plain"
+    train["path"] = "fast" if use_fast_path(cfg.train, device) else "plain"
     if train["path"] == "plain":
         for k in ("fast", "bf16"):
             train.pop(k, None)
@@ -108,7 +108,7 @@ def _train_pool_models(cfg, data: ImageData, keep: np.ndarray, indices: list[int
     members = [torch.from_numpy(np.flatnonzero(keep[m])) for m in indices]
     for m, mem in zip(indices, members):
         log.info("pool: training model %d of %d (%d examples)", m + 1, keep.shape[0], len(mem))
-    models = train_models(cfg, data, members, [model_seed(cfg, m) for m in indices], device,
+    models = train_models(Recipe.of(cfg), data, members, [model_seed(cfg, m) for m in indices], device,
                           [f"pool model {m}" for m in indices], logger)
     return [{"state_dict": model.state_dict(),
              "test_acc": evaluate_accuracy(model, data.x_test, data.y_test, data.mean, data.std, device),
@@ -117,11 +117,10 @@ def _train_pool_models(cfg, data: ImageData, keep: np.ndarray, indices: list[int
             for model, mem in zip(models, members)]
 
 
-def get_pool_model(cfg, data: ImageData, keep: np.ndarray, index: int, store: ArtifactStore,
-                   digest: str | None = None, logger=None, device: str | None = None) -> tuple[nn.Module, dict]:
+def get_pool_model(cfg, data: ImageData, keep: np.ndarray, index: int, store: ArtifactStore, device: str,
+                   digest: str | None = None, logger=None) -> tuple[nn.Module, dict]:
     """Pool model ``index`` (trained on its IN half, or loaded from the cache) and its utility."""
     digest = digest or data_digest(data)
-    device = device or resolve_device(cfg.get("device", "auto"))
     key = model_key(cfg, digest, index, device)
     art, _ = store.get_or_create("models", key, lambda: _train_pool_models(cfg, data, keep, [index], device, logger)[0])
     model = build_model(cfg.model, data.num_classes, data.in_channels)
@@ -129,12 +128,10 @@ def get_pool_model(cfg, data: ImageData, keep: np.ndarray, index: int, store: Ar
     return model.eval(), {"key": key, "test_acc": art["test_acc"], "train_acc": art["train_acc"]}
 
 
-def get_scores(cfg, data: ImageData, model_cfg_key: dict, model_fn, store: ArtifactStore,
-               device: str | None = None) -> np.ndarray:
+def get_scores(cfg, data: ImageData, model_cfg_key: dict, model_fn, store: ArtifactStore, device: str) -> np.ndarray:
     """φ [N, Q] of a model over the training set, cached by (model key, queries)."""
     queries = list(cfg.dataset.get("queries", ["identity", "mirror"]))
     key = {"kind": "scores", "model": cache_key(model_cfg_key), "queries": queries}
-    device = device or resolve_device(cfg.get("device", "auto"))
     # random_aug views: dataset.query_augment ({pad, flip}) or else the training augmentation
     aug = _plain(cfg.dataset.get("query_augment") or cfg.dataset.get("augment", {}) or {})
     if "random_aug" in queries:
@@ -146,17 +143,16 @@ def get_scores(cfg, data: ImageData, model_cfg_key: dict, model_fn, store: Artif
     return art["phi"]
 
 
-def train_pool(cfg, data: ImageData, keep: np.ndarray, store: ArtifactStore, indices=None, logger=None,
-               device: str | None = None) -> Pool:
+def train_pool(cfg, data: ImageData, keep: np.ndarray, store: ArtifactStore, device: str, indices=None,
+               logger=None) -> Pool:
     """Train (or load) every pool model in ``indices`` (default: all) and score it. Models not cached
     yet train ``train.models_per_step`` at a time on the fast path (one at a time on the plain one),
     each model's cache lock held while its group trains, so parallel jobs never train it twice."""
     digest = data_digest(data)
-    device = device or resolve_device(cfg.get("device", "auto"))
     indices = list(range(keep.shape[0]) if indices is None else indices)
     keys = {m: cache_key(model_key(cfg, digest, m, device)) for m in indices}
     todo = [m for m in indices if not store.exists("models", keys[m])]
-    k = max(1, int(cfg.train.get("models_per_step", 4))) if use_fast_path(cfg, device) else 1
+    k = max(1, int(cfg.train.get("models_per_step", 4))) if use_fast_path(cfg.train, device) else 1
     for g in range(0, len(todo), k):
         with contextlib.ExitStack() as locks:
             for m in todo[g:g + k]:
@@ -168,7 +164,7 @@ def train_pool(cfg, data: ImageData, keep: np.ndarray, store: ArtifactStore, ind
                     store.save("models", keys[m], art, key)
     phis, test_acc, train_acc, keys_out = [], [], [], []
     for m in indices:
-        model, info = get_pool_model(cfg, data, keep, m, store, digest, logger, device)
+        model, info = get_pool_model(cfg, data, keep, m, store, device, digest, logger)
         phis.append(get_scores(cfg, data, info["key"], lambda model=model: model, store, device))
         test_acc.append(info["test_acc"])
         train_acc.append(info["train_acc"])
@@ -246,12 +242,11 @@ def quant_key(cfg, pool_model_key: dict) -> dict:
             "dataset": cfg.dataset.name, "seed": int(cfg.seed)}
 
 
-def quantize_pool_model(cfg, data: ImageData, keep: np.ndarray, index: int, store: ArtifactStore,
-                        digest: str | None = None, device: str | None = None) -> QuantTarget:
+def quantize_pool_model(cfg, data: ImageData, keep: np.ndarray, index: int, store: ArtifactStore, device: str,
+                        digest: str | None = None) -> QuantTarget:
     """Quantize pool model ``index`` with (quant, bits, policy), calibrating on its members; cached."""
     digest = digest or data_digest(data)
-    device = device or resolve_device(cfg.get("device", "auto"))
-    fp_model, info = get_pool_model(cfg, data, keep, index, store, digest, device=device)
+    fp_model, info = get_pool_model(cfg, data, keep, index, store, device, digest)
     if cfg.quant.name in FULL_PRECISION:
         phi = get_scores(cfg, data, info["key"], lambda: fp_model, store, device)
         return QuantTarget(index, fp_model, phi, info["test_acc"], info["train_acc"], {}, 0.0, np.array([], int), {})
@@ -308,7 +303,7 @@ def target_indices(cfg) -> list[int]:
 
 
 def reference_phi(cfg, data: ImageData, keep: np.ndarray, pool: Pool, store: ArtifactStore,
-                  device: str | None = None) -> dict[str, np.ndarray]:
+                  device: str) -> dict[str, np.ndarray]:
     """φ of the reference models, by kind: ``fp`` = the FP pool (``attack.reference=fp``, the paper),
     ``matched`` = every pool model quantized with the job's quantizer and bits (the attacker knows
     the deployment pipeline); ``attack.reference=both`` gives both, ``fp`` first."""
@@ -316,7 +311,7 @@ def reference_phi(cfg, data: ImageData, keep: np.ndarray, pool: Pool, store: Art
     if ref == "fp" or cfg.quant.name in FULL_PRECISION:
         return {"fp": pool.phi}
     digest = data_digest(data)
-    matched = np.stack([quantize_pool_model(cfg, data, keep, m, store, digest, device).phi
+    matched = np.stack([quantize_pool_model(cfg, data, keep, m, store, device, digest).phi
                         for m in range(keep.shape[0])])
     return {"matched": matched} if ref == "matched" else {"fp": pool.phi, "matched": matched}
 

@@ -27,6 +27,17 @@ def _need(cond: bool, msg: str) -> None:
         raise ConfigError(msg)
 
 
+def _quant_key(cfg, key: str) -> str:
+    """How the user set ``quant.<key>``: ``budget.<key>`` where the quantizer reads the experiment's
+    shared budget (conf/quant/*.yaml: ``${oc.select:budget.<key>,...}``), else ``quant.<key>``."""
+    from omegaconf import OmegaConf
+
+    raw = OmegaConf.to_container(cfg.quant, resolve=False).get(key) if OmegaConf.is_config(cfg.quant) else None
+    if isinstance(raw, str) and f"budget.{key}" in raw and OmegaConf.select(cfg, f"budget.{key}") is not None:
+        return f"budget.{key}"
+    return f"quant.{key}"
+
+
 def _int(cfg, key: str, value, minimum: int) -> int:
     try:
         v = int(value)
@@ -138,7 +149,7 @@ def validate(cfg) -> None:
               f"model_range={r}: need [start, stop) with 0 ≤ start < stop ≤ n_models={m}")
     q = cfg.quant
     if "iters" in q:
-        _int(cfg, "quant.iters", q.iters, 0)
+        _int(cfg, _quant_key(cfg, "iters"), q.iters, 0)
     for k in ("batch_size", "block", "block_size", "calib_batch", "fisher_samples"):
         if k in q:
             _int(cfg, f"quant.{k}", q[k], 1)
@@ -186,7 +197,7 @@ def validate(cfg) -> None:
         cal = q.get("calibration", "members")
         _need(cal in ("members", "nonmembers", "test"),
               f"quant.calibration={cal}: allowed: members, nonmembers, test")
-        _int(cfg, "quant.n_calib", q.get("n_calib", 1024), 1)
+        _int(cfg, _quant_key(cfg, "n_calib"), q.get("n_calib", 1024), 1)
     _validate_attack(cfg, m)
     check_cache_dir(str(cfg.paths.cache_dir))
 
@@ -202,7 +213,7 @@ def validate_with_data(cfg, keep, n_test: int, indices) -> None:
     n_calib = int(q.get("n_calib", 1024))
     for t in indices:
         avail = {"members": int(keep[t].sum()), "nonmembers": int((~keep[t]).sum()), "test": n_test}[cal]
-        _need(n_calib <= avail, f"quant.n_calib={n_calib}: larger than the {avail} {cal} images of model {t} "
+        _need(n_calib <= avail, f"{_quant_key(cfg, 'n_calib')}={n_calib}: larger than the {avail} {cal} images of model {t} "
                                 f"available for calibration (quant.calibration={cal}); use at most {avail}")
 
 

@@ -1,7 +1,12 @@
-"""Helpers for tests that run ``python -m src.main`` as a subprocess (validation, resume, determinism).
+"""One tiny job config and the ways tests run a job.
 
-Every run gets its own ``paths.cache_dir`` and ``hydra.run.dir`` under pytest's tmp_path, so nothing
-leaks into the repository's outputs/.
+``TINY`` is the smallest job that exercises every stage; a test states only what it changes
+(``merge``, later same-key overrides win), composes it with Hydra as a user would (``compose``; the
+conftest fixtures ``tiny_cfg`` and ``run_job`` give it a private cache and job dir and run
+``src.main.run`` in process), and runs ``python -m src.main`` as a subprocess only where the process
+boundary is the point (CLI errors and exit codes, multirun sweeps, kill/resume, parallel jobs).
+Every run gets its own ``paths.cache_dir`` and job dir under pytest's tmp_path, so nothing leaks
+into the repository's outputs/.
 """
 from __future__ import annotations
 
@@ -14,9 +19,34 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
 
-# A few seconds per job on a CPU: 4 models (online LiRA's minimum), 2 epochs, RTN, tiny synthetic data.
+# A few seconds per job on a CPU: 4 models (online LiRA's minimum), 2 epochs, RTN, tiny synthetic data;
+# budget.n_calib reaches every quantizer that calibrates (conf/experiment/default.yaml)
 TINY = ["dataset=synthetic", "n_models=4", "train.epochs=2", "logger=none", "progress=false",
-        "quant.n_calib=64", "attack.bootstrap=20"]
+        "budget.n_calib=64", "attack.bootstrap=20"]
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def merge(*lists: list[str]) -> list[str]:
+    """Hydra overrides concatenated, a later override replacing an earlier one of the same key
+    (Hydra itself rejects a key given twice)."""
+    out: dict[str, str] = {}
+    for overrides in lists:
+        for o in overrides:
+            out.pop(_key(o), None)
+            out[_key(o)] = o
+    return list(out.values())
+
+
+def compose(overrides: list[str]):
+    """The job config of ``python -m src.main <overrides>`` (without the hydra node)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=list(overrides))
 
 
 def env() -> dict:
@@ -29,8 +59,8 @@ def env() -> dict:
 
 def command(overrides: list[str], cache_dir: Path, run_dir: Path) -> list[str]:
     own = [f"paths.cache_dir={cache_dir}", f"hydra.run.dir={run_dir}"]
-    keys = {o.split("=", 1)[0] for o in overrides}
-    return [PY, "-m", "src.main", *overrides, *(o for o in own if o.split("=", 1)[0] not in keys)]
+    keys = {_key(o) for o in overrides}
+    return [PY, "-m", "src.main", *overrides, *(o for o in own if _key(o) not in keys)]
 
 
 def run_main(overrides: list[str], cache_dir: Path, run_dir: Path, timeout: float = 240,

@@ -36,3 +36,30 @@ def one_thread():
 @pytest.fixture
 def repo_root():
     return REPO
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path):
+    """``tiny_cfg(*overrides, base=TINY)``: the composed config of a tiny job with a private cache
+    (``tmp_path/cache``); overrides replace same-key entries of ``base``."""
+    from _main_runner import TINY, compose, merge
+
+    def make(*overrides: str, base: list[str] = TINY):
+        return compose(merge(base, [f"paths.cache_dir={tmp_path / 'cache'}"], list(overrides)))
+
+    return make
+
+
+@pytest.fixture
+def run_job(tmp_path, monkeypatch):
+    """``run_job(cfg, name="job")``: ``src.main.run(cfg)`` in process with ``tmp_path/name`` as the
+    job dir (outside Hydra the job dir is the cwd); returns (results, job dir)."""
+    from src.main import run
+
+    def go(cfg, name: str = "job"):
+        job = tmp_path / name
+        job.mkdir(parents=True, exist_ok=True)
+        monkeypatch.chdir(job)
+        return run(cfg), job
+
+    return go

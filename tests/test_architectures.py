@@ -153,29 +153,17 @@ def test_wrn28_2_is_the_reference_size():
 
 
 @pytest.mark.parametrize("arch_name", list(TINY))
-def test_new_architectures_end_to_end(arch_name, tmp_path, monkeypatch):
+def test_new_architectures_end_to_end(arch_name, tiny_cfg, run_job):
     """``model=wrn28_2`` / ``model=vgg11_bn`` through the pipeline with BRECQ and GPTQ on generated data."""
-    from hydra import compose, initialize_config_dir
-
-    from src.main import run
-    from tests.conftest import REPO
-
     size = [f"model.{k}={v}" for k, v in TINY[arch_name].items() if k != "name"]
     for quant in ("brecq", "gptq"):
-        job = tmp_path / quant
-        job.mkdir()
-        monkeypatch.chdir(job)
-        with initialize_config_dir(config_dir=f"{REPO}/conf", version_base="1.3"):
-            cfg = compose("config", overrides=[
-                f"model={arch_name}", *size, "dataset=synthetic", "dataset.image_size=32", "dataset.channels=3",
-                "dataset.num_classes=10", "dataset.n_train=96", "dataset.n_test=32", "n_models=4",
-                "train.epochs=1", f"quant={quant}", "quant.n_calib=16", "bits=2", "attack.bootstrap=10",
-                "logger=none", "progress=false", f"paths.cache_dir={tmp_path}/cache"])
-        run(cfg)
+        _, job = run_job(tiny_cfg(
+            f"model={arch_name}", *size, "dataset.image_size=32", "dataset.channels=3", "dataset.num_classes=10",
+            "dataset.n_train=96", "dataset.n_test=32", "train.epochs=1", f"quant={quant}", "budget.n_calib=16",
+            "budget.iters=20", "bits=2", "attack.bootstrap=10"), quant)
         res = json.loads((job / "results.json").read_text())
         assert res["config"]["model"]["name"] == arch_name and set(res["quant"]["layer_bits"].values()) == {2.0}
-    with initialize_config_dir(config_dir=f"{REPO}/conf", version_base="1.3"):
-        with pytest.raises(ConfigError, match="model.depth"):
-            validate(compose("config", overrides=["model=wrn28_2", "model.depth=0"]))
-        with pytest.raises(ConfigError, match="model.depth=12: a Wide ResNet has depth 6n"):
-            validate(compose("config", overrides=["model=wrn28_2", "model.depth=12"]))
+    with pytest.raises(ConfigError, match="model.depth"):
+        validate(tiny_cfg("model=wrn28_2", "model.depth=0"))
+    with pytest.raises(ConfigError, match="model.depth=12: a Wide ResNet has depth 6n"):
+        validate(tiny_cfg("model=wrn28_2", "model.depth=12"))

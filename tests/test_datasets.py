@@ -1,6 +1,4 @@
 """Dataset loaders on generated files: imagefolder layout, seeded class-balanced-ish subsets, errors."""
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -184,14 +182,12 @@ def test_resize_keeps_flat_images_flat_and_averages_stripes():
 def test_cifar10_cpu_preset_applies_to_torchvision_and_image_folder_data(tmp_path):
     """``experiment=cifar10_cpu`` sets the pool, resolution and recipe whichever CIFAR source is used;
     on an image folder the decoded tensors go to ``paths.cache_dir``."""
-    from hydra import compose, initialize_config_dir
+    from _main_runner import compose
 
     from src.validate import validate
 
-    conf = str(Path(__file__).resolve().parents[1] / "conf")
     for extra in ([], ["dataset=imagefolder", f"dataset.root={tmp_path}", f"paths.cache_dir={tmp_path / 'c'}"]):
-        with initialize_config_dir(config_dir=conf, version_base="1.3"):
-            cfg = compose("config", overrides=["experiment=cifar10_cpu", *extra])
+        cfg = compose(["experiment=cifar10_cpu", *extra])
         validate(cfg)
         assert cfg.dataset.name == ("imagefolder" if extra else "cifar10")
         assert (cfg.dataset.max_train, cfg.dataset.image_size) == (4000, 16)
@@ -200,7 +196,8 @@ def test_cifar10_cpu_preset_applies_to_torchvision_and_image_folder_data(tmp_pat
         assert (cfg.model.name, cfg.model.width, cfg.n_models, cfg.n_targets) == ("smallcnn", 32, 16, 4)
         assert cfg.attack.name == "all" and cfg.bitwidth.policy == "paper"
         # calibration must fit in a target's ~2,000 members (4,000 x pkeep 0.5)
-        assert cfg.quant.n_calib <= 0.45 * cfg.dataset.max_train
+        assert cfg.budget.n_calib <= 0.45 * cfg.dataset.max_train
+        assert compose(["experiment=cifar10_cpu", "quant=obc", *extra]).quant.n_calib == cfg.budget.n_calib
         if extra:
             assert cfg.dataset.decode_cache == str(tmp_path / "c")
 

@@ -5,11 +5,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from _main_runner import TINY, numbers, run_main
+from _main_runner import TINY, merge, numbers, run_main
 
 # every attack, and a learned quantizer (AdaRound) so its optimisation is covered too
-CFG = [o for o in TINY if not o.startswith("quant")] + [
-    "device=cpu", "attack=all", "quant=adaround", "quant.iters=50", "quant.n_calib=64"]
+CFG = merge(TINY, ["device=cpu", "attack=all", "quant=adaround", "quant.iters=50"])
 
 
 def test_two_identical_runs_give_identical_results(tmp_path):

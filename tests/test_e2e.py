@@ -1,33 +1,21 @@
-"""End-to-end `python -m src.main` on generated data: results.json schema, scores.npz recomputation,
-and a second run that trains and quantizes nothing (cache hit)."""
+"""End-to-end `python -m src.main` on generated data (the CLI as a user runs it): results.json schema,
+scores.npz recomputation, and a second job, in process, that trains and quantizes nothing (cache hit)."""
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from _main_runner import TINY, compose, merge, run_main
 from sklearn.metrics import roc_auc_score, roc_curve
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = ["dataset=synthetic", "dataset.n_train=160", "n_models=8", "train.epochs=4", "quant.n_calib=32",
-        "logger=none", "progress=false"]
-
-
-def run_main(args, tmp, check=True, env=None):
-    cmd = [sys.executable, "-m", "src.main", *args, f"paths.cache_dir={tmp}/cache"]
-    e = dict(os.environ, **(env or {}))
-    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=e, timeout=600)
-    if check and p.returncode != 0:
-        raise AssertionError(p.stderr[-3000:])
-    return p
+# 8 models: enough references for every offline attack; two targets
+JOB = merge(TINY, ["dataset.n_train=160", "n_models=8", "train.epochs=4", "budget.n_calib=32", "quant=rtn", "bits=2",
+                   "attack=all", "targets=[0,1]"])
 
 
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("e2e")
-    p = run_main(TINY + ["quant=rtn", "bits=2", "attack=all", "targets=[0,1]", f"hydra.run.dir={tmp}/run1"], tmp)
+    p = run_main(JOB, tmp / "cache", tmp / "run1", timeout=600)
     return tmp, p
 
 
@@ -77,18 +65,27 @@ def test_scores_npz_reproduces_results(first_run):
     np.testing.assert_allclose(z["fp_attack_loss"][0], z["phi"][0].mean(-1), rtol=1e-5, atol=1e-5)
 
 
-def test_second_run_trains_nothing(first_run):
-    tmp, _ = first_run
-    p = run_main(TINY + ["quant=rtn", "bits=2", "attack=all", "targets=[0,1]", f"hydra.run.dir={tmp}/run2"], tmp)
-    log = p.stdout + p.stderr
-    assert "pool: training model" not in log and "quantize: model" not in log
+def test_second_run_trains_nothing(first_run, run_job, monkeypatch):
+    """The same job again, in process, on the first run's cache: training and quantization are never
+    called (they would raise) and every number is the same. The first run did log both stages."""
+    from src import pipeline
+
+    tmp, p = first_run
+    assert "pool: training model" in p.stdout + p.stderr and "quantize: model" in p.stdout + p.stderr
+
+    def refuse(*a, **k):
+        raise AssertionError("computed although cached")
+
+    monkeypatch.setattr(pipeline, "_train_pool_models", refuse)
+    monkeypatch.setattr(pipeline, "quantize", refuse)
+    _, job = run_job(compose(merge(JOB, [f"paths.cache_dir={tmp / 'cache'}"])), "run2")
     a = json.loads((tmp / "run1" / "results.json").read_text())
-    b = json.loads((tmp / "run2" / "results.json").read_text())
+    b = json.loads((job / "results.json").read_text())
     assert a["utility"] == b["utility"] and a["attacks"] == b["attacks"]
 
 
 def test_bad_bits_one_line_error(tmp_path):
-    p = run_main(["bits=3.5", "logger=none", f"hydra.run.dir={tmp_path}/r"], tmp_path, check=False)
+    p = run_main(["bits=3.5", "logger=none"], tmp_path / "cache", tmp_path / "r", check=False)
     assert p.returncode == 2
     lines = [ln for ln in p.stderr.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and "bits=3.5" in lines[0] and "1.58" in lines[0]

@@ -130,23 +130,14 @@ def test_per_example_shift():
     assert res["spearman"] == pytest.approx(stats.spearmanr(f2, q2).statistic)
 
 
-def test_job_evidence_recomputes_from_exports(tmp_path, monkeypatch):
+def test_job_evidence_recomputes_from_exports(tiny_cfg, run_job):
     """A real job: the subsets' counts equal the stored calibration indices, and Δ, ε and the
     per-example shifts are recomputed from scores.npz alone."""
-    from hydra import compose, initialize_config_dir
-
-    from src.main import run
-    from tests.conftest import REPO
-
-    monkeypatch.chdir(tmp_path)
-    with initialize_config_dir(config_dir=f"{REPO}/conf", version_base="1.3"):
-        cfg = compose("config", overrides=[
-            "dataset=synthetic", "dataset.n_train=160", "n_models=8", "train.epochs=3", "quant=adaround",
-            "quant.iters=50", "quant.n_calib=24", "targets=[0,1]", "attack=lira", "attack.bootstrap=30",
-            "logger=none", "progress=false", f"paths.cache_dir={tmp_path}/cache"])
-    run(cfg)
-    res = json.loads((tmp_path / "results.json").read_text())
-    z = np.load(tmp_path / "scores.npz")
+    _, job = run_job(tiny_cfg("dataset.n_train=160", "n_models=8", "train.epochs=3", "quant=adaround",
+                              "quant.iters=50", "quant.n_calib=24", "targets=[0,1]", "attack=lira",
+                              "attack.bootstrap=30"))
+    res = json.loads((job / "results.json").read_text())
+    z = np.load(job / "scores.npz")
     for name in ("lira_online", "loss"):
         block = res["attacks"][name]
         sub = block["subsets"]

@@ -13,9 +13,10 @@ from src.training import fast
 from src.attacks.scores import compute_phi_fast
 from src.training.fast import FastOptions, MultiModelTrainer, crop_flip, train_models_fast, use_fast_path
 from src.training.pool import evaluate_accuracy, train_model
+from src.training.recipe import Recipe
 
 
-def make_cfg(epochs=6, flip=True, **train):
+def make_job(epochs=6, flip=True, **train):
     return OmegaConf.create({
         "model": {"name": "smallcnn", "width": 8},
         "train": {"epochs": epochs, "batch_size": 32, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4,
@@ -23,6 +24,10 @@ def make_cfg(epochs=6, flip=True, **train):
         "dataset": {"augment": {"pad": 1, "flip": flip}},
         "device": "cpu", "progress": False, "seed": 0, "n_models": 4, "pkeep": 0.5,
     })
+
+
+def make_cfg(epochs=6, flip=True, **train) -> Recipe:
+    return Recipe.of(make_job(epochs, flip, **train))
 
 
 def states_equal(a: nn.Module, b: nn.Module) -> bool:
@@ -37,12 +42,12 @@ def test_crop_flip_is_random_crop_flip_with_draws_on_device():
 
 
 def test_options_and_dispatch():
-    cfg = make_cfg()
-    assert not use_fast_path(cfg, "cpu") and use_fast_path(cfg, "cuda")          # auto = CUDA only
+    cfg = make_job()
+    assert not use_fast_path(cfg.train, "cpu") and use_fast_path(cfg.train, "cuda")  # auto = CUDA only
     cfg.train.fast = True
-    assert use_fast_path(cfg, "cpu")
+    assert use_fast_path(cfg.train, "cpu")
     cfg.train.fast = "false"
-    assert not use_fast_path(cfg, "cuda")
+    assert not use_fast_path(cfg.train, "cuda")
     assert FastOptions.from_cfg(OmegaConf.create({})) == FastOptions(4, None, True, True, False)
     o = FastOptions.from_cfg(OmegaConf.create({"compile": "reduce-overhead", "models_per_step": 8, "bf16": False}))
     assert (o.compile, o.models_per_step, o.bf16) == ("reduce-overhead", 8, False)
@@ -60,7 +65,7 @@ def test_accuracy_comparable_to_plain_path():
     cfg = make_cfg(epochs=8, flip=False)  # the prototypes are not mirror-symmetric
     members = [torch.arange(0, 256), torch.arange(256, 512)]
     models = train_models_fast(cfg, data, members, [1, 2], "cpu")
-    plain = train_model(cfg, data, members[0], 1)
+    plain = train_model(cfg, data, members[0], 1, "cpu")
     acc_plain = evaluate_accuracy(plain, data.x_test, data.y_test, data.mean, data.std)
     for m in models:
         acc = evaluate_accuracy(m, data.x_test, data.y_test, data.mean, data.std)
@@ -178,7 +183,7 @@ def test_train_pool_on_the_fast_path_trains_in_groups_and_fills_the_cache(tmp_pa
     from src.pipeline import get_pool_model, train_pool
 
     data = make_synthetic(n_train=64, n_test=16, num_classes=4, image_size=8)
-    cfg = make_cfg(epochs=1, models_per_step=3, fast=True)
+    cfg = make_job(epochs=1, models_per_step=3, fast=True)
     cfg.dataset.name = "synthetic"
     cfg.dataset.queries = ["identity"]
     keep = keep_matrix(4, 64, 0.5, 0)
@@ -196,5 +201,5 @@ def test_train_pool_on_the_fast_path_trains_in_groups_and_fills_the_cache(tmp_pa
     assert pool.phi.shape == (4, 64, 1)
     train_pool(cfg, data, keep, store, device="cpu")
     assert len(groups) == 2                                                       # all cached now
-    model, info = get_pool_model(cfg, data, keep, 2, store)                      # loads, does not train
+    model, info = get_pool_model(cfg, data, keep, 2, store, "cpu")                      # loads, does not train
     assert 0.0 <= info["test_acc"] <= 1.0 and isinstance(model, nn.Module)

@@ -39,7 +39,7 @@ def test_unknown_model_and_bad_width_are_refused():
     with pytest.raises(ValueError, match="allowed: resnet18, smallcnn, wrn28_2, vgg11_bn"):
         build_model("vgg", 10, 3)
     from src.validate import ConfigError, validate
-    from tests.test_paper_presets import compose_cfg
+    from _main_runner import compose
 
     with pytest.raises(ConfigError, match="model.width=0: must be an integer ≥ 1"):
-        validate(compose_cfg(["model=resnet18", "model.width=0"]))
+        validate(compose(["model=resnet18", "model.width=0"]))

@@ -15,9 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-
-REPO = Path(__file__).resolve().parents[1]
+from _main_runner import REPO, compose
 PRESETS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("paper_*.yaml"))
 ATTACKS = {"lira_online", "lira_online_fixed", "lira_offline", "lira_offline_fixed", "rmia", "rmia_offline", "loss"}
 # size only: the recipe, policy, attacks and quantizer algorithms stay the preset's
@@ -25,16 +23,13 @@ SIZE = ["model.width=8", "n_models=4", "train.epochs=1", "quant.n_calib=32",
         "attack.bootstrap=10", "logger=none", "progress=false", "num_threads=1"]
 
 
-def compose_cfg(overrides):
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose("config", overrides=overrides)
 
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_preset_composes_the_paper_protocol(preset):
     """Every paper preset composes to the study's protocol (REFERENCE.md): ResNet-18 at base width 64,
     65 models, 100 epochs of SGD 0.1 / cosine, the paper bit policy, every attack, its own dataset."""
-    cfg = compose_cfg([f"experiment={preset}"])
+    cfg = compose([f"experiment={preset}"])
     assert cfg.dataset.name == preset.removeprefix("paper_")
     assert (cfg.model.name, cfg.model.width) == ("resnet18", 64)
     assert (cfg.n_models, cfg.pkeep, list(cfg.targets)) == (65, 0.5, [0])
@@ -78,19 +73,14 @@ def _data_overrides(preset: str, tmp: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("preset", ["paper_cifar10", "paper_tinyimagenet"])
-def test_preset_runs_end_to_end(preset, tmp_path, monkeypatch):
-    from src.main import run
+def test_preset_runs_end_to_end(preset, tmp_path, run_job):
     from src.models import build_model
 
-    monkeypatch.chdir(tmp_path)  # outside Hydra the job dir is the cwd
     base = [f"experiment={preset}", *SIZE, *_data_overrides(preset, tmp_path), "bits=1.58",
             f"paths.cache_dir={tmp_path / 'cache'}"]
     for quant in ("adaround", "brecq", "obc"):
-        job = tmp_path / quant
-        job.mkdir()
-        monkeypatch.chdir(job)
         budget = [] if quant == "obc" else ["quant.iters=20"]  # OBC has no iteration budget
-        res = run(compose_cfg(base + [f"quant={quant}", *budget]))
+        res, job = run_job(compose(base + [f"quant={quant}", *budget]), quant)
         on_disk = json.loads((job / "results.json").read_text())
         assert on_disk["attacks"]["lira_online"]["auc"] == res["attacks"]["lira_online"]["auc"]
         assert on_disk["config"]["model"] == {"name": "resnet18", "width": 8}

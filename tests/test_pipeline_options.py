@@ -1,60 +1,49 @@
 """Pipeline options: matched references, W&B failure tolerance, calibration sources."""
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
-from hydra import compose, initialize_config_dir
+import pytest
+from _main_runner import TINY, merge
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = ["dataset=synthetic", "dataset.n_train=128", "n_models=6", "train.epochs=3", "quant.n_calib=16",
-        "progress=false"]
-
-
-def compose_cfg(overrides):
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose("config", overrides=overrides)
+# 6 models: leave-one-out LiRA keeps IN and OUT references for every example
+BASE = merge(TINY, ["dataset.n_train=128", "n_models=6", "train.epochs=3", "budget.n_calib=16"])
 
 
-def test_matched_references_are_quantized(tmp_path):
-    cmd = [sys.executable, "-m", "src.main", *TINY, "quant=rtn", "bits=1.58", "attack=lira",
-           "attack.reference=matched", "logger=none", f"paths.cache_dir={tmp_path}/c", f"hydra.run.dir={tmp_path}/r"]
-    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0, p.stderr[-2000:]
-    z = np.load(tmp_path / "r" / "scores.npz")
-    res = json.loads((tmp_path / "r" / "results.json").read_text())
+@pytest.fixture
+def cfg(tiny_cfg):
+    return lambda *overrides: tiny_cfg(*overrides, base=BASE)
+
+
+def test_matched_references_are_quantized(cfg, run_job, tmp_path):
+    _, job = run_job(cfg("quant=rtn", "bits=1.58", "attack=lira", "attack.reference=matched"))
+    z = np.load(job / "scores.npz")
+    res = json.loads((job / "results.json").read_text())
     assert res["job"]["reference"] == "matched"
     # every pool model was quantized (6 quantized artifacts), and the exported reference φ differs from FP φ
-    assert len(list((tmp_path / "c" / "quantized").glob("*.pt"))) == 6
+    assert len(list((tmp_path / "cache" / "quantized").glob("*.pt"))) == 6
     assert z["ref_phi"].shape == z["phi"].shape and not np.allclose(z["ref_phi"], z["phi"])
     # the target's row of ref_phi is its quantized φ
     np.testing.assert_allclose(z["ref_phi"][0], z["target_phi"][0], rtol=1e-6)
 
 
-def test_job_completes_when_wandb_init_raises(tmp_path, monkeypatch):
+def test_job_completes_when_wandb_init_raises(cfg, run_job, monkeypatch):
     import wandb
-
-    from src.main import run
 
     def boom(*a, **k):
         raise RuntimeError("wandb is down")
 
     monkeypatch.setattr(wandb, "init", boom)
-    monkeypatch.chdir(tmp_path)  # outside Hydra the job dir is the cwd
-    cfg = compose_cfg(TINY + ["quant=rtn", "bits=4", "logger=wandb", "logger.mode=offline",
-                              f"paths.cache_dir={tmp_path}/c"])
-    results = run(cfg)
-    on_disk = json.loads((tmp_path / "results.json").read_text())
+    results, job = run_job(cfg("quant=rtn", "bits=4", "logger=wandb", "logger.mode=offline"))
+    on_disk = json.loads((job / "results.json").read_text())
     assert on_disk["attacks"]["lira_online"]["auc"] == results["attacks"]["lira_online"]["auc"]
-    assert (tmp_path / "scores.npz").exists()
+    assert (job / "scores.npz").exists()
 
 
-def test_calibration_sources_are_disjoint_and_seeded():
+def test_calibration_sources_are_disjoint_and_seeded(cfg):
     from src import pipeline as P
     from src.data import load_dataset
 
-    cfg = compose_cfg(TINY + ["quant=adaround"])
+    cfg = cfg("quant=adaround")
     data = load_dataset(cfg.dataset, "outputs/data")
     keep = P.membership(cfg, data)
     src_m, idx_m = P.calibration_indices(cfg, data, keep, 2)
@@ -68,32 +57,34 @@ def test_calibration_sources_are_disjoint_and_seeded():
     assert idx_t.max() < len(data.y_test)
 
 
-def test_rtn_needs_no_calibration(tmp_path):
-    """RTN looks only at the weights: an n_calib larger than the members is not an error, and the
-    quantized artifact does not depend on calibration settings."""
+def test_rtn_needs_no_calibration(cfg):
+    """RTN looks only at the weights: the experiment's calibration budget does not reach it (an
+    n_calib larger than the members is not an error), and calibration keys added to it by hand do
+    not enter its cache key; AdaRound gets the same budget."""
+    from omegaconf import open_dict
+
     from src import pipeline as P
     from src.main import prepare
 
-    cfg = compose_cfg(TINY + ["quant=rtn", "quant.n_calib=100000", f"paths.cache_dir={tmp_path}/c"])
-    prepare(cfg)  # no ConfigError
-    key_a = P.quant_key(cfg, {"m": 0})
-    from omegaconf import open_dict
+    rtn = cfg("quant=rtn", "budget.n_calib=100000", "budget.iters=7")
+    assert "n_calib" not in rtn.quant and "iters" not in rtn.quant
+    prepare(rtn)  # no ConfigError
+    key_a = P.quant_key(rtn, {"m": 0})
+    with open_dict(rtn):
+        rtn.quant.n_calib = 3
+        rtn.quant.calibration = "test"
+        rtn.quant.iters = 9
+    assert P.quant_key(rtn, {"m": 0}) == key_a
+    ada = cfg("quant=adaround", "budget.n_calib=100000", "budget.iters=7")
+    assert (ada.quant.n_calib, ada.quant.iters) == (100000, 7)
 
-    with open_dict(cfg):
-        cfg.quant.n_calib = 3
-        cfg.quant.calibration = "test"
-    assert P.quant_key(cfg, {"m": 0}) == key_a
 
-
-def test_reference_both_reports_fp_and_matched(tmp_path):
+def test_reference_both_reports_fp_and_matched(cfg, run_job, tmp_path):
     """attack.reference=both: `attacks` equals a reference=fp run, `attacks_matched` equals a
     reference=matched run, and the summary has a row for each."""
     def run(ref, name):
-        cmd = [sys.executable, "-m", "src.main", *TINY, "quant=rtn", "bits=2", "attack=lira",
-               f"attack.reference={ref}", "logger=none", f"paths.cache_dir={tmp_path}/c", f"hydra.run.dir={tmp_path}/{name}"]
-        p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
-        assert p.returncode == 0, p.stderr[-2000:]
-        return json.loads((tmp_path / name / "results.json").read_text())
+        _, job = run_job(cfg("quant=rtn", "bits=2", "attack=lira", f"attack.reference={ref}"), name)
+        return json.loads((job / "results.json").read_text())
 
     both, fp, matched = run("both", "0"), run("fp", "1"), run("matched", "2")
     assert both["attacks"] == fp["attacks"] and both["attacks_matched"] == matched["attacks"]

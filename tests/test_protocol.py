@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from _main_runner import compose
 from omegaconf import OmegaConf
 
 from src.attacks.scores import compute_phi
@@ -19,13 +19,9 @@ from src.quant.adaround import layer_units
 from src.quant.bn_fold import fold_batchnorm
 from src.quant.grid import init_grid
 from src.validate import ConfigError, validate
-from tests.conftest import REPO
-from tests.test_paper_presets import SIZE, _data_overrides
+from test_paper_presets import SIZE, _data_overrides
 
 
-def compose_cfg(overrides):
-    with initialize_config_dir(config_dir=f"{REPO}/conf", version_base="1.3"):
-        return compose("config", overrides=overrides)
 
 
 def test_normalized_crop_flip_equals_augmenting_raw_pixels():
@@ -132,31 +128,26 @@ def test_adaround_without_activation_and_validation():
     assert not any(isinstance(m, torch.nn.ReLU) for u in layer_units(model, names, False) for m in u.module)
     assert any(isinstance(m, torch.nn.ReLU) for u in layer_units(model, names, True) for m in u.module)
     with pytest.raises(ConfigError, match="quant.fold_bn=false"):
-        validate(compose_cfg(["quant=adaround", "quant.fold_bn=false"]))
-    validate(compose_cfg(["quant=adaround", "quant.fold_bn=false", "quant.activation_in_loss=false"]))
+        validate(compose(["quant=adaround", "quant.fold_bn=false"]))
+    validate(compose(["quant=adaround", "quant.fold_bn=false", "quant.activation_in_loss=false"]))
     with pytest.raises(ConfigError, match="quant.bn_tune=train: needs BatchNorm"):
-        validate(compose_cfg(["quant=obc", "quant.bn_tune=train"]))
+        validate(compose(["quant=obc", "quant.bn_tune=train"]))
     with pytest.raises(ConfigError, match="quant.calib_augment=crop_flip: quant=rtn"):
-        validate(compose_cfg(["quant=rtn", "+quant.calib_augment=crop_flip"]))
+        validate(compose(["quant=rtn", "+quant.calib_augment=crop_flip"]))
 
 
-def test_study_code_protocol_composes_and_runs_the_paper_preset(tmp_path, monkeypatch):
+def test_study_code_protocol_composes_and_runs_the_paper_preset(tmp_path, run_job):
     """experiment=paper_cifar10 protocol=study_code at test size: the composed config carries every
     switch, and AdaRound and OBC (BN re-estimated on training images) run end to end."""
-    from src.main import run
-
     base = ["experiment=paper_cifar10", "protocol=study_code", *SIZE, *_data_overrides("paper_cifar10", tmp_path),
             "bits=1.58", f"paths.cache_dir={tmp_path / 'cache'}"]
-    cfg = compose_cfg(base + ["quant=obc", "quant.calib_passes=2", "quant.bn_tune_batches=4"])
+    cfg = compose(base + ["quant=obc", "quant.calib_passes=2", "quant.bn_tune_batches=4"])
     q = OmegaConf.to_container(cfg.quant, resolve=True)
     assert (q["calib_augment"], q["ternary"], q["bn_tune"], q["fold_bn"]) == ("crop_flip", "affine", "train", False)
     assert list(cfg.dataset.queries) == ["random_aug", "random_aug"] and cfg.attack.offline == "two_sided"
     assert cfg.membership.target == "independent"
     for quant, extra in (("obc", ["quant.calib_passes=2", "quant.bn_tune_batches=4"]), ("adaround", ["quant.iters=10"])):
-        job = tmp_path / quant
-        job.mkdir()
-        monkeypatch.chdir(job)
-        run(compose_cfg(base + [f"quant={quant}", *extra]))
+        _, job = run_job(compose(base + [f"quant={quant}", *extra]), quant)
         res = json.loads((job / "results.json").read_text())
         assert res["config"]["protocol"]["name"] == "study_code"
         assert res["job"]["targets"] == [4]  # the independent target after the 4 pool models
@@ -164,17 +155,15 @@ def test_study_code_protocol_composes_and_runs_the_paper_preset(tmp_path, monkey
         assert codes.min() >= 0 and codes.max() <= 2  # affine ternary codes
 
 
-def test_independent_target_split_and_references(tmp_path, monkeypatch):
+def test_independent_target_split_and_references(tiny_cfg, run_job):
     """membership.target=independent: the n_models pool rows stay balanced (each example IN for
     exactly n_models/2 of them), each target gets one more row, exactly half the examples, drawn
     independently (its overlap with a pool row is ≈ N/4, not the pool's structure), and every pool
     model, and no other target, is a reference."""
     from src import pipeline as P
-    from src.main import run
 
-    cfg = compose_cfg(["dataset=synthetic", "dataset.n_train=200", "n_models=6", "membership.target=independent",
-                       "targets=[0,1]", "train.epochs=1", "logger=none", "progress=false", "attack.bootstrap=5",
-                       f"paths.cache_dir={tmp_path}/cache"])
+    cfg = tiny_cfg("dataset.n_train=200", "n_models=6", "membership.target=independent", "targets=[0,1]",
+                   "train.epochs=1", "attack.bootstrap=5")
     data = make_synthetic(n_train=200, n_test=128, num_classes=4, image_size=8)
     keep = P.membership(cfg, data)
     assert keep.shape == (8, 200) and (keep[:6].sum(0) == 3).all() and (keep[6:].sum(1) == 100).all()
@@ -182,7 +171,6 @@ def test_independent_target_split_and_references(tmp_path, monkeypatch):
     overlap = (keep[6] & keep[:6]).sum(1)  # hypergeometric around 50, sd ≈ 3.5
     assert (abs(overlap - 50) < 20).all()
     assert P.target_indices(cfg) == [6, 7] and P.reference_models(cfg, keep, 6) == [0, 1, 2, 3, 4, 5]
-    monkeypatch.chdir(tmp_path)
-    res = run(cfg)
+    res, _ = run_job(cfg)
     assert res["job"]["targets"] == [6, 7]
     assert res["fp_attacks"]["lira_online"]["per_target"][0]["n_members"] == 100

@@ -16,12 +16,12 @@ from datetime import datetime
 
 import pytest
 
-from _main_runner import manifests, numbers, popen_main, run_main, log_lines
+from _main_runner import TINY, log_lines, manifests, merge, numbers, popen_main, run_main
 
 N_MODELS = 4
 # ~1 s per pool model and a few seconds of AdaRound on a CPU: long enough to kill inside either stage.
-RESUME = ["dataset=synthetic", "dataset.n_train=512", f"n_models={N_MODELS}", "train.epochs=20", "quant=adaround",
-          "quant.iters=300", "quant.n_calib=64", "attack.bootstrap=20", "logger=none", "progress=false"]
+POOL = merge(TINY, ["dataset.n_train=512", f"n_models={N_MODELS}", "train.epochs=20"])
+RESUME = merge(POOL, ["quant=adaround", "quant.iters=300"])
 TRAINING = "pool: training model"
 QUANTIZING = "quantize: model 0"
 
@@ -104,7 +104,7 @@ def test_truncated_pool_model_is_reported_and_rebuilt(uninterrupted, tmp_path):
 
 def test_concurrent_jobs_train_each_pool_model_once(tmp_path):
     cache = tmp_path / "cache"
-    cfg = [o for o in RESUME if not o.startswith("quant")] + ["quant=rtn", "quant.n_calib=64"]
+    cfg = merge(POOL, ["quant=rtn"])
     procs = [popen_main(cfg, cache, tmp_path / f"job{i}") for i in range(2)]
     for p in procs:
         p.wait(300)

@@ -4,19 +4,19 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = ["dataset=synthetic", "dataset.n_train=128", "n_models=8", "train.epochs=3", "quant.n_calib=24",
-        "quant.iters=10", "progress=false"]
+from _main_runner import REPO, TINY, merge
+
+# 8 models, reconstruction at 10 iterations: the budget reaches AdaRound and BRECQ, not OBC or RTN
+SWEEP = merge(TINY, ["dataset.n_train=128", "n_models=8", "train.epochs=3", "budget.n_calib=24", "budget.iters=10"])
 
 
 def multirun(args, tmp, name, extra_env=None):
     env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true", **(extra_env or {}))
     env.pop("WANDB_API_KEY", None)
-    cmd = [sys.executable, "-m", "src.main", "-m", *TINY, *args, f"paths.cache_dir={tmp}/cache",
+    cmd = [sys.executable, "-m", "src.main", "-m", *merge(SWEEP, args), f"paths.cache_dir={tmp}/cache",
            f"hydra.sweep.dir={tmp}/{name}"]
     p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, timeout=900)
     assert p.returncode == 0, p.stderr[-3000:]
@@ -84,16 +84,18 @@ def test_launchers_match_basic(tmp_path, launcher):
     assert read_csv(basic / "summary.csv") == read_csv(other / "summary.csv")
 
 
-def test_stage_train_fills_cache_then_sweep_trains_nothing(tmp_path):
-    env = dict(os.environ, WANDB_MODE="disabled")
-    base = [sys.executable, "-m", "src.main", *TINY, "logger=none", f"paths.cache_dir={tmp_path}/cache"]
+def test_stage_train_fills_cache_then_sweep_trains_nothing(tiny_cfg, run_job, tmp_path, monkeypatch):
+    """Two stage=train jobs (model_range [0,3) and [3,8), as two cluster jobs would) fill the cache
+    with the 8 pool models, and a job afterwards trains nothing (training would raise)."""
+    from src import pipeline
+
     for rng in ("[0,3]", "[3,8]"):
-        p = subprocess.run(base + ["stage=train", f"model_range={rng}", f"hydra.run.dir={tmp_path}/t{rng[1]}"],
-                           cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
-        assert p.returncode == 0, p.stderr[-2000:]
+        assert run_job(tiny_cfg("stage=train", f"model_range={rng}", base=SWEEP), f"t{rng[1]}")[0] is None
     assert len(list((tmp_path / "cache" / "models").glob("*.pt"))) == 8
-    p = subprocess.run(base + ["quant=rtn", "bits=4", f"hydra.run.dir={tmp_path}/run"], cwd=REPO,
-                       capture_output=True, text=True, env=env, timeout=600)
-    assert p.returncode == 0, p.stderr[-2000:]
-    assert "pool: training model" not in p.stdout + p.stderr
-    assert (tmp_path / "run" / "results.json").exists()
+
+    def refuse(*a, **k):
+        raise AssertionError("pool model trained although cached")
+
+    monkeypatch.setattr(pipeline, "_train_pool_models", refuse)
+    _, job = run_job(tiny_cfg("quant=rtn", "bits=4", base=SWEEP), "run")
+    assert (job / "results.json").exists()

@@ -12,19 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from _main_runner import REPO, TINY, run_main
-
-BASE = dict(o.split("=", 1) for o in TINY)
+from _main_runner import REPO, TINY, compose, merge, run_main
 
 
 def _overrides(case: list[str]) -> list[str]:
     """TINY with the case's overrides replacing same-key entries (Hydra rejects duplicates)."""
-    merged = dict(BASE)
-    for o in case:
-        k, v = o.split("=", 1)
-        merged.pop(k, None)
-        merged[k] = v
-    return [f"{k}={v}" for k, v in merged.items()]
+    return merge(TINY, case)
 
 
 def _unwritable_dir(tmp: Path) -> Path:
@@ -70,6 +63,10 @@ IN_PROCESS = [
     ("adaround_unfolded_bn", ["quant=adaround", "quant.fold_bn=false"], ["quant.fold_bn=false", "allowed"]),
     ("adaround_lr_zero", ["quant=adaround", "quant.lr=0"], ["quant.lr=0"]),
     ("n_calib_zero", ["quant=brecq", "quant.n_calib=0"], ["quant.n_calib=0"]),
+    # the experiment's shared budget is named as the user set it
+    ("budget_n_calib_zero", ["quant=gptq", "budget.n_calib=0"], ["budget.n_calib=0"]),
+    ("budget_iters_negative", ["quant=brecq", "budget.iters=-5"], ["budget.iters=-5"]),
+    ("budget_n_calib_too_large", ["quant=obc", "budget.n_calib=100000"], ["budget.n_calib=100000", "at most"]),
     ("n_calib_too_large_obc", ["quant=obc", "quant.n_calib=100000"], ["quant.n_calib=100000"]),
     # target 3 has 138 members, model 0 only 119: with matched references every model is quantized
     ("n_calib_too_large_matched", ["quant=obc", "targets=[3]", "quant.n_calib=130", "attack.reference=matched"],
@@ -148,17 +145,8 @@ def test_bad_input_subprocess(subprocess_results, name, case, needles):
     assert _no_artifacts(cache), list(cache.rglob("*"))
 
 
-@pytest.fixture(scope="module")
-def compose():
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        yield lambda overrides: hydra_compose(config_name="config", overrides=overrides)
-
-
 @pytest.mark.parametrize("name,case,needles", IN_PROCESS, ids=[c[0] for c in IN_PROCESS])
-def test_bad_input_in_process(compose, tmp_path, name, case, needles):
+def test_bad_input_in_process(tmp_path, name, case, needles):
     from src.data import DataError
     from src.main import prepare
     from src.validate import ConfigError
@@ -175,7 +163,7 @@ def test_bad_input_in_process(compose, tmp_path, name, case, needles):
 
 
 @pytest.mark.parametrize("override,needle", UNKNOWN_GROUP)
-def test_unknown_group_option_names_it(compose, override, needle):
+def test_unknown_group_option_names_it(override, needle):
     from hydra.errors import MissingConfigException
 
     with pytest.raises(MissingConfigException) as ei:
@@ -183,7 +171,7 @@ def test_unknown_group_option_names_it(compose, override, needle):
     assert needle in str(ei.value)
 
 
-def test_tiny_config_is_valid(compose, tmp_path):
+def test_tiny_config_is_valid(tmp_path):
     """The control: the base of both tables passes, so each failure above is its override's."""
     from src.main import prepare
 
@@ -192,7 +180,7 @@ def test_tiny_config_is_valid(compose, tmp_path):
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write into a read-only directory")
-def test_read_only_cache_dir(compose, tmp_path):
+def test_read_only_cache_dir(tmp_path):
     from src.main import prepare
     from src.validate import ConfigError
 
@@ -209,14 +197,22 @@ def test_read_only_cache_dir(compose, tmp_path):
 BITS = (["bits=4", "bitwidth=uniform"], ["bits=1.58", "bitwidth=paper"], ["bits=2", "bitwidth=8bit_ends"])
 
 
-@pytest.mark.parametrize("preset", ["experiment=default", "experiment=paper_cifar10", "experiment=paper_cifar100",
-                                    "experiment=paper_tinyimagenet"])
-def test_shipped_configs_pass_validation(compose, tmp_path, preset):
+PRESETS = sorted(f"experiment={p.stem}" for p in (REPO / "conf" / "experiment").glob("*.yaml")
+                 if not p.stem.startswith("_"))
+QUANTIZERS = sorted(p.stem for p in (REPO / "conf" / "quant").glob("*.yaml"))
+
+
+def test_presets_and_quantizers_found():
+    assert "experiment=default" in PRESETS and "experiment=paper_cifar10" in PRESETS and "obc" in QUANTIZERS
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_shipped_configs_pass_validation(tmp_path, preset):
     """No false alarms: the shipped presets validate with every quantizer, attack and bit policy."""
     from src.validate import validate
 
     attacks = ("lira", "rmia", "loss", "all") if preset == "experiment=default" else ("all",)
-    for i, quant in enumerate(("none", "rtn", "adaround", "brecq", "obc")):
+    for i, quant in enumerate(QUANTIZERS):
         for j, attack in enumerate(attacks):
             validate(compose([preset, f"quant={quant}", f"attack={attack}", *BITS[(i + j) % len(BITS)],
                               f"paths.cache_dir={tmp_path}/cache"]))

@@ -20,10 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _main_runner import REPO, TINY, merge
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = ["dataset=synthetic", "dataset.n_train=128", "n_models=4", "train.epochs=2", "quant.n_calib=24",
-        "attack.bootstrap=20", "progress=false"]
+DASH = merge(TINY, ["dataset.n_train=128", "budget.n_calib=24"])
 GROUP = "dash-test"
 
 
@@ -106,7 +105,7 @@ def _env(tmp: Path) -> dict:
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dash")
-    cmd = [sys.executable, "-m", "src.main", "-m", *TINY, "quant=rtn,obc", "bits=4,2", "logger=wandb",
+    cmd = [sys.executable, "-m", "src.main", "-m", *merge(DASH, ["logger=wandb"]), "quant=rtn,obc", "bits=4,2",
            f"logger.group={GROUP}", "logger.tags=[tiny,dash]", "logger.notes=tiny dashboard sweep",
            f"paths.cache_dir={tmp}/cache", f"hydra.sweep.dir={tmp}/sweep"]
     p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=_env(tmp), timeout=600)
@@ -222,8 +221,9 @@ def test_summary_keys_have_no_constant_cis(sweep):
 
 
 def test_fast_path_logs_the_same_curve_keys(tmp_path):
-    cmd = [sys.executable, "-m", "src.main", *TINY, "train.fast=true", "train.models_per_step=2", "stage=train",
-           "logger=wandb", f"paths.cache_dir={tmp_path}/cache", f"hydra.run.dir={tmp_path}/run"]
+    cmd = [sys.executable, "-m", "src.main", *merge(DASH, ["logger=wandb", "train.fast=true", "train.models_per_step=2",
+                                                           "stage=train"]),
+           f"paths.cache_dir={tmp_path}/cache", f"hydra.run.dir={tmp_path}/run"]
     p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=_env(tmp_path), timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     (run_dir,) = (tmp_path / "run" / "wandb").glob("offline-run-*")

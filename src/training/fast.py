@@ -24,7 +24,7 @@ The loop runs through Lightning Fabric (device placement, launch, loggers). Fabr
 ``LightningModule`` because the Trainer owns one optimisation loop per module, while here K
 independent optimisers are interleaved on K streams, which needs a hand-written loop.
 
-Config keys (``cfg.train``, all optional): ``fast`` ('auto' = on CUDA only | true | false),
+Keys of the ``train`` node, all optional: ``fast`` ('auto' = on CUDA only | true | false),
 ``models_per_step`` (K, 4), ``compile`` (false | true | mode string), ``channels_last`` (true),
 ``bf16`` (true), ``cuda_graphs`` (false).
 """
@@ -44,6 +44,7 @@ from torch import nn
 from src.data.augment import normalizer
 from src.models import build_model
 from src.training.module import curve_prefix
+from src.training.recipe import Recipe
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +58,9 @@ def _flag(value, default: bool) -> bool:
     return bool(value)
 
 
-def use_fast_path(cfg, device) -> bool:
+def use_fast_path(train_cfg, device) -> bool:
     """``train.fast``: 'auto' → only on CUDA (the plain Lightning path stays the CPU default)."""
-    fast = cfg.train.get("fast", "auto")
+    fast = train_cfg.get("fast", "auto")
     if isinstance(fast, str) and fast.strip().lower() == "auto":
         return str(device).startswith("cuda")
     return _flag(fast, False)
@@ -142,12 +143,12 @@ class MultiModelTrainer:
     ``train_models_fast`` drives it epoch by epoch; the benchmark drives it with ``steps(n)``.
     """
 
-    def __init__(self, cfg, x_train: torch.Tensor, y_train: torch.Tensor, mean, std, num_classes: int,
+    def __init__(self, recipe: Recipe, x_train: torch.Tensor, y_train: torch.Tensor, mean, std, num_classes: int,
                  member_idx_list: list[torch.Tensor], seeds: list[int], device, names: list[str] | None = None,
                  options: FastOptions | None = None, model_fn=None, logger=None):
         if len(member_idx_list) != len(seeds):
             raise ValueError(f"{len(member_idx_list)} member sets but {len(seeds)} seeds")
-        self.opts = options or FastOptions.from_cfg(cfg.train)
+        self.opts = options or FastOptions.from_cfg(recipe.train)
         dev = torch.device(device)
         self.fabric = Fabric(accelerator="cuda" if dev.type == "cuda" else "cpu", devices=1,
                              precision="32-true", loggers=logger if logger is not None else None)
@@ -157,11 +158,10 @@ class MultiModelTrainer:
         self.bf16 = self.opts.bf16 and self.cuda
         self.channels_last = self.opts.channels_last and self.cuda
         self.graphs = self.opts.cuda_graphs
-        tc = cfg.train
+        tc = recipe.train
         self.batch = int(tc.batch_size)
         self.epochs = int(tc.epochs)
-        aug = cfg.dataset.get("augment", {}) or {}
-        self.pad, self.flip = int(aug.get("pad", 0)), bool(aug.get("flip", False))
+        self.pad, self.flip = recipe.pad, recipe.flip
         # data: uint8 resident on the device, uploaded once
         self.x = self.fabric.to_device(x_train.contiguous())
         self.y = self.fabric.to_device(y_train.long())
@@ -171,7 +171,7 @@ class MultiModelTrainer:
             in_ch = int(x_train.shape[1])
 
             def model_fn():
-                return build_model(cfg.model, num_classes, in_ch)
+                return build_model(recipe.model, num_classes, in_ch)
 
         self.slots: list[_Slot] = []
         for k, (members, seed) in enumerate(zip(member_idx_list, seeds)):
@@ -363,9 +363,9 @@ def _nondeterministic_ok(cuda: bool):
         torch.backends.cudnn.benchmark = bench
 
 
-def train_models_fast(cfg, data, member_idx_list: list[torch.Tensor], seeds: list[int], device,
+def train_models_fast(recipe: Recipe, data, member_idx_list: list[torch.Tensor], seeds: list[int], device,
                       names: list[str] | None = None, logger=None) -> list[nn.Module]:
-    """Train ``len(seeds)`` fresh ``cfg.model``s, model k on ``data.x_train[member_idx_list[k]]`` with
+    """Train ``len(seeds)`` fresh ``recipe.model``s, model k on ``data.x_train[member_idx_list[k]]`` with
     seed ``seeds[k]`` (init, shuffling, augmentation). Returns them on CPU, eval mode.
 
     All K models are trained in one loop (call it with ``models_per_step`` models at a time; see
@@ -374,7 +374,7 @@ def train_models_fast(cfg, data, member_idx_list: list[torch.Tensor], seeds: lis
     """
     dev = torch.device(device)
     with _nondeterministic_ok(dev.type == "cuda"):
-        tr = MultiModelTrainer(cfg, data.x_train, data.y_train, data.mean, data.std, data.num_classes,
+        tr = MultiModelTrainer(recipe, data.x_train, data.y_train, data.mean, data.std, data.num_classes,
                                member_idx_list, seeds, dev, names, logger=logger)
         for e in range(tr.epochs):
             tr.epoch()
@@ -382,7 +382,7 @@ def train_models_fast(cfg, data, member_idx_list: list[torch.Tensor], seeds: lis
             if logger is not None:  # the plain path's keys: pool/mNN/train_loss|train_acc, per epoch
                 curves = {"epoch": e}
                 for s, loss, acc in zip(tr.slots, losses, tr.last_acc):
-                    p = curve_prefix(s.name, cfg.get("n_models"))
+                    p = curve_prefix(s.name, recipe.pool_size)
                     curves.update({f"{p}/train_loss": loss, f"{p}/train_acc": acc})
                 tr.fabric.log_dict(curves, step=e)
         return tr.models()

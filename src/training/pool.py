@@ -15,6 +15,7 @@ from src.models import build_model
 
 from .fast import train_models_fast, use_fast_path
 from .module import Classifier, curve_prefix
+from .recipe import Recipe
 
 log = logging.getLogger(__name__)
 
@@ -38,40 +39,39 @@ def _quiet_lightning():
         lg.setLevel(level)
 
 
-def train_models(cfg, data: ImageData, members: list[torch.Tensor], seeds: list[int], device: str,
+def train_models(recipe: Recipe, data: ImageData, members: list[torch.Tensor], seeds: list[int], device: str,
                  names: list[str] | None = None, logger=None) -> list[nn.Module]:
-    """Train fresh ``cfg.model``s, model k on ``data.x_train[members[k]]`` with seed ``seeds[k]``.
+    """Train fresh ``recipe.model``s, model k on ``data.x_train[members[k]]`` with seed ``seeds[k]``.
     The fast path (``train.fast``; 'auto' = on CUDA) trains them together; the plain Lightning path
     one after the other. Returns them on CPU, eval mode."""
     names = names or [f"model {k}" for k in range(len(seeds))]
-    if use_fast_path(cfg, device):
-        return train_models_fast(cfg, data, members, seeds, device, names, logger)
-    return [train_model(cfg, data, m, s, n, logger, device) for m, s, n in zip(members, seeds, names)]
+    if use_fast_path(recipe.train, device):
+        return train_models_fast(recipe, data, members, seeds, device, names, logger)
+    return [train_model(recipe, data, m, s, device, n, logger) for m, s, n in zip(members, seeds, names)]
 
 
-def train_model(cfg, data: ImageData, member_idx: torch.Tensor, seed: int, name: str = "model",
-                logger=None, device: str | None = None) -> nn.Module:
-    """Train a fresh ``cfg.model`` on ``data.x_train[member_idx]`` through a Lightning Trainer (the
+def train_model(recipe: Recipe, data: ImageData, member_idx: torch.Tensor, seed: int, device: str,
+                name: str = "model", logger=None) -> nn.Module:
+    """Train a fresh ``recipe.model`` on ``data.x_train[member_idx]`` through a Lightning Trainer (the
     plain path); returns it on CPU, eval mode."""
-    device = device or resolve_device(cfg.get("device", "auto"))
+    tc = recipe.train
     L.seed_everything(seed, workers=True, verbose=False)
-    model = build_model(cfg.model, data.num_classes, data.in_channels)
+    model = build_model(recipe.model, data.num_classes, data.in_channels)
     x, y = data.x_train[member_idx], data.y_train[member_idx]
     g = torch.Generator().manual_seed(seed)
-    loader = DataLoader(TensorDataset(x, y), batch_size=int(cfg.train.batch_size), shuffle=True, generator=g,
-                        num_workers=int(cfg.get("num_workers", 0)), drop_last=len(x) > int(cfg.train.batch_size))
-    aug = cfg.dataset.get("augment", {}) or {}
-    module = Classifier(model, data.mean, data.std, float(cfg.train.lr), float(cfg.train.momentum),
-                        float(cfg.train.weight_decay), int(cfg.train.epochs), len(loader),
-                        int(aug.get("pad", 0)), bool(aug.get("flip", False)), cfg.train.get("schedule", "cosine"),
+    loader = DataLoader(TensorDataset(x, y), batch_size=int(tc.batch_size), shuffle=True, generator=g,
+                        num_workers=recipe.num_workers, drop_last=len(x) > int(tc.batch_size))
+    module = Classifier(model, data.mean, data.std, float(tc.lr), float(tc.momentum),
+                        float(tc.weight_decay), int(tc.epochs), len(loader),
+                        recipe.pad, recipe.flip, tc.get("schedule", "cosine"),
                         name=name, num_classes=data.num_classes,
-                        prefix=curve_prefix(name, cfg.get("n_models")))  # pool/mNN/train_loss|train_acc
+                        prefix=curve_prefix(name, recipe.pool_size))  # pool/mNN/train_loss|train_acc
     accel = "gpu" if str(device).startswith("cuda") else "cpu"
     with _quiet_lightning():  # the Trainer's device banner
-        trainer = L.Trainer(max_epochs=int(cfg.train.epochs), accelerator=accel, devices=1,
-                            precision=cfg.train.get("precision", "32-true"), logger=logger if logger else False,
+        trainer = L.Trainer(max_epochs=int(tc.epochs), accelerator=accel, devices=1,
+                            precision=tc.get("precision", "32-true"), logger=logger if logger else False,
                             enable_checkpointing=False, enable_model_summary=False,
-                            enable_progress_bar=bool(cfg.get("progress", True)),
+                            enable_progress_bar=recipe.progress,
                             deterministic=True if accel == "cpu" else "warn",  # some CUDA backward kernels have no deterministic version
                             log_every_n_steps=max(1, min(50, len(loader))))
     with warnings.catch_warnings(), _quiet_lightning():
