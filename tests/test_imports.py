@@ -61,3 +61,23 @@ def test_no_import_cycle_in_src():
 def test_cycle_finder_finds_a_cycle():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def _calls(path: Path, name: str) -> int:
+    return sum(isinstance(n, ast.Call) and getattr(n.func, "id", getattr(n.func, "attr", None)) == name
+               for n in ast.walk(ast.parse(path.read_text())))
+
+
+def test_device_resolved_once_and_training_never_sees_the_job_config():
+    """One ``resolve_device`` call in ``src`` (in ``main.run``); the stages take the resolved device.
+    The training paths read a ``Recipe`` (the train and model nodes), never the job config: no
+    attribute of a ``cfg`` name (``cfg.dataset``, ``cfg.get``, ...) in ``src/training`` outside
+    ``recipe.py``, whose ``Recipe.of`` builds the recipe from it."""
+    assert {p.relative_to(SRC).as_posix(): _calls(p, "resolve_device") for p in SRC.rglob("*.py")
+            if _calls(p, "resolve_device")} == {"main.py": 1}
+    for path in (SRC / "training").glob("*.py"):
+        if path.name == "recipe.py":
+            continue
+        uses = [n.lineno for n in ast.walk(ast.parse(path.read_text()))
+                if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id == "cfg"]
+        assert uses == [], f"{path.name}: the job config read at lines {uses}"
