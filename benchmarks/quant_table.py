@@ -37,7 +37,7 @@ def run(bits: list[float], methods: list[str], out: str, overrides: list[str] | 
     from src import pipeline as P
     from src.cache import ArtifactStore
     from src.data import load_dataset, normalize
-    from src.quant import quantize
+    from src.quant import NEEDS_CALIBRATION, quantize
     from src.training.pool import evaluate_accuracy, resolve_device
 
     overrides = list(overrides or [])
@@ -57,9 +57,11 @@ def run(bits: list[float], methods: list[str], out: str, overrides: list[str] | 
         for b in bits:
             try:
                 qc = compose_cfg([*overrides, f"quant={m}", f"bits={b}"])
-                source, idx = P.calibration_indices(qc, data, keep, 0)
-                x_src = data.x_test if source == "test" else data.x_train
-                calib_x = normalize(x_src[torch.from_numpy(idx)], data.mean, data.std)
+                calib_x = None  # RTN looks only at the weights
+                if m in NEEDS_CALIBRATION:
+                    source, idx = P.calibration_indices(qc, data, keep, 0)
+                    x_src = data.x_test if source == "test" else data.x_train
+                    calib_x = normalize(x_src[torch.from_numpy(idx)], data.mean, data.std)
                 qcfg = OmegaConf.merge(OmegaConf.to_container(qc.quant, resolve=True), {"seed": int(qc.seed), "progress": False})
                 r = quantize(fp_model, float(b), qcfg, qc.bitwidth.policy, calib_x, qc.dataset.name, device)
                 row["acc"][str(b)] = evaluate_accuracy(r.model, data.x_test, data.y_test, data.mean, data.std, device)
