@@ -57,7 +57,7 @@ def run(bits: list[float], methods: list[str], out: str, overrides: list[str] | 
         for b in bits:
             try:
                 qc = compose_cfg([*overrides, f"quant={m}", f"bits={b}"])
-                calib_x = None  # RTN looks only at the weights
+                calib_x = None  # RTN and the controls look only at the weights
                 if m in NEEDS_CALIBRATION:
                     source, idx = P.calibration_indices(qc, data, keep, 0)
                     x_src = data.x_test if source == "test" else data.x_train

@@ -264,8 +264,8 @@ def quantize_pool_model(cfg, data: ImageData, keep: np.ndarray, index: int, stor
         qcfg.seed, qcfg.progress = int(cfg.seed) + index, bool(cfg.get("progress", True))
         how = (f"{CONTROLS[cfg.quant.name]}={cfg.quant[CONTROLS[cfg.quant.name]]}" if cfg.quant.name in CONTROLS
                else f"{cfg.bits} bits ({cfg.bitwidth.policy} policy)")
-        log.info("quantize: model %d with %s at %s, %d %s calibration images",
-                 index, cfg.quant.name, how, len(idx), source or "no")
+        log.info("quantize: model %d with %s at %s, %s", index, cfg.quant.name, how,
+                 f"{len(idx)} {source} calibration images" if source else "no calibration images")
         augment = calibration_augment(cfg, data)
         res = quantize(fp_model, float(cfg.bits), qcfg, cfg.bitwidth.policy, calib_x, cfg.dataset.name, device,
                        augment)
