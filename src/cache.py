@@ -15,19 +15,22 @@ holding the key's config, the SHA-256 of the artifact bytes and library versions
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import logging
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from filelock import FileLock, SoftFileLock
+from filelock import FileLock, SoftFileLock, Timeout
 
 log = logging.getLogger(__name__)
+EMPTY_LOCK_GRACE = 5.0  # seconds: an empty soft lock file this old has no live holder
 FORMAT_VERSION = 1
 
 
@@ -101,17 +104,43 @@ class ArtifactStore:
     def _lock(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
         if self.lock_kind == "soft":
-            # a lock file left by a killed process is removed once older than stale_after
-            try:
-                import time
-
-                if path.exists() and time.time() - path.stat().st_mtime > self.stale_after:
-                    log.warning("removing stale lock %s", path)
-                    path.unlink(missing_ok=True)
-            except OSError:
-                pass
-            return SoftFileLock(str(path), timeout=self.lock_timeout)
+            return self._soft_lock(path)
         return FileLock(str(path), timeout=self.lock_timeout)
+
+    def _remove_abandoned(self, path: Path) -> None:
+        """Remove a soft lock file no live process can hold. filelock takes over a marker whose
+        recorded process is dead, but not an *empty* one: a process killed between creating the
+        file and writing its owner record leaves one, and it would block every later job. A live
+        holder writes the record right after the create, so an empty file older than
+        ``EMPTY_LOCK_GRACE`` seconds is abandoned; any lock older than ``stale_after`` is too."""
+        try:
+            st = path.stat()
+        except OSError:
+            return
+        age = time.time() - st.st_mtime
+        if age > self.stale_after or (st.st_size == 0 and age > EMPTY_LOCK_GRACE):
+            log.warning("removing abandoned lock %s", path)
+            path.unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def _soft_lock(self, path: Path):
+        """SoftFileLock acquired in short attempts, looking for an abandoned lock file between them;
+        ``lock_timeout`` < 0 waits for as long as a live holder keeps it."""
+        deadline = None if self.lock_timeout < 0 else time.monotonic() + self.lock_timeout
+        while True:
+            self._remove_abandoned(path)
+            left = 1.0 if deadline is None else max(0.0, min(1.0, deadline - time.monotonic()))
+            lock = SoftFileLock(str(path), timeout=left)
+            try:
+                lock.acquire()
+                break
+            except Timeout:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
+        try:
+            yield lock
+        finally:
+            lock.release()
 
     def load(self, kind: str, key: str, repair: bool = True) -> Any | None:
         """The artifact if present and intact; None if absent; a corrupt one is removed (warned).

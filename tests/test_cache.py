@@ -3,6 +3,7 @@ import multiprocessing as mp
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from src.cache import ArtifactStore, cache_key
@@ -78,3 +79,30 @@ def test_two_processes_build_once(tmp_path):
             p.join(60)
         assert all(p.exitcode == 0 for p in procs)
         assert Path(log_path).read_text().count("built") == 1, lock
+
+
+def test_abandoned_empty_lock_file_does_not_block(tmp_path):
+    """A job killed between creating its soft lock file and writing the owner record leaves an
+    empty file that filelock never breaks. Once older than EMPTY_LOCK_GRACE it is removed and the
+    artifact is built; a fresh empty file (a holder that may still be writing) is waited for, here
+    until ``lock_timeout`` runs out."""
+    import os
+
+    from filelock import Timeout
+
+    from src.cache import EMPTY_LOCK_GRACE
+
+    config = {"i": 1}
+    store = ArtifactStore(tmp_path, lock_timeout=1.5)
+    lock = store.paths("models", cache_key(config))[2]
+    lock.parent.mkdir(parents=True)
+    lock.write_text("")
+    t0 = time.monotonic()
+    with pytest.raises(Timeout):
+        store.get_or_create("models", config, lambda: {"w": torch.ones(1)})
+    assert time.monotonic() - t0 >= 1.4 and lock.exists()
+    old = time.time() - EMPTY_LOCK_GRACE - 1
+    os.utime(lock, (old, old))
+    # a timeout, not a wait forever: without the recovery this raises Timeout instead of hanging
+    art, built = ArtifactStore(tmp_path, lock_timeout=10).get_or_create("models", config, lambda: {"w": torch.ones(1)})
+    assert built and torch.equal(art["w"], torch.ones(1)) and not lock.exists()
