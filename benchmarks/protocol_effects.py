@@ -1,5 +1,5 @@
-"""The effect of each difference from the study's code, one switch at a time (README "Differences
-from the study's code").
+"""The effect of each difference from the study's code, one switch at a time
+(docs/study-differences.md).
 
     python -m benchmarks.protocol_effects [--targets 0,1] [--out outputs/bench/protocol_effects.json] [overrides ...]
 

@@ -1,4 +1,4 @@
-"""Content-addressed artifact store (DESIGN.md "Rules").
+"""Content-addressed artifact store (docs/design.md, "Design rules").
 
 An artifact is one ``torch.save``d dict under ``<root>/<kind>/<key>.pt`` where ``key`` is the SHA-256
 of exactly the config that determines it (canonical JSON). Next to it, ``<key>.json`` is a manifest

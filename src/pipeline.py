@@ -1,4 +1,4 @@
-"""The stages of one job as functions over cached artifacts (DESIGN.md "What one job does").
+"""The stages of one job as functions over cached artifacts (docs/design.md, "What one job does").
 
     membership → train_pool → quantize_target (per target) → attack_target → metrics
 

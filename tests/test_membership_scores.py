@@ -21,7 +21,7 @@ def test_keep_matrix_balanced(m, n, pkeep):
 
 
 def test_keep_matrix_is_the_reference_formula():
-    # REFERENCE.md: U ~ Uniform(M×N) with a fixed seed, keep = argsort(U, axis=0) < M/2
+    # docs/design.md, "Membership split": U ~ Uniform(M×N) with a fixed seed, keep = argsort(U, axis=0) < M/2
     u = np.random.default_rng(5).uniform(size=(8, 30))
     assert (keep_matrix(8, 30, 0.5, 5) == (np.argsort(u, axis=0) < 4)).all()
 

@@ -27,7 +27,7 @@ SIZE = ["model.width=8", "n_models=4", "train.epochs=1", "quant.n_calib=32",
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_preset_composes_the_paper_protocol(preset):
-    """Every paper preset composes to the study's protocol (REFERENCE.md): ResNet-18 at base width 64,
+    """Every paper preset composes to the study's protocol (docs/configuration.md): ResNet-18 at base width 64,
     65 models, 100 epochs of SGD 0.1 / cosine, the paper bit policy, every attack, its own dataset."""
     cfg = compose([f"experiment={preset}"])
     assert cfg.dataset.name == preset.removeprefix("paper_")

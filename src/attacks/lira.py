@@ -1,7 +1,7 @@
 """Likelihood Ratio Attack (LiRA; Carlini et al., "Membership Inference Attacks From First
 Principles", IEEE S&P 2022), online and offline, per-example or fixed variance.
 
-Inputs are the logit-scaled confidences φ = log p_y − log(1 − p_y) (REFERENCE.md "Scores") of the
+Inputs are the logit-scaled confidences φ = log p_y − log(1 − p_y) (docs/design.md, "Scores") of the
 reference models, ``phi_ref`` [R, N, Q], and of the target, ``phi_target`` [N, Q], plus boolean
 masks [R, N] saying which reference models serve as IN (trained on example i) or OUT references
 for each example (see ``src.attacks.select_references``; they carry the equal-count truncation).

@@ -1,4 +1,4 @@
-"""Attack metrics from exact ROC curves (REFERENCE.md "Metrics").
+"""Attack metrics from exact ROC curves (docs/attacks.md, "Metrics").
 
 Convention: an example is predicted member when score ≥ threshold. The ROC is exact: one point per
 distinct score value (tied scores enter together, as one point), from (0, 0) to (1, 1), no binning.

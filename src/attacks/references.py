@@ -1,7 +1,7 @@
-"""Which reference models each example uses, for one target (REFERENCE.md "Membership split").
+"""Which reference models each example uses, for one target (docs/design.md, "Membership split").
 
-Reference selection and the equal-count rule (REFERENCE.md "Membership split")
-------------------------------------------------------------------------------
+Reference selection and the equal-count rule (docs/design.md, "Membership split")
+---------------------------------------------------------------------------------
 The references for target t are all pool models except t (leave-one-out). In the balanced protocol
 every example is IN for exactly K = M·pkeep pool models, so among the references it is IN for
 K − keep[t, i] and OUT for M − 1 − K + keep[t, i]: the raw counts encode t's membership. With

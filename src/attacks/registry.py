@@ -1,4 +1,4 @@
-"""The attack registry and :func:`run_attacks` (REFERENCE.md "Attacks").
+"""The attack registry and :func:`run_attacks` (docs/attacks.md).
 
 :func:`run_attacks` turns the reference models' and the target's φ scores into one membership score
 per training example per attack (higher = more likely member). An attack is one module, one entry

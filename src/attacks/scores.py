@@ -1,4 +1,4 @@
-"""The per-example membership signal φ (REFERENCE.md "Scores").
+"""The per-example membership signal φ (docs/design.md, "Scores").
 
 For logits z = f(a(x)) of example (x, y) under query view a:
     φ = z_y − logsumexp_{j≠y} z_j  (= log p_y − log(1 − p_y)),

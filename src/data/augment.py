@@ -2,7 +2,7 @@
 
 Training augmentation (random crop with zero padding + horizontal flip) is applied to a whole
 uint8 batch at once on its device; queries are the fixed views each model is scored on
-(REFERENCE.md "Scores": identity and mirror by default, optional pixel shifts).
+(docs/design.md, "Scores": identity and mirror by default, optional pixel shifts).
 """
 from __future__ import annotations
 

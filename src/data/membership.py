@@ -1,4 +1,4 @@
-"""The balanced keep matrix of the LiRA protocol (REFERENCE.md "Membership split").
+"""The balanced keep matrix of the LiRA protocol (docs/design.md, "Membership split").
 
 U ~ Uniform(M × N) with a fixed seed; keep = argsort(U, axis=0) < ⌊M·pkeep⌋, exactly as written there
 (and as the LiRA reference code does), so the same seed gives the same split. Column i of

@@ -27,7 +27,7 @@ differing only in the per-example, per-element weights ω:
   plain gradient of that KL is zero). Exact over classes when there are ≤ ``fisher_samples``
   (default 16) of them, else a Monte-Carlo estimate with that many labels drawn from p_FP per
   example.
-- ``fisher_kl``: the squared-gradient weights as REFERENCE.md words them, eq. (10) with
+- ``fisher_kl``: the squared-gradient weights as docs/quantizers.md words them, eq. (10) with
   L = KL(p_Q ‖ p_FP) per calibration example:
       ω(x) = (∂ KL(p_Q(·|x) ‖ p_FP(·|x)) / ∂z)²,
   where p_Q is the network whose already-reconstructed prefix is quantized, whose *current* block
@@ -38,7 +38,7 @@ differing only in the per-example, per-element weights ω:
   back-propagated, so that it is exactly zero where p_Q = p_FP). The KL is summed
   over the examples of a batch, so each example gets the gradient of its own KL (BN folded / eval
   mode: examples are independent). If every gradient is zero (p_Q = p_FP exactly) ω falls back to 1.
-  (How this differs from the BRECQ reference code: README, "Quantizers".)
+  (How this differs from the BRECQ reference code: docs/quantizers.md, "BRECQ".)
 
 For ``fisher`` and ``fisher_kl``, ω is divided by its mean over the calibration set (all examples
 and elements; mean 1), so λ keeps the meaning it has with ``mse``.

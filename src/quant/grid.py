@@ -1,4 +1,4 @@
-"""Per-output-channel uniform weight grids (REFERENCE.md "Quantizers").
+"""Per-output-channel uniform weight grids (docs/quantizers.md, "Common steps").
 
 A grid maps a weight w of output channel c to an integer code q ∈ [qmin, qmax] and back:
     q = clamp(round(w / s_c) + z_c, qmin, qmax),   ŵ = s_c · (q − z_c).

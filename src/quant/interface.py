@@ -1,4 +1,4 @@
-"""The quantization interface: one function for every method (REFERENCE.md "Quantizers").
+"""The quantization interface: one function for every method (docs/quantizers.md).
 
 ``quantize(model, bits, qcfg, policy, calib_x)`` copies the full-precision model, folds BatchNorm
 (``quant.fold_bn``, default true, as PTQ reference pipelines do), assigns per-layer bits with the

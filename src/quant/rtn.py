@@ -1,5 +1,5 @@
 """Round-to-nearest: every weight to its nearest level of the per-channel grid. The floor every PTQ
-method must beat (REFERENCE.md)."""
+method must beat (docs/quantizers.md)."""
 from __future__ import annotations
 
 import torch

@@ -3,7 +3,7 @@
 ``results.json`` holds the resolved config, utility and per-attack metrics (per target, mean, CI,
 ROC points) for the quantized targets (``attacks``) and the same attacks against the
 full-precision targets (``fp_attacks``). ``scores.npz`` holds everything needed to recompute them
-(schema in the README, "Outputs"):
+(schema in docs/outputs.md):
 
     phi [M,N,Q] float32      φ of every full-precision pool model, every training example, every query
     target_phi [T,N,Q]       φ of the quantized targets

@@ -1,6 +1,6 @@
 """Multirun summary: one table, one privacy–utility plot and one ROC plot across all jobs.
 
-Local ``results.json`` files are the source of truth (DESIGN.md); this module only reads
+Local ``results.json`` files are the source of truth (docs/design.md, "Design rules"); this module only reads
 them, so ``python -m src.report.summary SWEEP_DIR`` (``make report SWEEP=<dir>``) rebuilds
 the summary of any finished or partial sweep without W&B and without re-running anything.
 

@@ -1,6 +1,6 @@
 """Weights & Biases sink: one W&B run per job, never a reason for a job to fail.
 
-Local ``results.json`` is the source of truth (DESIGN.md); W&B only mirrors it. Every W&B
+Local ``results.json`` is the source of truth (docs/design.md, "Design rules"); W&B only mirrors it. Every W&B
 call goes through :meth:`WandbSink._guard`, which turns any exception into one warning line.
 
 Mode (``logger.mode``):
@@ -17,7 +17,7 @@ null, the job dir (``outputs/runs/<stamp>`` or ``outputs/multirun/<stamp>/<n>``)
 ``wandb sync $(find outputs -path '*/wandb/offline-run-*' -prune)`` (``make sync``) uploads
 them all later (the glob ``outputs/**/wandb/offline-run-*`` with bash globstar is the same set).
 
-What each run holds (README "W&B dashboard"):
+What each run holds (docs/wandb.md, "The dashboard"):
 
 * job runs (``job_type=quantize-attack``): headline numbers in ``run.summary`` (CIs only for rates,
   never for counts such as ``fp_at_fpr_*``), a results table, the ROC; the per-model training curves

@@ -1,4 +1,4 @@
-"""The fast training path: K pool models trained together in one process (DESIGN.md "Rules").
+"""The fast training path: K pool models trained together in one process (docs/design.md, "Design rules").
 
 Same recipe as ``src.training.module.Classifier`` (SGD with momentum and weight decay, cosine
 schedule per step, random crop + horizontal flip, per-channel normalisation, cross-entropy), but
