@@ -207,3 +207,12 @@ def test_too_few_examples_is_an_error():
     with pytest.raises(ValueError, match="two members"):
         eps_lower_bound(np.array([1.0, 0.0, 0.5]), np.array([True, False, False]))
 
+
+def test_summary_leaves_an_old_mean_empty():
+    """results.json written before the valid bound held the mean of uncorrected maxima under
+    ``eps_lower_bound`` (no ``eps_max_over_thresholds`` beside it): the summary must not show it."""
+    from src.report.summary import _metric_row
+
+    assert _metric_row({}, "loss", {"eps_lower_bound": 2.1})["eps_lower_bound"] is None
+    new = {"eps_lower_bound": 0.4, "eps_max_over_thresholds": 2.1}
+    assert _metric_row({}, "loss", new)["eps_lower_bound"] == 0.4
