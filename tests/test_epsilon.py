@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from src.attacks.epsilon import (_at_thresholds, _max_over_thresholds, _split_bound, eps_at_thresholds,
-                                 eps_lower_bound, eps_max_over_thresholds, eps_over_targets)
+from src.attacks.epsilon import (_at_thresholds, _max_over_thresholds, _split_bound, clopper_pearson,
+                                 eps_at_thresholds, eps_lower_bound, eps_max_over_thresholds, eps_over_targets)
 
 
 def _laplace_world(rng, draws, n, eps):
@@ -197,6 +197,12 @@ def test_bonferroni_matches_scipy_at_the_corrected_level():
         f_hi = _cp(int((s[~y] >= tau).sum()), 100, 1 - 0.05 / 3)[1]
         want = max(want, math.log(t_lo / f_hi), math.log((1 - f_hi) / (1 - t_lo)))
     assert eps_at_thresholds(s, y, taus)["epsilon"] == pytest.approx(want, rel=1e-7)
+
+
+def test_clopper_pearson_table_equals_scipy():
+    lo, hi = clopper_pearson(np.arange(38), 37)
+    for k in range(38):
+        assert (lo[k], hi[k]) == pytest.approx(_cp(k, 37, 0.95), rel=1e-9, abs=1e-15)
 
 
 def test_value_for_a_set_of_targets_is_the_minimum():

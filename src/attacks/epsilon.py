@@ -40,30 +40,32 @@ import numpy as np
 from .metrics import _check
 
 
-def clopper_pearson(k: np.ndarray, n: int, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
-    """Exact two-sided binomial interval for k successes out of n (element-wise)."""
+@lru_cache(maxsize=64)
+def _cp_end(n: int, confidence: float, upper: bool) -> np.ndarray:
+    """The lower (or upper) Clopper–Pearson end for k = 0..n, computed once per n: counts index it."""
     from scipy.stats import beta
 
-    k = np.asarray(k, dtype=np.float64)
+    k = np.arange(n + 1, dtype=np.float64)
     a = (1.0 - confidence) / 2.0
     with np.errstate(invalid="ignore"):
-        lo = np.where(k > 0, beta.ppf(a, k, n - k + 1), 0.0)
-        hi = np.where(k < n, beta.ppf(1 - a, k + 1, n - k), 1.0)
-    return lo, hi
+        if upper:
+            end = np.where(k < n, beta.ppf(1 - a, k + 1, n - k), 1.0)
+        else:
+            end = np.where(k > 0, beta.ppf(a, k, n - k + 1), 0.0)
+    end.flags.writeable = False
+    return end
 
 
-@lru_cache(maxsize=64)
-def _cp_table(n: int, confidence: float) -> tuple[np.ndarray, np.ndarray]:
-    """Clopper–Pearson ends for k = 0..n: one scipy call per n, then counts are looked up."""
-    lo, hi = clopper_pearson(np.arange(n + 1), n, confidence)
-    lo.flags.writeable = hi.flags.writeable = False
-    return lo, hi
+def clopper_pearson(k, n: int, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """Exact two-sided binomial interval for integer k successes out of n (element-wise)."""
+    k = np.asarray(k, dtype=np.int64)
+    return _cp_end(n, confidence, False)[k], _cp_end(n, confidence, True)[k]
 
 
 def _sides(tp: np.ndarray, fp: np.ndarray, n_pos: int, n_neg: int, confidence: float):
     """log(TPR_lo / FPR_hi) and log((1 − FPR_hi) / (1 − TPR_lo)) for integer counts (any shape)."""
-    tpr_lo = _cp_table(n_pos, confidence)[0][tp]
-    fpr_hi = _cp_table(n_neg, confidence)[1][fp]
+    tpr_lo = _cp_end(n_pos, confidence, False)[tp]
+    fpr_hi = _cp_end(n_neg, confidence, True)[fp]
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.log(tpr_lo) - np.log(fpr_hi), np.log1p(-fpr_hi) - np.log1p(-tpr_lo)
 
