@@ -1,5 +1,6 @@
-"""Paired differences, ε lower bounds, reference-calibrated thresholds and per-example shifts,
-each against an independent computation or a world where the answer is known."""
+"""Paired differences, reference-calibrated thresholds and per-example shifts, each against an
+independent computation or a world where the answer is known; a job's ε keys recomputed from its
+exports (the ε bounds themselves: tests/test_epsilon.py)."""
 from __future__ import annotations
 
 import json
@@ -9,11 +10,12 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from src.attacks.epsilon import epsilon_lower_bound
+from src.attacks.epsilon import eps_lower_bound, eps_max_over_thresholds
 from src.attacks.metrics import attack_metrics
 from src.attacks.paired import aggregate_paired, paired_bootstrap
 from src.attacks.shifts import per_example_shift, top_retained
 from src.attacks.threshold import ppv, reference_quantile, threshold_metrics
+from src.report.epsilon import job_epsilons
 
 
 def _world(rng, n, mu_fp, mu_q, rho):
@@ -71,36 +73,6 @@ def test_paired_significance_and_aggregation():
     assert one["ci"] == per[0]["auc"]["ci"] and one["ci_kind"] == "paired bootstrap"
 
 
-def test_epsilon_lower_bound_separable_closed_form():
-    """Every member above every non-member, P = N = 100: at the separating threshold TP = P and
-    FP = 0, whose exact 95 % bounds are TPR_lo = 0.025^(1/100) and FPR_hi = 1 − 0.025^(1/100); both
-    sides of the bound give ε = log(TPR_lo / FPR_hi) = log((1 − FPR_hi) / (1 − TPR_lo))."""
-    y = np.r_[np.ones(100, bool), np.zeros(100, bool)]
-    s = np.r_[np.linspace(2, 3, 100), np.linspace(0, 1, 100)]
-    lo = 0.025 ** (1 / 100)
-    res = epsilon_lower_bound(s, y)
-    assert res["epsilon"] == pytest.approx(math.log(lo / (1 - lo)), rel=1e-9)
-    assert (res["tpr"], res["fpr"], res["threshold"]) == (1.0, 0.0, 2.0)
-
-
-def test_epsilon_lower_bound_matches_brute_force_clopper_pearson():
-    """On overlapping scores the bound equals a brute force over all thresholds with scipy's
-    exact binomial interval (an independent Clopper–Pearson implementation); no leakage gives ≈ 0."""
-    rng = np.random.default_rng(2)
-    y = np.r_[np.ones(60, bool), np.zeros(90, bool)]
-    s = np.round(rng.normal(size=150) + 1.5 * y, 1)  # ties on purpose
-    best = 0.0
-    for tau in np.unique(s):
-        tp, fp = int((s[y] >= tau).sum()), int((s[~y] >= tau).sum())
-        t_lo = stats.binomtest(tp, 60).proportion_ci(0.95, "exact").low
-        f_hi = stats.binomtest(fp, 90).proportion_ci(0.95, "exact").high
-        for num, den in ((t_lo, f_hi), (1 - f_hi, 1 - t_lo)):
-            if num > 0 and den > 0:
-                best = max(best, math.log(num / den))
-    assert epsilon_lower_bound(s, y)["epsilon"] == pytest.approx(best, rel=1e-7)
-    assert epsilon_lower_bound(rng.normal(size=150), y)["epsilon"] < 0.5
-
-
 def test_reference_threshold_and_ppv():
     """τ leaves at most ⌊α·n⌋ reference non-member scores above it; PPV = πTPR/(πTPR + (1−π)FPR)."""
     out = np.arange(1000, dtype=float)
@@ -149,13 +121,24 @@ def test_job_evidence_recomputes_from_exports(tiny_cfg, run_job):
             q, fp = z[f"attack_{name}"][i], z[f"fp_attack_{name}"][i]
             d = attack_metrics(q, keep)["auc"] - attack_metrics(fp, keep)["auc"]
             assert block["paired"]["auc"]["per_target"][i]["delta"] == pytest.approx(d, abs=1e-12)
-            assert block["eps_lower_bound_per_target"][i]["epsilon"] == pytest.approx(
-                epsilon_lower_bound(q, keep)["epsilon"], abs=1e-12)
+            eps_t = block["eps_lower_bound_per_target"][i]
+            assert eps_t["target"] == t and eps_t["epsilon"] == pytest.approx(
+                eps_lower_bound(q, keep, seed=res["config"]["seed"])["epsilon"], abs=1e-12)
+            assert eps_t["eps_max_over_thresholds"] == pytest.approx(
+                eps_max_over_thresholds(q, keep)["epsilon"], abs=1e-12)
             other = keep.copy()
             other[calib] = False
             n_other.append(other.sum())
             assert block["per_example"]["per_target"][i]["spearman"] == pytest.approx(
                 stats.spearmanr(fp, q).statistic, abs=1e-12)
         assert sub["other_members"]["quantized"]["n_members"] == np.mean(n_other)  # mean over targets
+        per = block["eps_lower_bound_per_target"]  # the value for the set: the minimum, never the mean
+        assert block["eps_lower_bound"] == min(p["epsilon"] for p in per)
+        assert block["eps_max_over_thresholds"] == pytest.approx(np.mean([p["eps_max_over_thresholds"] for p in per]))
+        for kind, b in (("attacks", block), ("fp_attacks", res["fp_attacks"][name])):
+            again = next(r for r in job_epsilons(job, [name]) if r["block"] == kind)
+            assert again["eps_lower_bound"] == pytest.approx(b["eps_lower_bound"], abs=1e-12) == again["stored"]
+            assert [p["eps_lower_bound"] for p in again["per_target"]] == pytest.approx(
+                [p["epsilon"] for p in b["eps_lower_bound_per_target"]], abs=1e-12)
         assert set(block["reference_threshold"]["ppv"]) == {"0.01", "0.1", "0.5"}
         assert "reference_threshold" in res["fp_attacks"][name]

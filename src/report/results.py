@@ -220,7 +220,7 @@ def print_results(results: dict) -> None:
     console.print(f"[bold]{title}[/bold]")
     console.print(f"test accuracy {u['test_acc']:.4f} (full precision {u['fp_test_acc']:.4f}, drop "
                   f"{u['accuracy_drop']:+.4f}); train accuracy {u['train_acc']:.4f} (fp {u['fp_train_acc']:.4f})")
-    table = Table("attack", "target", "AUC [95% CI]", "bal. acc", "TPR@1e-2", "TPR@1e-3", "TPR@1e-4")
+    table = Table("attack", "target", "AUC [95% CI]", "bal. acc", "TPR@1e-2", "TPR@1e-3", "TPR@1e-4", "ε ≥ (95%)")
     blocks = [("quantized", results["attacks"])]
     if "attacks_matched" in results:
         blocks.append(("quantized, matched refs", results["attacks_matched"]))
@@ -228,5 +228,6 @@ def print_results(results: dict) -> None:
         for name, m in block.items():
             ci = m.get("ci", {})
             table.add_row(name, kind, _fmt(m["auc"], ci.get("auc")), _fmt(m["balanced_accuracy"]),
-                          _fmt(m["tpr_at_fpr_1e-2"]), _fmt(m["tpr_at_fpr_1e-3"]), _fmt(m["tpr_at_fpr_1e-4"]))
+                          _fmt(m["tpr_at_fpr_1e-2"]), _fmt(m["tpr_at_fpr_1e-3"]), _fmt(m["tpr_at_fpr_1e-4"]),
+                          _fmt(m.get("eps_lower_bound")))
     console.print(table)
