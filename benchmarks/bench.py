@@ -7,11 +7,12 @@
     (RandomCrop(32, padding=4) + RandomHorizontalFlip + ToTensor + Normalize) in a DataLoader
     (4 workers on GPU, 0 on CPU), fp32, batch 128, one model, SGD;
 (b) the fast trainer (src/training/fast.py): K models per step, aggregate images/s, for each
-    variant (eager / torch.compile / whole-step CUDA graphs); the best one is the headline;
-    ratio = b/a and the projected paper-protocol time 65 × 25,000 × 100 / b;
+    variant (eager / torch.compile / whole-step CUDA graphs), K = the paper preset's models per step;
+    ratio = b/a at the best variant; the paper-protocol time 65 × 25,000 × 100 / b at the variant the
+    preset runs (conf/train/paper.yaml), the best one's beside it;
 (c) scoring: φ for K models × examples × 2 queries (``compute_phi_fast``) vs ``compute_phi``;
-(d) seconds per quantizer (RTN, AdaRound, BRECQ, OBC) at 2 bits with conf/quant/*.yaml settings
-    (reduced on the small sizes, and extrapolated linearly in ``iters`` where the default budget
+(d) seconds per quantizer (RTN, AdaRound, BRECQ, OBC) at 2 bits with conf/quant/*.yaml settings as
+    the paper preset composes them (its n_calib and iters; reduced on the small sizes, and extrapolated linearly in ``iters`` where the default budget
     does not fit; the table says which);
 (e) CPU only: the plain training path (``src.training.pool.train_model``, Lightning Trainer) against a
     bare PyTorch loop (randperm batches, same batched augmentation and normalisation, SGD + cosine
@@ -549,6 +550,7 @@ def _write(res: dict, out: str):
 def run(device: str, size: str, data_dir: str | None, out: str, variants=None, methods=None,
         sizes: dict | None = None, budget_s: float | None = None) -> dict:
     spec = dict((sizes or SIZES)[size])
+    spec["k"] = preset_models_per_step()   # the preset's K: its variant is the one the protocol is projected at
     cuda = device.startswith("cuda")
     variants = list(variants or (VARIANTS_CUDA if cuda else VARIANTS_CPU))
     methods = list(methods or ("rtn", "adaround", "brecq", "obc"))
