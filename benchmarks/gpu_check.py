@@ -184,8 +184,10 @@ class Context:
         elif self.tiny:
             ov = ["dataset=synthetic", "dataset.augment.pad=0", "dataset.augment.flip=false"]
             ov += [f"dataset.{k}={v}" for k, v in self.prof["synthetic"].items()]
-        elif self.data_failed:
-            ov = ["dataset=synthetic"] + [f"dataset.{k}={v}" for k, v in GENERATED_CIFAR.items()]
+        elif self.data_failed:   # generated: the subset's sizes become the generated sizes
+            gen = dict(GENERATED_CIFAR, n_train=subset.pop("max_train", GENERATED_CIFAR["n_train"]),
+                       n_test=subset.pop("max_test", GENERATED_CIFAR["n_test"]))
+            ov = ["dataset=synthetic"] + [f"dataset.{k}={v}" for k, v in gen.items()]
         else:
             ov = ["dataset=cifar10"]
         return ov + [f"dataset.{k}={v}" for k, v in subset.items()]

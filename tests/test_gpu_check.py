@@ -256,6 +256,8 @@ def test_dataset_read_once_then_generated(tmp_path, monkeypatch, capsys):
     assert len(calls) == 1 and str(tmp_path / "out") in calls[0]       # the download goes under --out
     assert data.x_train.shape[1:] == (3, 32, 32) and "generated" in sec["data_note"]
     assert "dataset=synthetic" in ctx.dataset_overrides()
+    sub = G.compose(ctx.dataset_overrides({"max_train": 100, "max_test": 50}) + ctx.common_overrides()).dataset
+    assert (sub.name, sub.n_train, sub.n_test, sub.image_size) == ("synthetic", 100, 50, 32)
     printed = [ln for ln in capsys.readouterr().out.splitlines() if ln.strip()]
     assert len(printed) == 1 and "download failed once" in printed[0]
 
