@@ -1,5 +1,5 @@
 # ptq-mia: reproduce "Bits for Privacy" (PTQ vs membership inference). `make help` lists targets.
-PY      ?= .venv/bin/python
+PY      ?= $(if $(wildcard .venv/bin/python),.venv/bin/python,python3)
 PIP     ?= .venv/bin/pip
 SWEEP   ?=
 CACHE   ?= outputs/cache
@@ -12,7 +12,7 @@ MATCHED ?= adaround
 DEMO_CIFAR10_DIR := $(or $(SWEEP_DIR),outputs/multirun/demo-cifar10-$(shell date +%Y-%m-%d_%H-%M-%S))
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-portable test-all demo demo-cifar10 controls quant-table bench gpu-check report sync wandb-report clean-cache \
+.PHONY: help install test test-portable test-all demo demo-cifar10 controls quant-table bench gpu-wheels gpu-check report sync wandb-report clean-cache \
         paper-cifar10 paper-cifar100 paper-tinyimagenet
 
 help:  ## list the targets
@@ -63,8 +63,30 @@ bench:  ## throughput benchmark (reference-style loop vs ours, scoring, quantize
 	$(PY) -m benchmarks.bench
 	$(PY) -m benchmarks.gptq_vs_obc
 
-gpu-check:  ## the paper path on one CUDA GPU in 8 min: speeds vs targets, fast vs plain, mini protocol; DATA=DIR (image folder)
-	$(PY) -m benchmarks.gpu_check $(if $(DATA),--data $(DATA))
+# The GPU check on a machine that has torch, torchvision, lightning, torchmetrics and scikit-learn but
+# no registry: gpu-wheels (here, project venv) fills WHEELS with what else it imports (pure-python
+# wheels at the versions of the project venv, and the project's own); gpu-check installs them from
+# there when missing (pip --no-index) and writes everything under OUT. docs/gpu.md.
+WHEELS  ?= wheels/gpu
+OUT     ?= outputs/gpu_check
+GPU_REQS := hydra-core omegaconf antlr4-python3-runtime rich markdown-it-py mdurl pygments filelock
+gpu-wheels:  ## wheels for the GPU check's machine into WHEELS=DIR (run here, with registry access)
+	@mkdir -p "$(WHEELS)"
+	$(PY) -m pip wheel -q --no-deps -w "$(WHEELS)" $$($(PY) -c "import importlib.metadata as m; \
+	  print(' '.join(f'{n}=={m.version(n)}' for n in '$(GPU_REQS)'.split()))")
+	@tmp=$$(mktemp -d) && cp -r src pyproject.toml README.md "$$tmp" && \
+	  $(PY) -m pip wheel -q --no-deps -w "$(WHEELS)" "$$tmp" && rm -rf "$$tmp"
+	@$(PY) -c "import pathlib, sys; w = sorted(p.name for p in pathlib.Path('$(WHEELS)').glob('*.whl')); \
+	  bad = [n for n in w if not n.endswith('-none-any.whl')]; print(len(w), 'wheels in $(WHEELS):', ' '.join(w)); \
+	  sys.exit(f'not pure-python: {bad}' if bad else 0)"
+
+gpu-check:  ## the paper path on one CUDA GPU in 8 min (docs/gpu.md); OUT=DIR for every file, DATA=DIR (image folder), WHEELS=DIR, ARGS=
+	@$(PY) -c "import hydra, omegaconf, rich, filelock" 2>/dev/null || { \
+	  test -d "$(WHEELS)" || { echo "error: hydra-core/omegaconf missing and no WHEELS=$(WHEELS) folder (make gpu-wheels)" >&2; exit 2; }; \
+	  echo "installing $(GPU_REQS) from $(WHEELS) (offline)"; \
+	  $(PY) -m pip install -q --no-index --find-links "$(WHEELS)" $(GPU_REQS) && \
+	  $(PY) -m pip install -q --no-index --no-deps --find-links "$(WHEELS)" ptq-mia; }
+	PYTHONUNBUFFERED=1 $(PY) -m benchmarks.gpu_check --out "$(OUT)" $(if $(DATA),--data "$(DATA)") $(ARGS)
 
 report:  ## rebuild summary.csv/.md and plots of a sweep: make report SWEEP=outputs/multirun/<stamp>
 	@test -n "$(SWEEP)" || (echo "error: SWEEP=<multirun dir> is required" >&2; exit 2)

@@ -1,10 +1,14 @@
 """The paper path on one CUDA GPU in one command: does it work, and how fast is it.
 
-    python -m benchmarks.gpu_check [--device cuda|cpu] [--tiny] [--data DIR] [--out FILE]
+    python -m benchmarks.gpu_check [--device cuda|cpu] [--tiny] [--data DIR] [--out DIR]
                                    [--budget S] [--sections 1,2,3,4,5]
 
-Sections (each independent: a failure is recorded with its one-line reason and the next one runs;
-the JSON is rewritten after every step, so a killed run keeps everything measured so far):
+Everything is written under ``--out``: gpu_check.json and gpu_check.txt (the table) are rewritten
+after every step and each row is printed as soon as it is measured, so a killed run keeps (and has
+shown) everything measured so far; the work dir (cache, jobs; removed at the end) and a dataset
+download also go there unless --workdir / --data say otherwise. docs/gpu.md: how to run it on a GPU.
+
+Sections (each independent: a failure is recorded with its one-line reason and the next one runs):
 
 1. bench: the reference-style training loop vs our trainer (``benchmarks.bench``), their ratio and the
    projected time of the paper protocol (65 ResNet-18 × 100 epochs × 25,000 images per model).
@@ -15,8 +19,10 @@ the JSON is rewritten after every step, so a killed run keeps everything measure
    ``quant=gptq`` exists) at 4 / 2 / 1.58 bits with a reduced budget, ``attack=all``,
    ``attack.reference=both``, run in-process through ``src.main.run`` (Hydra compose): the summary
    table (test accuracy, LiRA AUC and TPR at 1 % FPR with FP and with matched references).
-4. seconds per quantizer at the paper's 20k iterations, projected from timed short runs (two budgets,
-   linear in the iterations); OBC has no iteration budget: its cost is Σ_layers rows·d_col³, projected
+4. seconds per quantizer with the paper preset's budget (``experiment=paper_cifar10``: 1,024
+   calibration images and 20k iterations for AdaRound / BRECQ, 2,048 images for OBC), projected
+   from timed short runs (two budgets, linear in the iterations); OBC has no iteration budget: its
+   cost is Σ_layers rows·d_col³, projected
    from timed runs of ``obq_layer`` on each distinct layer width with a subset of the rows (two row
    counts, linear in the rows). Peak GPU memory of each (null on CPU).
 5. scoring throughput of ``compute_phi_fast`` (φ of K models × examples × 2 query views).
@@ -33,10 +39,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import importlib.util
 import io
 import math
 import os
 import platform
+import re
 import shutil
 import sys
 import tempfile
@@ -45,7 +53,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 
 from benchmarks import bench
 
@@ -55,6 +62,11 @@ RUN_ORDER = (1, 5, 2, 4, 3)
 PAPER_ITERS = 20_000
 ATTACK = "lira_online"
 TPR_KEY = "tpr_at_fpr_1e-2"
+JSON_NAME, TABLE_NAME = "gpu_check.json", "gpu_check.txt"
+_NO_VALUE = re.compile(r"\s-(\s{3}\S|\s*$)")      # a table row whose figure is not measured yet
+# fast vs plain: equivalence margin in test-accuracy points (the fast path's acceptance criterion,
+# conf/train/paper.yaml) and the level of each one-sided test of TOST (a 90% interval)
+EQUIV_MARGIN_PTS, EQUIV_ALPHA = 0.5, 0.05
 
 # (key, label, comparison, threshold, unit); value paths are filled by _targets().
 TARGETS = {
@@ -62,7 +74,7 @@ TARGETS = {
     "protocol_h": ("projected paper protocol", "<=", 1.0, "h"),
     "quant_20k_s": ("each quantizer at 20k iterations", "<=", 300.0, "s"),
     "scoring_img_s": ("scoring compute_phi_fast", ">=", 200_000.0, "img/s"),
-    "fast_plain_pts": ("|fast - plain| test accuracy", "<=", 0.5, "points"),
+    "fast_plain_pts": ("fast - plain test accuracy, 90% CI within", "+-", EQUIV_MARGIN_PTS, "points"),
 }
 
 # Sizes. gpu: one H200, 8 minutes wall-clock in all (budget 450 s after start-up); tiny: CPU, < 3 min.
@@ -94,6 +106,10 @@ PROFILES = {
 }
 
 
+# generated stand-in for CIFAR-10 when it cannot be read (timing sections; paths of sections 2 and 3)
+GENERATED_CIFAR = dict(n_train=50_000, n_test=10_000, num_classes=10, image_size=32, channels=3, noise=60.0)
+
+
 def _error(e: BaseException) -> str:
     return bench._error(e)
 
@@ -110,13 +126,16 @@ def _cuda(device) -> bool:
 class Context:
     """What the sections share: device, sizes, the time budget, the working dir, loaded data."""
 
-    def __init__(self, device: str, tiny: bool, data_dir: str | None, out: str, workdir: Path,
-                 budget_s: float | None):
-        self.device, self.tiny, self.out, self.workdir = device, tiny, out, workdir
+    def __init__(self, device: str, tiny: bool, data_dir: str | None, out: str | Path, workdir: Path,
+                 budget_s: float | None, echo: bool = True):
+        self.device, self.tiny, self.workdir = device, tiny, workdir
+        self.out = Path(out)
         self.cuda = _cuda(device)
         self.prof = PROFILES["tiny" if tiny else "gpu"]
         self.data_dir = str(Path(data_dir).resolve()) if data_dir else None
-        self.download_dir = str((REPO / "outputs" / "data").resolve())
+        self.download_dir = str((self.out / "data").resolve())
+        self.data_failed: str | None = None   # the one failed read of the dataset (not retried)
+        self.echo, self._shown = echo, set()
         self.t_start = time.perf_counter()
         self.budget_s = budget_s
         self.deadline = self.t_start + budget_s if budget_s else None
@@ -134,9 +153,25 @@ class Context:
         return float("inf") if d is None else d - time.perf_counter()
 
     def checkpoint(self):
+        """JSON and table rewritten; the table's rows not shown yet are printed (flushed) now."""
         self.res["total_s"] = time.perf_counter() - self.t_start
         self.res["targets"] = _targets(self.res, self.cuda)
-        bench._write(self.res, self.out)
+        bench._write(self.res, str(self.out / JSON_NAME))
+        table = format_table(self.res)
+        tmp = self.out / (TABLE_NAME + ".tmp")
+        tmp.write_text(table + "\n")
+        os.replace(tmp, self.out / TABLE_NAME)
+        if self.echo:
+            for line in table.splitlines()[1:]:        # the header's running total changes every time
+                if line.strip() and line not in self._shown and not _NO_VALUE.search(line):
+                    self._shown.add(line)
+                    print(line, flush=True)
+
+    def note(self, msg: str):
+        self.res.setdefault("notes", []).append(msg)
+        self._shown.add(f"note: {msg}")                 # the table repeats it; shown once, now
+        if self.echo:
+            print(f"note: {msg}", flush=True)
 
     # -- data -----------------------------------------------------------------------------------
     def dataset_overrides(self, subset: dict | None = None) -> list[str]:
@@ -149,18 +184,25 @@ class Context:
         elif self.tiny:
             ov = ["dataset=synthetic", "dataset.augment.pad=0", "dataset.augment.flip=false"]
             ov += [f"dataset.{k}={v}" for k, v in self.prof["synthetic"].items()]
+        elif self.data_failed:   # generated: the subset's sizes become the generated sizes
+            gen = dict(GENERATED_CIFAR, n_train=subset.pop("max_train", GENERATED_CIFAR["n_train"]),
+                       n_test=subset.pop("max_test", GENERATED_CIFAR["n_test"]))
+            ov = ["dataset=synthetic"] + [f"dataset.{k}={v}" for k, v in gen.items()]
         else:
             ov = ["dataset=cifar10"]
         return ov + [f"dataset.{k}={v}" for k, v in subset.items()]
 
     def common_overrides(self) -> list[str]:
+        # full sizes: torch's own thread count (the embedded default's num_threads=1 is for its tiny model)
         ov = ["logger=none", "progress=false", f"paths.data_dir={self.download_dir}",
               f"paths.cache_dir={self.workdir / 'cache'}", f"device={self.device}"]
-        return ov + (["num_threads=1"] if self.tiny else [])
+        return ov + (["num_threads=1"] if self.tiny else ["num_threads=null"])
 
     def load(self, dataset_cfg, data_dir: str | None = None):
         """``src.data.load_dataset``, read once per dataset config (jobs of a sweep share the folder).
         A shallow copy: load_dataset's callers may rebind the tensors of what they get."""
+        from omegaconf import OmegaConf
+
         from src.data import load_dataset
 
         data_dir = data_dir or self.download_dir
@@ -170,9 +212,20 @@ class Context:
         return copy.copy(self._memo[key])
 
     def full_data(self):
-        """The whole training split (GPU profile) for sections 1, 4 and 5."""
-        cfg = compose(self.dataset_overrides() + self.common_overrides())
-        return self.load(cfg.dataset, cfg.paths.data_dir)
+        """The whole training split (GPU profile) for sections 1, 4 and 5. Read (or downloaded) once:
+        after a failure every section gets generated CIFAR-sized data instead, without retrying."""
+        if self.data_failed:
+            raise RuntimeError(self.data_failed)
+        try:
+            cfg = compose(self.dataset_overrides() + self.common_overrides())
+            return self.load(cfg.dataset, cfg.paths.data_dir)
+        except Exception as e:
+            if self.data_dir or self.tiny:
+                raise
+            self.data_failed = f"CIFAR-10 not readable and its download failed once ({_error(e)})"
+            self.note(f"data: {self.data_failed}; not retried: generated CIFAR-sized images from here on "
+                      "(speeds are valid, accuracies are not); pass --data DIR (make gpu-check DATA=DIR)")
+            raise RuntimeError(self.data_failed) from None
 
     def bench_data(self, spec, sec: dict):
         """Data of the timing sections (1, 4, 5). Their speed does not depend on the pixels: without
@@ -185,11 +238,13 @@ class Context:
             from src.data.datasets import make_synthetic
 
             sec["data_note"] = f"generated 50k x 3x32x32 images ({_error(e)})"
-            return make_synthetic(n_train=50_000, n_test=10_000, num_classes=10, image_size=32, channels=3,
-                                  noise=60.0, seed=0)
+            if "generated" not in self._memo:
+                self._memo["generated"] = make_synthetic(seed=0, **GENERATED_CIFAR)
+            return copy.copy(self._memo["generated"])
 
     def bench_spec(self) -> dict:
         spec = dict(bench.SIZES[self.prof["bench_size"]])
+        spec["k"] = bench.preset_models_per_step()     # the preset's K: its variant is the one projected
         if self.prof["quant_iters"]:
             spec["quant_iters"] = list(self.prof["quant_iters"])
         if self.prof["width"]:
@@ -226,9 +281,8 @@ def quant_methods() -> list[str]:
 
 
 def _quant_yaml(method: str):
-    from src.quant import quant_config
-
-    return quant_config(method)
+    """The method's config as the paper preset runs it (its n_calib and iters)."""
+    return bench.paper_quant_config(method)
 
 
 @contextlib.contextmanager
@@ -266,7 +320,7 @@ def section_bench(ctx: Context, sec: dict, deadline):
     data = ctx.bench_data(spec, sec)
     res = sec
     res.update(size=ctx.prof["bench_size"], model=spec["model"], width=spec["width"], n_train=len(data.y_train),
-               protocol=bench.PROTOCOL, fast={"variants": {}})
+               protocol=bench.PROTOCOL, k=spec["k"], fast={"variants": {}})
     try:
         res["reference"] = bench.bench_reference(data, spec, ctx.device)
     except Exception as e:
@@ -307,6 +361,46 @@ def _train_images(n_members: int, batch: int, epochs: int) -> int:
     return epochs * steps * min(batch, n_members)
 
 
+def _container(node):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(node, resolve=True)
+
+
+def equivalence(diffs, margin: float = EQUIV_MARGIN_PTS, alpha: float = EQUIV_ALPHA) -> dict:
+    """TOST on paired differences (points): equivalent when the (1 − 2α) t-interval of the mean lies
+    inside (−margin, margin) (both one-sided tests reject); different when it lies wholly outside;
+    'sample too small to decide' when the interval is wider than the margin band itself, so no mean
+    could show equivalence; 'undecided' otherwise. With the SD seen, the models a pair count would
+    need for an interval of half-width margin/2 (a mean near 0 would then pass)."""
+    from scipy import stats
+
+    d = np.asarray(diffs, dtype=float)
+    n = len(d)
+    out = {"margin_points": margin, "alpha": alpha, "n": n, "mean": float(d.mean()) if n else None}
+    if n < 2:
+        return {**out, "verdict": "sample too small to decide", "pass": None}
+    sd = float(d.std(ddof=1))
+    se = sd / math.sqrt(n)
+    t = float(stats.t.ppf(1 - alpha, n - 1))
+    lo, hi = out["mean"] - t * se, out["mean"] + t * se
+    p_lower = float(stats.t.sf((out["mean"] + margin) / se, n - 1)) if se > 0 else float(out["mean"] <= -margin)
+    p_upper = float(stats.t.cdf((out["mean"] - margin) / se, n - 1)) if se > 0 else float(out["mean"] >= margin)
+    if -margin < lo and hi < margin:
+        verdict, ok = "equivalent", True
+    elif lo >= margin or hi <= -margin:
+        verdict, ok = "different", False
+    elif hi - lo >= 2 * margin:
+        verdict, ok = "sample too small to decide", None
+    else:
+        verdict, ok = "undecided", None
+    need = n
+    while need < 10_000 and float(stats.t.ppf(1 - alpha, need - 1)) * sd / math.sqrt(need) > margin / 2:
+        need += 1
+    return {**out, "sd": sd, "se": se, "ci": [lo, hi], "p_tost": max(p_lower, p_upper), "verdict": verdict,
+            "pass": ok, "models_needed": need}
+
+
 def section_fast_vs_plain(ctx: Context, sec: dict, deadline):
     from src.data import keep_matrix
     from src.training.fast import train_models_fast
@@ -332,7 +426,7 @@ def section_fast_vs_plain(ctx: Context, sec: dict, deadline):
     images = [_train_images(len(m), batch, epochs) for m in members]
     sec.update(model=model, width=cfg_fast.model.get("width"),
                models=k, epochs=epochs, batch=batch, train_images=len(data.y_train), n_test=len(data.y_test),
-               seeds=seeds, recipe=OmegaConf.to_container(cfg_fast.train, resolve=True),
+               seeds=seeds, recipe=_container(cfg_fast.train),
                bf16=ctx.cuda and bool(cfg_fast.train.get("bf16", True)))
 
     def acc(m):
@@ -365,6 +459,7 @@ def section_fast_vs_plain(ctx: Context, sec: dict, deadline):
     sec["compared_models"] = n
     sec["acc_diff_points"] = float(d.mean())                    # fast − plain, mean over the same seeds
     sec["acc_diff_se_points"] = float(d.std(ddof=1) / math.sqrt(n)) if n > 1 else None
+    sec["equivalence"] = equivalence(d)
     sec["speedup"] = sec["fast"]["images_per_s"] / plain["images_per_s"]
 
 
@@ -374,8 +469,8 @@ class ObcCostModel:
     (a: per-column latency of the loop and the Hessian inverse, b: the GEMM-bound part), elsewhere
     the least-squares fit ``α·d·batches + β·rows·d³`` over every measured point."""
 
-    def __init__(self, points: list[tuple[int, int, float]], device):
-        self.device = torch.device(device)
+    def __init__(self, points: list[tuple[int, int, float]], device, block: int = 64, max_mem_gb=None):
+        self.device, self.block, self.max_mem_gb = torch.device(device), int(block), max_mem_gb
         self.per_d: dict[int, tuple[float, float]] = {}
         by_d: dict[int, list[tuple[int, float]]] = {}
         for r, d, t in points:
@@ -393,10 +488,14 @@ class ObcCostModel:
         coef = np.linalg.lstsq(X, y, rcond=None)[0] if len(points) >= 2 else np.array([0.0, y[0] / X[0, 1]])
         self.alpha, self.beta = (max(0.0, float(c)) for c in coef)
 
-    def predict(self, rows: int, d: int) -> float:
+    def row_batch(self, rows: int, d: int) -> int:
+        """The row batch a real run picks (the same budget rule, on the memory free for PyTorch now)."""
         from src.quant.obc import auto_row_batch
 
-        batches = math.ceil(rows / auto_row_batch(d, rows, self.device, "auto", None))
+        return auto_row_batch(d, rows, self.device, "auto", self.max_mem_gb, self.block)
+
+    def predict(self, rows: int, d: int) -> float:
+        batches = math.ceil(rows / self.row_batch(rows, d))
         if d in self.per_d:
             a, b = self.per_d[d]
             return batches * a + b * rows
@@ -464,13 +563,18 @@ def obc_projection(ctx: Context, spec: dict, data, deadline) -> dict:
         peak = _peak_gib(ctx.device)
     finally:
         torch.set_num_threads(threads)
-    cost = ObcCostModel(points, ctx.device)
+    del hess
+    bench._free(ctx.device)
+    cost = ObcCostModel(points, ctx.device, int(qcfg.get("block", 64)), qcfg.get("max_mem_gb"))
     ctx.obc_model = cost
     layers_s = cost.predict_model(model)
+    batches = {f"{m.weight.shape[0]}x{m.weight[0].numel()}": cost.row_batch(m.weight.shape[0], m.weight[0].numel())
+               for _, m in layers}
     return {"model": spec["model"], "width": spec["width"], "n_calib": n_calib, "hessian_seconds": hessian_s,
             "timed_runs": timed, "projected_seconds": hessian_s + layers_s, "projected_layer_seconds": layers_s,
+            "row_batches": batches,
             "peak_gib": peak, "peak_note": "of the timed row subsets (a full run sizes its row batch to "
-                                           "60% of the free GPU memory)" if ctx.cuda else None,
+                                           "60% of the memory free for PyTorch)" if ctx.cuda else None,
             "bits": 2, "default_iters": None,
             "reduced": "no iteration budget: projected from rows subsets, Σ rows·d_col³"}
 
@@ -649,14 +753,17 @@ def _targets(res: dict, cuda: bool) -> list[dict]:
     for m, v in s.get("quant_seconds", {}).get("methods", {}).items():
         vals.append(("quant_20k_s", m, v.get("projected_seconds_20k", v.get("projected_seconds", v.get("seconds")))))
     vals.append(("scoring_img_s", "", s.get("scoring", {}).get("images_per_s")))
-    d = s.get("fast_vs_plain", {}).get("acc_diff_points")
-    vals.append(("fast_plain_pts", "", None if d is None else abs(d)))
+    fvp = s.get("fast_vs_plain", {})
+    vals.append(("fast_plain_pts", "", fvp.get("acc_diff_points")))
     out = []
     for key, what, v in vals:
         label, op, thr, unit = TARGETS[key]
         ok = None
         if cuda and v is not None:
-            ok = bool(v >= thr) if op == ">=" else bool(v <= thr)
+            if key == "fast_plain_pts":   # decided by the equivalence test, not by the mean alone
+                ok = fvp.get("equivalence", {}).get("pass")
+            else:
+                ok = bool(v >= thr) if op == ">=" else bool(v <= thr)
         out.append({"target": key, "what": what, "label": label + (f" ({what})" if what else ""), "value": v,
                     "op": op, "threshold": thr, "unit": unit, "pass": ok})
     return out
@@ -678,6 +785,7 @@ def format_table(res: dict) -> str:
     lines = [f"gpu_check: device={res['device']} ({res.get('gpu', 'cpu')}), {'tiny' if res['tiny'] else 'full'} sizes, "
              f"torch {res['torch']}, total {res.get('total_s', 0):.0f} s"
              + (f" of a {res['budget_s']:.0f} s budget" if res.get("budget_s") else ""), ""]
+    lines += [f"note: {n}" for n in res.get("notes", [])]
     head = f"{'figure':<58}{'value':>18}   {'target':<14}" + ("pass" if cuda else "")
     lines += [head, "-" * len(head)]
 
@@ -685,6 +793,8 @@ def format_table(res: dict) -> str:
         t = tg.get((key, what)) if key else None
         target = f"{t['op']} {t['threshold']:g} {t['unit']}" if t else ""
         verdict = ("" if t is None or t["pass"] is None else ("PASS" if t["pass"] else "FAIL")) if cuda else ""
+        if cuda and t is not None and t["pass"] is None and t["value"] is not None:
+            verdict = "n/a"
         lines.append(f"{label:<58}{value:>18}   {target:<14}{verdict}")
 
     def failed(title, sec):
@@ -706,7 +816,12 @@ def format_table(res: dict) -> str:
             if "error" in v:
                 lines.append(f"    {v['error']}")
         row(f"  ratio (best: {b.get('fast', {}).get('best', '-')})", _num(b.get("ratio"), "x"), "trainer_ratio")
-        row("  projected paper protocol, 65 x 100 ep x 25k", _num(b.get("projected_protocol_h"), "h"), "protocol_h")
+        pre = b.get("fast", {}).get("preset")
+        row(f"  projected paper protocol, 65 x 100 ep x 25k [{pre or 'preset not timed'}]",
+            _num(b.get("projected_protocol_h"), "h"), "protocol_h")
+        best = b.get("fast", {}).get("best")
+        if best and best != pre and b.get("projected_protocol_best_h") is not None:
+            row(f"    if you set {b.get('best_settings')} [{best}]", _num(b["projected_protocol_best_h"], "h"))
     f = s.get("fast_vs_plain")
     if f is not None and not (failed("2 fast vs plain", f) and "fast" not in f):
         for path in ("fast", "plain"):
@@ -718,6 +833,11 @@ def format_table(res: dict) -> str:
         se = f.get("acc_diff_se_points")
         row("  test accuracy fast - plain" + (f" (SE {se:.2f})" if se is not None else ""),
             _num(f.get("acc_diff_points"), "points"), "fast_plain_pts")
+        eq = f.get("equivalence")
+        if eq:
+            ci = f"90% CI [{eq['ci'][0]:+.2f}, {eq['ci'][1]:+.2f}], " if eq.get("ci") else ""
+            need = f"; ~{eq['models_needed']} models for a decision" if eq.get("pass") is None and eq.get("models_needed") else ""
+            lines.append(f"    TOST, margin +-{eq['margin_points']:g} points: {ci}{eq['verdict']}{need}")
     q = s.get("quant_seconds")
     if q is not None and not (failed("4 quantizers", q) and not q.get("methods")):
         for m, v in q.get("methods", {}).items():
@@ -778,17 +898,22 @@ RUNNERS = {1: section_bench, 2: section_fast_vs_plain, 3: section_mini_protocol,
 
 def run(device: str, tiny: bool, data_dir: str | None, out: str, budget_s: float | None = None,
         sections=None, workdir: str | None = None, keep: bool = False) -> dict:
+    """``out``: the folder every artifact goes to (JSON, table; the work dir too without ``workdir``)."""
     prof = PROFILES["tiny" if tiny else "gpu"]
     budget_s = prof["budget_s"] if budget_s is None else (budget_s if budget_s > 0 else None)
-    wd = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="gpu_check_"))
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    wd = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="work_", dir=out_dir))
     wd.mkdir(parents=True, exist_ok=True)
-    ctx = Context(device, tiny, data_dir, out, wd, budget_s)
+    ctx = Context(device, tiny, data_dir, out_dir, wd, budget_s)
     res = ctx.res
     res.update(device=device, tiny=tiny, data=data_dir or ("generated" if tiny else "torchvision cifar10"),
                torch=torch.__version__, python=platform.python_version(), threads=torch.get_num_threads(),
                budget_s=budget_s, sections={})
     if ctx.cuda:
         res["gpu"] = torch.cuda.get_device_name()
+    print(f"gpu_check: device={device} ({res.get('gpu', 'cpu')}), {'tiny' if tiny else 'full'} sizes, "
+          f"torch {res['torch']}, {res['threads']} threads; writing {out_dir}", flush=True)
     wanted = [i for i in RUN_ORDER if sections is None or i in sections]
     if not tiny:   # read the dataset once, before the sections' own time limits start
         t0 = time.perf_counter()
@@ -821,8 +946,9 @@ def run(device: str, tiny: bool, data_dir: str | None, out: str, budget_s: float
         if not keep:
             shutil.rmtree(wd, ignore_errors=True)
     ctx.checkpoint()
-    print(format_table(res))
-    print(f"\ntotal {res['total_s']:.0f} s; written {out}" + (f"; work dir {wd}" if keep else ""))
+    print("\n" + format_table(res))
+    print(f"\ntotal {res['total_s']:.0f} s; written {out_dir / JSON_NAME} and {TABLE_NAME}"
+          + (f"; work dir {wd}" if keep else ""), flush=True)
     return res
 
 
@@ -839,15 +965,21 @@ def main(argv=None) -> dict:
     p.add_argument("--tiny", action="store_true", help="tiny sizes (CPU check of every section, < 3 min)")
     p.add_argument("--data", default=None, help="image folder with train/<class>/* and test/<class>/* "
                    "(e.g. the CIFAR-10 JPEGs); default: torchvision's CIFAR-10 download (or generated with --tiny)")
-    p.add_argument("--out", default="outputs/gpu_check/gpu_check.json")
+    p.add_argument("--out", default="outputs/gpu_check",
+                   help=f"folder for everything the check writes ({JSON_NAME}, {TABLE_NAME}, work dir, downloads)")
     p.add_argument("--budget", type=float, default=None,
                    help="wall-clock budget in s after start-up: later work is skipped and reported "
                         f"(default {PROFILES['gpu']['budget_s']:.0f} on full sizes, none with --tiny; 0 = none)")
     p.add_argument("--sections", default=None, help="comma-separated subset of 1..5 (default: all)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: 1 with --tiny)")
-    p.add_argument("--workdir", default=None, help="cache and job outputs (default: a temporary dir, removed)")
+    p.add_argument("--workdir", default=None, help="cache and job outputs (default: a new folder under --out, removed)")
     p.add_argument("--keep", action="store_true", help="keep the work dir")
     a = p.parse_args(argv)
+    missing = [m for m in ("hydra", "omegaconf") if importlib.util.find_spec(m) is None]
+    if missing:
+        p.error(f"{' and '.join(missing)} not installed: make gpu-check WHEELS=DIR installs them offline (docs/gpu.md)")
+    if Path(a.out).suffix == ".json":
+        p.error(f"--out {a.out}: a folder (the check writes {JSON_NAME}, {TABLE_NAME} and its work dir there)")
     if a.device == "cuda" and not cuda:
         p.error("--device cuda: CUDA is not available (use --device cpu --tiny)")
     if a.device == "cpu" and not a.tiny:

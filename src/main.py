@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TYPE_CHECKING
 
-import hydra
 import torch
-from omegaconf import DictConfig
 
 from src import pipeline as P
 from src.cache import ArtifactStore
@@ -19,6 +18,9 @@ from src.report.results import build_results, job_dir, print_results, write_job
 from src.report.wandb_sink import WandbSink
 from src.training import resolve_device
 from src.validate import ConfigError, validate, validate_with_data
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 log = logging.getLogger("src.main")
 
@@ -61,8 +63,7 @@ def run(cfg: DictConfig) -> dict | None:
     return results
 
 
-@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def _main(cfg: DictConfig) -> None:
     try:
         run(cfg)
     except (ConfigError, DataError) as e:
@@ -71,6 +72,13 @@ def main(cfg: DictConfig) -> None:
     except FloatingPointError as e:  # diverged training/quantization: nothing was cached for it
         print(f"error: {e}".splitlines()[0], file=sys.stderr)
         sys.exit(3)
+
+
+def main() -> None:
+    """The command line (Hydra imported here: the module itself imports without it)."""
+    import hydra
+
+    hydra.main(config_path="../conf", config_name="config", version_base="1.3")(_main)()
 
 
 if __name__ == "__main__":

@@ -19,17 +19,17 @@ SECTIONS = ("bench", "fast_vs_plain", "mini_protocol", "quant_seconds", "scoring
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("gpu_check") / "gc.json"
+    out = tmp_path_factory.mktemp("gpu_check") / "out"
     env = {"WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     p = subprocess.run([sys.executable, "-m", "benchmarks.gpu_check", "--device", "cpu", "--tiny", "--out", str(out)],
                        cwd=REPO, capture_output=True, text=True, timeout=900, env={**os.environ, **env})
     assert p.returncode == 0, p.stderr[-3000:]
-    return json.loads(out.read_text()), p.stdout
+    return json.loads((out / "gpu_check.json").read_text()), p.stdout, out
 
 
 @pytest.mark.slow
 def test_every_section_has_figures(tiny_run):
-    js, _ = tiny_run
+    js = tiny_run[0]
     assert js["device"] == "cpu" and js["tiny"] is True
     assert set(js["sections"]) == set(SECTIONS)
     for name in SECTIONS:
@@ -45,7 +45,8 @@ def test_bench_section_figures_are_derived(tiny_run):
     a, f = b["reference"]["images_per_s"], b["fast"]["images_per_s"]
     assert a > 0 and f > 0
     assert b["ratio"] == f / a
-    assert b["projected_protocol_s"] == 65 * 25_000 * 100 / f
+    assert b["fast"]["preset"] == "eager"          # conf/train/paper.yaml: K models per step, no graphs
+    assert b["projected_protocol_s"] == 65 * 25_000 * 100 / b["fast"]["variants"]["eager"]["images_per_s"]
 
 
 @pytest.mark.slow
@@ -97,7 +98,7 @@ def test_quant_seconds_projection(tiny_run):
 
 @pytest.mark.slow
 def test_scoring_and_targets(tiny_run):
-    js, _ = tiny_run
+    js = tiny_run[0]
     sc = js["sections"]["scoring"]
     assert sc["images_per_s"] == sc["models"] * sc["examples"] * sc["queries"] / sc["seconds"]
     keys = {t["target"] for t in js["targets"]}
@@ -108,12 +109,24 @@ def test_scoring_and_targets(tiny_run):
 
 @pytest.mark.slow
 def test_table_printed(tiny_run):
-    _, out = tiny_run
+    _, out, _ = tiny_run
     for needle in ("reference loop", "fast trainer [eager]", "ratio", "projected paper protocol",
                    "fast path", "plain path", "4 adaround", "4 obc", "5 scoring", "3 mini protocol", "lira_online"):
         assert needle in out, needle
     assert "PASS" not in out and "FAIL" not in out
     assert "written" in out
+
+
+@pytest.mark.slow
+def test_everything_under_out_and_rows_before_the_final_table(tiny_run):
+    """Only the JSON and the table stay under --out (the work dir inside it is removed); each row was
+    printed when measured, before the final table repeats it."""
+    js, stdout, out = tiny_run
+    assert sorted(p.name for p in out.iterdir()) == ["gpu_check.json", "gpu_check.txt"]
+    final = (out / "gpu_check.txt").read_text()
+    assert "3 mini protocol" in final
+    row = next(ln for ln in stdout.splitlines() if ln.startswith("1 reference loop"))
+    assert stdout.index(row) < stdout.index("4 obc") < stdout.rindex(row)
 
 
 def test_bad_sections_one_line_error():
@@ -132,10 +145,12 @@ def test_targets_pass_fail_only_on_cuda():
                         "quant_seconds": {"methods": {"adaround": {"projected_seconds_20k": 200.0},
                                                       "obc": {"projected_seconds": 400.0}}},
                         "scoring": {"images_per_s": 150_000.0},
-                        "fast_vs_plain": {"acc_diff_points": -0.3}}}
+                        "fast_vs_plain": {"acc_diff_points": -0.3, "equivalence": {"pass": True}}}}
     got = {(t["target"], t["what"]): t["pass"] for t in _targets(res, cuda=True)}
     assert got == {("trainer_ratio", ""): True, ("protocol_h", ""): False, ("quant_20k_s", "adaround"): True,
                    ("quant_20k_s", "obc"): False, ("scoring_img_s", ""): False, ("fast_plain_pts", ""): True}
+    res["sections"]["fast_vs_plain"]["equivalence"]["pass"] = None     # a small mean alone decides nothing
+    assert [t["pass"] for t in _targets(res, cuda=True) if t["target"] == "fast_plain_pts"] == [None]
     assert all(t["pass"] is None for t in _targets(res, cuda=False))
 
 
@@ -152,12 +167,105 @@ def test_failed_section_is_recorded_and_the_next_runs(tmp_path, monkeypatch, cap
 
     monkeypatch.setitem(G.RUNNERS, 1, broken)
     monkeypatch.setitem(G.RUNNERS, 5, scoring)
-    out = tmp_path / "gc.json"
+    out = tmp_path / "out"
     G.run("cpu", True, None, str(out), sections={1, 5}, workdir=str(tmp_path / "wd"))
-    js = json.loads(out.read_text())
+    js = json.loads((out / "gpu_check.json").read_text())
     assert list(js["sections"]) == ["bench", "scoring"]                  # run order 1, 5
     assert js["sections"]["bench"]["error"] == "RuntimeError: boom" and js["sections"]["bench"]["partial"] == 1
     assert "error" not in js["sections"]["scoring"] and js["sections"]["scoring"]["images_per_s"] == 80.0
     table = capsys.readouterr().out
     assert "RuntimeError: boom" in table and "second line" not in table and "5 scoring" in table
     assert not (tmp_path / "wd").exists()                               # the work dir is removed
+
+
+def test_quantizers_timed_at_the_paper_budget():
+    """The timings use the paper preset's budget (conf/quant/*.yaml under experiment=paper_cifar10:
+    the OBC paper's 2,048 calibration images, 1,024 and 20k iterations for AdaRound / BRECQ), not the
+    embedded default's 512 images / 500 iterations."""
+    from benchmarks import bench
+    from benchmarks.gpu_check import _quant_yaml
+
+    assert int(_quant_yaml("obc").n_calib) == 2048
+    for m in ("adaround", "brecq"):
+        q = bench.paper_quant_config(m)
+        assert (int(q.n_calib), int(q.iters)) == (1024, 20_000)
+
+
+def test_protocol_projected_at_the_preset_variant():
+    """The projection uses the variant the preset trains with (K=4, no graphs); a faster variant is
+    shown beside it with the settings that select it."""
+    from benchmarks import bench
+
+    total = 65 * 25_000 * 100
+    v = {"batch": 128, "warmup_s": 1.0}
+    res = {"k": 4, "reference": {"images_per_s": 100.0, "num_workers": 4},
+           "fast": {"variants": {"eager": {"images_per_s": 2000.0, "models_per_step": 4, **v},
+                                 "graphs": {"images_per_s": 3000.0, "models_per_step": 4, **v},
+                                 "graphs_k8": {"images_per_s": 5000.0, "models_per_step": 8, **v}}}}
+    bench.summarise(res)
+    assert res["fast"]["preset"] == "eager" and res["fast"]["best"] == "graphs_k8"
+    assert res["projected_protocol_s"] == total / 2000.0
+    assert res["projected_protocol_best_h"] == total / 5000.0 / 3600
+    assert res["best_settings"] == "train.cuda_graphs=true train.models_per_step=8"
+    assert res["ratio"] == 5000.0 / 100.0
+    table = bench.format_table({**res, "device": "cuda", "size": "cifar", "model": "resnet18", "n_train": 1,
+                                "torch": "x"})
+    assert "if you set train.cuda_graphs=true train.models_per_step=8" in table
+    res["fast"]["variants"].pop("eager")                   # the preset's variant failed: no projection
+    bench.summarise(res)
+    assert "projected_protocol_s" not in res and res["projected_protocol_best_h"] == total / 5000.0 / 3600
+
+
+def test_equivalence_test_decides_with_the_standard_error():
+    """TOST at ±0.5 points: a small mean with a wide interval decides nothing; a tight interval
+    inside the margin is equivalent; one wholly outside is different."""
+    from benchmarks.gpu_check import equivalence
+
+    wide = equivalence([3.1, -2.4, 1.0, -1.5])             # mean 0.05, SE ≈ 1.2 (the size of a short run)
+    assert abs(wide["mean"]) < 0.5 and wide["pass"] is None and wide["verdict"] == "sample too small to decide"
+    assert wide["models_needed"] > 4
+    tight = equivalence([0.1, -0.05, 0.12, 0.0, 0.08, -0.02])
+    assert tight["verdict"] == "equivalent" and tight["pass"] is True and tight["p_tost"] < 0.05
+    assert -0.5 < tight["ci"][0] < tight["ci"][1] < 0.5
+    off = equivalence([2.0, 2.2, 1.9, 2.1])
+    assert off["verdict"] == "different" and off["pass"] is False
+    # the interval is the t-interval: mean ± t(0.95, n−1)·SE; t(0.95, 3) = 2.3534
+    assert wide["ci"][1] - wide["mean"] == pytest.approx(2.3534 * wide["se"], rel=1e-4)
+
+
+def test_dataset_read_once_then_generated(tmp_path, monkeypatch, capsys):
+    """Without --data a failed CIFAR-10 read (no network) is tried once: one printed line, and every
+    later section gets generated CIFAR-sized data without another attempt."""
+    import src.data
+    from benchmarks import gpu_check as G
+
+    calls = []
+
+    def fail(cfg, data_dir):
+        calls.append(data_dir)
+        raise RuntimeError("<urlopen error [Errno -3] Temporary failure in name resolution>")
+
+    monkeypatch.setattr(src.data, "load_dataset", fail)
+    monkeypatch.setattr(G, "GENERATED_CIFAR", dict(G.GENERATED_CIFAR, n_train=64, n_test=16))
+    ctx = G.Context("cpu", False, None, tmp_path / "out", tmp_path / "wd", None)
+    for _ in range(3):
+        with pytest.raises(RuntimeError):
+            ctx.full_data()
+    sec = {}
+    data = ctx.bench_data({}, sec)
+    assert len(calls) == 1 and str(tmp_path / "out") in calls[0]       # the download goes under --out
+    assert data.x_train.shape[1:] == (3, 32, 32) and "generated" in sec["data_note"]
+    assert "dataset=synthetic" in ctx.dataset_overrides()
+    sub = G.compose(ctx.dataset_overrides({"max_train": 100, "max_test": 50}) + ctx.common_overrides()).dataset
+    assert (sub.name, sub.n_train, sub.n_test, sub.image_size) == ("synthetic", 100, 50, 32)
+    printed = [ln for ln in capsys.readouterr().out.splitlines() if ln.strip()]
+    assert len(printed) == 1 and "download failed once" in printed[0]
+
+
+def test_full_sizes_keep_torch_threads():
+    """Section 3's jobs at full size leave torch's thread count alone (num_threads=null); --tiny pins 1."""
+    from benchmarks import gpu_check as G
+
+    full = G.compose(G.Context("cpu", False, None, "unused", REPO, None).common_overrides())
+    tiny = G.compose(G.Context("cpu", True, None, "unused", REPO, None).common_overrides())
+    assert full.num_threads is None and tiny.num_threads == 1

@@ -205,25 +205,71 @@ def obq_rows(W: torch.Tensor, Hinv: torch.Tensor, floor: torch.Tensor, scale: to
             break
         keep = (~done).nonzero()[:, 1].view(B, r_new)               # row-major: each row's kept slots in order
         Vk = V.gather(2, keep.unsqueeze(1).expand(B, m, r_new))
-        Hi = Hi[ar.view(B, 1, 1), keep.unsqueeze(2), keep.unsqueeze(1)]
+        del V
+        # rows, then columns: two gathers with broadcast (stride-0) indices allocate only their
+        # results. One advanced index Hi[b, keep, keepᵀ] gives the same values, but CUDA materialises
+        # its three broadcast indices as int64 [B, k, k] tensors (6x the float32 result)
+        Hi = Hi.gather(1, keep.unsqueeze(2).expand(B, r_new, r))
+        Hi = Hi.gather(2, keep.unsqueeze(1).expand(B, r_new, r_new))
         Hi.baddbmm_(Vk.transpose(1, 2), Vk, alpha=-1.0)             # H⁻¹ ← H⁻¹_RR − V_Rᵀ V_R (Eq. 3, m times)
+        del Vk
         w, floor, idx = w.gather(1, keep), floor.gather(1, keep), idx.gather(1, keep)
         diag = torch.diagonal(Hi, dim1=1, dim2=2).clone()
         r = r_new
     return codes_out
 
 
-def auto_row_batch(d: int, rows: int, device: torch.device, row_batch, max_mem_gb) -> int:
-    """Rows per batch: ``row_batch`` (int) or, for 'auto', all rows that fit a memory budget
-    (two [B, d, d] float32 buffers live during a compaction): CPU 2 GiB, CUDA 60% of free memory."""
+# bytes per element of each per-row vector obq_rows keeps alive at once (float32 w, diag, floor,
+# codes_out, codes, wq, err2, score, col, v, the einsum product; int64 idx; bool done; slack for the
+# small temporaries of one elimination step, and headroom for how an op decomposes)
+_ROW_VECTOR_BYTES = 96
+
+
+def obq_rows_peak_bytes(B: int, d: int, block: int = 64) -> int:
+    """Planned peak of the tensors obq_rows allocates for B rows of width d (its inputs not counted).
+
+    float32 [B, ·, ·] buffers per compaction r -> k = r - m (m = min(block, r)): during the block, Hi
+    [B, r, r] and V [B, m, r]; Vk [B, m, k] is gathered from V, V released; the row gather adds
+    [B, k, r] beside Hi; the column gather adds Hi's next value [B, k, k] once Hi [B, r, r] is
+    released. The first compaction is the largest; without one (d <= block) only Hi and V exist."""
+    vec = _ROW_VECTOR_BYTES * B * d
+    m = min(block, d)
+    peak = d * d + m * d
+    r = d
+    while r > m:
+        k = r - m
+        peak = max(peak, r * r + m * r + m * k, r * r + m * k + k * r, k * r + m * k + k * k)
+        r, m = k, min(block, k)
+        peak = max(peak, r * r + m * r)
+    peak = 4 * B * peak
+    return peak + vec
+
+
+def obq_layer_fixed_bytes(rows: int, d: int) -> int:
+    """Bytes obq_layer holds outside the row batches: H, H_damped, H⁻¹ (float64) and the identity of
+    the dampening [d, d] (one of them transient), H⁻¹ float32 [d, d]; W, W*, codes [rows, d]."""
+    return 8 * 4 * d * d + 4 * d * d + 3 * 4 * rows * d
+
+
+def free_device_bytes(device: torch.device) -> int:
+    """Memory a new allocation can use: free on the device plus what PyTorch's caching allocator holds
+    but does not use (mem_get_info counts cached blocks as used)."""
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+
+
+def auto_row_batch(d: int, rows: int, device: torch.device, row_batch, max_mem_gb, block: int = 64) -> int:
+    """Rows per batch: ``row_batch`` (int) or, for 'auto', all rows whose planned peak
+    (``obq_rows_peak_bytes`` + ``obq_layer_fixed_bytes``) fits a memory budget: ``max_mem_gb``, else
+    CPU 2 GiB, CUDA 60% of the memory free for PyTorch (``free_device_bytes``)."""
     if max_mem_gb is not None:
         budget = float(max_mem_gb) * 2**30
     elif device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        budget = 0.6 * free
+        budget = 0.6 * free_device_bytes(device)
     else:
         budget = 2.0 * 2**30
-    fit = max(1, int(budget // (2.2 * 4 * d * d)))
+    per_row = obq_rows_peak_bytes(1, d, block)
+    fit = max(1, int((budget - obq_layer_fixed_bytes(rows, d)) // per_row))
     if row_batch in (None, "auto"):
         return max(1, min(rows, fit, 64 if device.type == "cpu" else rows))
     return max(1, min(rows, int(row_batch), fit))
@@ -245,7 +291,7 @@ def obq_layer(W: torch.Tensor, H: torch.Tensor, grid: ChannelGrid, damp: float =
         W0 = (W0.double() @ G.T.to(W0.device) @ Hinv).float()
     floor = 1.0 / torch.diagonal(Hd)
     Hinv32 = Hinv.float()
-    B = auto_row_batch(d, rows, W.device, row_batch, max_mem_gb)
+    B = auto_row_batch(d, rows, W.device, row_batch, max_mem_gb, block)
     codes = torch.empty(rows, d, device=W.device)
     scale, zero = grid.scale.to(W.device), grid.zero_point.to(W.device)
     for i in range(0, rows, B):
