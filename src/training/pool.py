@@ -52,9 +52,9 @@ def train_models(recipe: Recipe, data: ImageData, members: list[torch.Tensor], s
 
 
 def train_model(recipe: Recipe, data: ImageData, member_idx: torch.Tensor, seed: int, device: str,
-                name: str = "model", logger=None) -> nn.Module:
+                name: str = "model", logger=None, callbacks=None) -> nn.Module:
     """Train a fresh ``recipe.model`` on ``data.x_train[member_idx]`` through a Lightning Trainer (the
-    plain path); returns it on CPU, eval mode."""
+    plain path); returns it on CPU, eval mode. ``callbacks``: extra Trainer callbacks (the benchmark's timer)."""
     tc = recipe.train
     L.seed_everything(seed, workers=True, verbose=False)
     model = build_model(recipe.model, data.num_classes, data.in_channels)
@@ -74,7 +74,7 @@ def train_model(recipe: Recipe, data: ImageData, member_idx: torch.Tensor, seed:
     with _quiet_lightning():  # the Trainer's device banner
         trainer = L.Trainer(max_epochs=int(tc.epochs), accelerator=accel, devices=1,
                             precision=resolve_precision(tc, device), logger=logger if logger else False,
-                            enable_checkpointing=False, enable_model_summary=False,
+                            enable_checkpointing=False, enable_model_summary=False, callbacks=callbacks,
                             enable_progress_bar=recipe.progress,
                             deterministic=True if accel == "cpu" else "warn",  # some CUDA backward kernels have no deterministic version
                             log_every_n_steps=max(1, min(50, len(loader))))
