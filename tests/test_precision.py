@@ -40,6 +40,16 @@ def test_names_resolve_to_lightnings():
     assert precision.resolve_precision({}, "cpu") == "32-true"
 
 
+def test_validation_names_the_allowed_precisions():
+    from _main_runner import TINY, compose, merge
+
+    from src.validate import ConfigError, validate
+
+    validate(compose(merge(TINY, ["train.precision=auto"])))
+    with pytest.raises(ConfigError, match="train.precision=bf16: allowed: auto, 32, 32-true, bf16-mixed"):
+        validate(compose(merge(TINY, ["train.precision=bf16"])))
+
+
 def test_auto_is_bf16_only_with_native_bf16(native):
     native(False)
     assert precision.resolve_precision({"precision": "auto"}, "cpu") == "32-true"

@@ -20,7 +20,8 @@ import os
 import torch
 
 FP32, BF16 = "32-true", "bf16-mixed"
-_ALIASES = {"32": FP32, "32-true": FP32, "fp32": FP32, "bf16-mixed": BF16, "bf16": BF16}
+_ALIASES = {"32": FP32, "32-true": FP32, "bf16-mixed": BF16}
+PRECISIONS = ("auto", "32", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")
 # oneDNN ISA caps (ONEDNN_MAX_CPU_ISA) below which bf16 is emulated
 _EMULATED_ISA = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI")
 
