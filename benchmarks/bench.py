@@ -438,7 +438,8 @@ def cpu_name() -> str:
 
 
 class _StepTimer:
-    """Lightning callback: wall time from the start of batch ``warm`` to the end of the last batch."""
+    """Lightning callback: wall and process CPU time from the start of batch ``warm`` to the end of the
+    last batch."""
 
     def __init__(self, warm: int):
         import lightning as L
@@ -448,10 +449,10 @@ class _StepTimer:
         class CB(L.Callback):
             def on_train_batch_start(self, trainer, module, batch, i):
                 if trainer.global_step == outer.warm:
-                    outer.t0 = time.perf_counter()
+                    outer.t0 = (time.perf_counter(), time.process_time())
 
             def on_train_batch_end(self, trainer, module, outputs, batch, i):
-                outer.steps, outer.t1 = trainer.global_step, time.perf_counter()
+                outer.steps, outer.t1 = trainer.global_step, (time.perf_counter(), time.process_time())
 
         self.warm, self.t0, self.t1, self.steps, self.callback = warm, None, None, 0, CB()
 
@@ -465,9 +466,12 @@ def _precision_cfg(model: str, width: int, batch: int, precision: str, channels_
         "dataset": {"augment": {"pad": 0, "flip": False}}, "progress": False})
 
 
-def bench_precision(spec) -> dict:
+def bench_precision(spec, clock: str = "wall") -> dict:
     """img/s of one model's training steps on each path (plain Lightning, fast trainer) for each
-    precision x memory format, interleaved, best of ``prec_rounds``; ratios to that path's fp32 NCHW."""
+    precision x memory format, interleaved, best of ``prec_rounds``; ratios to that path's fp32 NCHW.
+    ``clock``: wall time, or this process's CPU time (on a machine shared with other work it measures
+    the work and not the other tenants' load; with one thread both count the same steps)."""
+    c = 0 if clock == "wall" else 1
     from src.data.datasets import make_synthetic
     from src.training.fast import MultiModelTrainer
     from src.training.pool import train_model
@@ -487,14 +491,14 @@ def bench_precision(spec) -> dict:
                     if path == "plain":
                         timer = _StepTimer(warm)
                         train_model(Recipe.of(cfg), data, members, 0, "cpu", callbacks=[timer.callback])
-                        rate = (timer.steps - warm) * batch / (timer.t1 - timer.t0)
+                        rate = (timer.steps - warm) * batch / (timer.t1[c] - timer.t0[c])
                     else:
                         tr = MultiModelTrainer(Recipe.of(cfg), data.x_train, data.y_train, data.mean, data.std,
                                                data.num_classes, [members], [0], "cpu")
                         tr.steps(warm)
-                        t0 = time.perf_counter()
+                        t0 = (time.perf_counter(), time.process_time())
                         tr.steps(steps)
-                        rate = steps * batch / (time.perf_counter() - t0)
+                        rate = steps * batch / ((time.perf_counter(), time.process_time())[c] - t0[c])
                     key = (path, prec, cl)
                     best[key] = max(best.get(key, 0.0), rate)
         for path in ("plain", "fast"):
@@ -505,11 +509,11 @@ def bench_precision(spec) -> dict:
                                           for p, cl in PRECISION_CELLS},
                          "ratio": {f"{p}{' CL' if cl else ''}": best[(path, p, cl)] / base
                                    for p, cl in PRECISION_CELLS}})
-    return {"cpu": cpu_name(), "threads": torch.get_num_threads(), "rounds": rounds, "rows": rows}
+    return {"cpu": cpu_name(), "threads": torch.get_num_threads(), "clock": clock, "rounds": rounds, "rows": rows}
 
 
 def format_precision(p: dict) -> list[str]:
-    lines = [f"(f) training precision x memory format: {p['cpu']}, {p['threads']} thread(s); "
+    lines = [f"(f) training precision x memory format: {p['cpu']}, {p['threads']} thread(s), {p['clock']} clock; "
              "ratio to the same path's fp32 NCHW",
              f"    {'model':<26}{'path':<7}{'fp32 img/s':>11}{'CL':>8}{'bf16':>8}{'bf16+CL':>9}"]
     for r in p["rows"]:
@@ -603,7 +607,7 @@ def _write(res: dict, out: str):
 
 
 def run(device: str, size: str, data_dir: str | None, out: str, variants=None, methods=None,
-        sizes: dict | None = None, budget_s: float | None = None) -> dict:
+        sizes: dict | None = None, budget_s: float | None = None, clock: str = "wall") -> dict:
     spec = dict((sizes or SIZES)[size])
     cuda = device.startswith("cuda")
     variants = list(variants or (VARIANTS_CUDA if cuda else VARIANTS_CPU))
@@ -679,7 +683,7 @@ def run(device: str, size: str, data_dir: str | None, out: str, variants=None, m
         checkpoint()
     if not cuda and "prec_models" in spec:
         try:
-            res["precision"] = bench_precision(spec)
+            res["precision"] = bench_precision(spec, clock)
         except Exception as e:
             res["precision"] = {"error": _error(e)}
         checkpoint()
@@ -707,6 +711,8 @@ def main(argv=None) -> dict:
     p.add_argument("--methods", default=None, help="quantizers, comma-separated (default rtn,adaround,brecq,obc)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: leave)")
     p.add_argument("--only", choices=["precision"], default=None, help="run one section alone (CPU)")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="(f): time steps by wall clock or by this process's CPU time (a shared machine)")
     p.add_argument("--budget", type=float, default=None,
                    help="soft time budget in s: later sections are skipped and reported (default: "
                         f"{BUDGET_S} per size, else none; 0 = none)")
@@ -718,12 +724,13 @@ def main(argv=None) -> dict:
     size = a.size or ("cifar" if a.device == "cuda" else "small")
     if a.only == "precision":
         res = {"device": "cpu", "size": size, "torch": torch.__version__,
-               "precision": bench_precision(SIZES[size])}
+               "precision": bench_precision(SIZES[size], a.clock)}
         _write(res, a.out)
         print("\n".join(format_precision(res["precision"])))
         return res
     split = lambda s: [v.strip() for v in s.split(",") if v.strip()] if s else None  # noqa: E731
-    return run(a.device, size, a.data, a.out, split(a.variants), split(a.methods), budget_s=a.budget)
+    return run(a.device, size, a.data, a.out, split(a.variants), split(a.methods), budget_s=a.budget,
+               clock=a.clock)
 
 
 if __name__ == "__main__":
