@@ -340,6 +340,7 @@ def _preset_train_cfg(epochs: int):
                             "progress": False})
     cfg.train.epochs = int(epochs)
     cfg.train.fast = False
+    cfg.train.precision, cfg.train.channels_last = "32-true", False  # the bare loop is fp32 NCHW; (f) has bf16
     return cfg, int(pre.dataset.get("image_size") or 32), int(pre.get("num_threads") or 0)
 
 
