@@ -19,7 +19,11 @@
     LambdaLR, no Lightning) on the model and recipe of ``experiment=cifar10_cpu`` (smallcnn width 32,
     16x16, batch 64, one thread), ~2,000 members, the same epochs; whole calls timed (model build and
     Trainer set-up count against the plain path), best of ``pvb_repeats`` interleaved runs;
-    ratio = plain / bare.
+    ratio = plain / bare;
+(f) CPU only: one model's training steps on the plain path and on the fast trainer for each
+    ``train.precision`` (32-true, bf16-mixed) x memory format (NCHW, channels_last), interleaved,
+    best of ``prec_rounds``; ratios to the same path's fp32 NCHW; the CPU and its bf16 support named.
+    ``--only precision`` runs this section alone.
 
 All rates are warm: first iterations (and compilation / graph capture) are excluded, and the device
 is synchronised before and after each timed region. Default: cuda + cifar if CUDA is available,
@@ -49,16 +53,21 @@ PROTOCOL = {"models": 65, "images": 25_000, "epochs": 100}
 # the preset whose quantizer budgets the timings follow (n_calib, iters: conf/quant/*.yaml under it)
 PAPER_EXPERIMENT = "paper_cifar10"
 
+# (f): (model, width, image px, batch, warm-up steps, timed steps): the cifar10_cpu model, ResNet-18
+# narrow and at full width; a few seconds per cell on 2 cores
+PREC_MODELS = [("smallcnn", 32, 16, 64, 2, 16), ("resnet18", 16, 32, 128, 1, 4), ("resnet18", 64, 32, 128, 1, 2)]
 # Step counts per size. tiny: the unit test; small: ~2-3 min on 2 CPU cores; cifar: < 8 min on an H200.
 SIZES = {
     "tiny": dict(model="smallcnn", width=8, n_train=96, image_size=16, ref_batch=16, ref_warm=1, ref_steps=2,
                  k=2, batch=16, fast_warm=1, fast_steps=2, score_n=64, score_batch=64,
                  quant_model={}, quant_calib=16, quant_iters=[2, 4], quant_calib_batch=16,
-                 pvb_n=96, pvb_epochs=1, pvb_repeats=1),
+                 pvb_n=96, pvb_epochs=1, pvb_repeats=1,
+                 prec_models=[("smallcnn", 8, 8, 16, 1, 1)], prec_rounds=1),
     "small": dict(model="resnet18", width=64, n_train=512, image_size=32, ref_batch=128, ref_warm=1, ref_steps=2,
                   k=2, batch=128, fast_warm=1, fast_steps=1, score_n=128, score_batch=128,
                   quant_model={"obc": "smallcnn", "brecq": "smallcnn", "adaround": "smallcnn"}, quant_calib=64,
-                  quant_iters=[4, 8], quant_calib_batch=64, pvb_n=2000, pvb_epochs=8, pvb_repeats=2),
+                  quant_iters=[4, 8], quant_calib_batch=64, pvb_n=2000, pvb_epochs=8, pvb_repeats=2,
+                  prec_models=PREC_MODELS, prec_rounds=2),
     "cifar": dict(model="resnet18", width=64, n_train=None, image_size=32, ref_batch=128, ref_warm=20, ref_steps=150,
                   k=4, batch=128, fast_warm=10, fast_steps=60, score_n=25_000, score_batch=4096,
                   quant_model={}, quant_calib=None, quant_iters=[250, 500], quant_calib_batch=128),
@@ -345,6 +354,7 @@ def _preset_train_cfg(epochs: int):
                             "progress": False})
     cfg.train.epochs = int(epochs)
     cfg.train.fast = False
+    cfg.train.precision, cfg.train.channels_last = "32-true", False  # the bare loop is fp32 NCHW; (f) has bf16
     return cfg, int(pre.dataset.get("image_size") or 32), int(pre.get("num_threads") or 0)
 
 
@@ -424,6 +434,108 @@ def bench_plain_vs_bare(spec, data_dir: str | None = None) -> dict:
             "plain_cpu_seconds": cpu["plain"], "bare_cpu_seconds": cpu["bare"],
             "plain_images_per_s": images / plain, "bare_images_per_s": images / bare,
             "ratio": bare / plain, "ratio_cpu": bare_cpu / plain_cpu}
+
+
+# --------------------------------------------- (f) training precision x memory format, CPU
+PRECISION_CELLS = (("32-true", False), ("32-true", True), ("bf16-mixed", False), ("bf16-mixed", True))
+
+
+def cpu_name() -> str:
+    """The CPU's model name, torch's kernel capability and whether bf16 is native (what `auto` reads)."""
+    from src.training.precision import native_bf16_cpu
+
+    model = platform.processor() or "cpu"
+    with contextlib.suppress(OSError):
+        model = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
+                     model)
+    return (f"{model}; ATen {torch.backends.cpu.get_cpu_capability()}; "
+            f"native bf16 {'yes' if native_bf16_cpu() else 'no'}")
+
+
+class _StepTimer:
+    """Lightning callback: wall and process CPU time from the start of batch ``warm`` to the end of the
+    last batch."""
+
+    def __init__(self, warm: int):
+        import lightning as L
+
+        outer = self
+
+        class CB(L.Callback):
+            def on_train_batch_start(self, trainer, module, batch, i):
+                if trainer.global_step == outer.warm:
+                    outer.t0 = (time.perf_counter(), time.process_time())
+
+            def on_train_batch_end(self, trainer, module, outputs, batch, i):
+                outer.steps, outer.t1 = trainer.global_step, (time.perf_counter(), time.process_time())
+
+        self.warm, self.t0, self.t1, self.steps, self.callback = warm, None, None, 0, CB()
+
+
+def _precision_cfg(model: str, width: int, batch: int, precision: str, channels_last: bool, fast: bool):
+    return OmegaConf.create({
+        "model": {"name": model, "width": width},
+        "train": {"epochs": 1, "batch_size": batch, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4,
+                  "schedule": "cosine", "precision": precision, "channels_last": channels_last, "fast": fast,
+                  "models_per_step": 1},
+        "dataset": {"augment": {"pad": 0, "flip": False}}, "progress": False})
+
+
+def bench_precision(spec, clock: str = "wall") -> dict:
+    """img/s of one model's training steps on each path (plain Lightning, fast trainer) for each
+    precision x memory format, interleaved, best of ``prec_rounds``; ratios to that path's fp32 NCHW.
+    ``clock``: wall time, or this process's CPU time (on a machine shared with other work it measures
+    the work and not the other tenants' load; with one thread both count the same steps)."""
+    c = 0 if clock == "wall" else 1
+    from src.data.datasets import make_synthetic
+    from src.training.fast import MultiModelTrainer
+    from src.training.pool import train_model
+    from src.training.recipe import Recipe
+
+    rounds = int(spec["prec_rounds"])
+    rows = []
+    for name, width, px, batch, warm, steps in spec["prec_models"]:
+        n = batch * (warm + steps)
+        data = make_synthetic(n_train=n, n_test=8, num_classes=10, image_size=px, channels=3, seed=0)
+        members = torch.arange(n)
+        best = {}
+        for _ in range(rounds):   # interleaved: the other tenants' load hits every cell alike
+            for path in ("plain", "fast"):
+                for prec, cl in PRECISION_CELLS:
+                    cfg = _precision_cfg(name, width, batch, prec, cl, path == "fast")
+                    if path == "plain":
+                        timer = _StepTimer(warm)
+                        train_model(Recipe.of(cfg), data, members, 0, "cpu", callbacks=[timer.callback])
+                        rate = (timer.steps - warm) * batch / (timer.t1[c] - timer.t0[c])
+                    else:
+                        tr = MultiModelTrainer(Recipe.of(cfg), data.x_train, data.y_train, data.mean, data.std,
+                                               data.num_classes, [members], [0], "cpu")
+                        tr.steps(warm)
+                        t0 = (time.perf_counter(), time.process_time())
+                        tr.steps(steps)
+                        rate = steps * batch / ((time.perf_counter(), time.process_time())[c] - t0[c])
+                    key = (path, prec, cl)
+                    best[key] = max(best.get(key, 0.0), rate)
+        for path in ("plain", "fast"):
+            base = best[(path, "32-true", False)]
+            rows.append({"model": f"{name} w{width} {px}px b{batch}", "path": path, "steps": steps,
+                         "fp32_images_per_s": base,
+                         "images_per_s": {f"{p}{' CL' if cl else ''}": best[(path, p, cl)]
+                                          for p, cl in PRECISION_CELLS},
+                         "ratio": {f"{p}{' CL' if cl else ''}": best[(path, p, cl)] / base
+                                   for p, cl in PRECISION_CELLS}})
+    return {"cpu": cpu_name(), "threads": torch.get_num_threads(), "clock": clock, "rounds": rounds, "rows": rows}
+
+
+def format_precision(p: dict) -> list[str]:
+    lines = [f"(f) training precision x memory format: {p['cpu']}, {p['threads']} thread(s), {p['clock']} clock; "
+             "ratio to the same path's fp32 NCHW",
+             f"    {'model':<26}{'path':<7}{'fp32 img/s':>11}{'CL':>8}{'bf16':>8}{'bf16+CL':>9}"]
+    for r in p["rows"]:
+        q = r["ratio"]
+        lines.append(f"    {r['model']:<26}{r['path']:<7}{r['fp32_images_per_s']:>11,.0f}{q['32-true CL']:>7.2f}x"
+                     f"{q['bf16-mixed']:>7.2f}x{q['bf16-mixed CL']:>8.2f}x")
+    return lines
 
 
 # ---------------------------------------------------------------------------------------- report
@@ -535,6 +647,11 @@ def format_table(res: dict) -> str:
                      f"img/s (plain/bare {pb['ratio']:.1%}; CPU time {pb['ratio_cpu']:.1%})")
     elif pb:
         lines.append(f"{'(e) plain path vs bare loop':<62}{'failed':>12}   {pb.get('error')}")
+    pr = res.get("precision", {})
+    if "rows" in pr:
+        lines += format_precision(pr)
+    elif pr:
+        lines.append(f"{'(f) training precision x memory format':<62}{'failed':>12}   {pr.get('error')}")
     return "\n".join(lines)
 
 
@@ -548,7 +665,7 @@ def _write(res: dict, out: str):
 
 
 def run(device: str, size: str, data_dir: str | None, out: str, variants=None, methods=None,
-        sizes: dict | None = None, budget_s: float | None = None) -> dict:
+        sizes: dict | None = None, budget_s: float | None = None, clock: str = "wall") -> dict:
     spec = dict((sizes or SIZES)[size])
     spec["k"] = preset_models_per_step()   # the preset's K: its variant is the one the protocol is projected at
     cuda = device.startswith("cuda")
@@ -623,6 +740,12 @@ def run(device: str, size: str, data_dir: str | None, out: str, variants=None, m
         except Exception as e:
             res["plain_vs_bare"] = {"error": _error(e)}
         checkpoint()
+    if not cuda and "prec_models" in spec:
+        try:
+            res["precision"] = bench_precision(spec, clock)
+        except Exception as e:
+            res["precision"] = {"error": _error(e)}
+        checkpoint()
     res["quant"] = {}
     bench_quant(data, spec, device, methods, res["quant"], deadline, checkpoint)
     for v in variants:
@@ -646,6 +769,9 @@ def main(argv=None) -> dict:
     p.add_argument("--variants", default=None, help=f"fast-trainer variants, comma-separated: {','.join(VARIANTS_CUDA)}")
     p.add_argument("--methods", default=None, help="quantizers, comma-separated (default rtn,adaround,brecq,obc)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: leave)")
+    p.add_argument("--only", choices=["precision"], default=None, help="run one section alone (CPU)")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="(f): time steps by wall clock or by this process's CPU time (a shared machine)")
     p.add_argument("--budget", type=float, default=None,
                    help="soft time budget in s: later sections are skipped and reported (default: "
                         f"{BUDGET_S} per size, else none; 0 = none)")
@@ -655,8 +781,15 @@ def main(argv=None) -> dict:
     if a.threads:
         torch.set_num_threads(a.threads)
     size = a.size or ("cifar" if a.device == "cuda" else "small")
+    if a.only == "precision":
+        res = {"device": "cpu", "size": size, "torch": torch.__version__,
+               "precision": bench_precision(SIZES[size], a.clock)}
+        _write(res, a.out)
+        print("\n".join(format_precision(res["precision"])))
+        return res
     split = lambda s: [v.strip() for v in s.split(",") if v.strip()] if s else None  # noqa: E731
-    return run(a.device, size, a.data, a.out, split(a.variants), split(a.methods), budget_s=a.budget)
+    return run(a.device, size, a.data, a.out, split(a.variants), split(a.methods), budget_s=a.budget,
+               clock=a.clock)
 
 
 if __name__ == "__main__":

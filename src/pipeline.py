@@ -23,7 +23,7 @@ from src.data.membership import independent_rows
 from src.models import build_model
 from src.quant import CONTROLS, FULL_PRECISION, NEEDS_CALIBRATION, QUANTIZERS, quantize
 from src.quant.bn_fold import fold_batchnorm
-from src.training import Recipe, evaluate_accuracy, train_models, use_fast_path
+from src.training import Recipe, evaluate_accuracy, resolve_precision, train_models, use_fast_path
 
 log = logging.getLogger(__name__)
 TRAIN_KEYS_IGNORED = ("models_per_step", "compile", "channels_last", "cuda_graphs")  # speed only
@@ -87,6 +87,8 @@ def model_key(cfg, digest: str, index: int, device: str) -> dict:
     train = {k: v for k, v in _plain(cfg.train).items() if k not in TRAIN_KEYS_IGNORED}
     # the fast (bf16, CUDA) and plain (Lightning Trainer) paths give different models: key the path
     train["path"] = "fast" if use_fast_path(cfg.train, device) else "plain"
+    # the precision that trains the model, decided for this device (`auto` is never a key)
+    train["precision"] = resolve_precision(cfg.train, device)
     if train["path"] == "plain":
         for k in ("fast", "bf16"):
             train.pop(k, None)

@@ -16,6 +16,7 @@ from src.models import MODELS
 from src.quant import FULL_PRECISION, METHODS, NEEDS_CALIBRATION
 from src.quant.grid import INIT_METHODS, check_bits
 from src.quant.policy import POLICIES
+from src.training.precision import PRECISIONS
 
 
 class ConfigError(ValueError):
@@ -130,6 +131,8 @@ def validate(cfg) -> None:
     for k in ("momentum", "weight_decay"):
         if k in cfg.train:
             _float(f"train.{k}", cfg.train[k], 0.0)
+    prec = str(cfg.train.get("precision", "32-true")).strip().lower()
+    _need(prec in PRECISIONS, f"train.precision={cfg.train.get('precision')}: allowed: {', '.join(PRECISIONS)}")
     if cfg.get("n_targets") is not None:
         _int(cfg, "n_targets", cfg.n_targets, 1)
         targets = list(range(int(cfg.n_targets)))

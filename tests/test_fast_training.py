@@ -48,7 +48,7 @@ def test_options_and_dispatch():
     assert use_fast_path(cfg.train, "cpu")
     cfg.train.fast = "false"
     assert not use_fast_path(cfg.train, "cuda")
-    assert FastOptions.from_cfg(OmegaConf.create({})) == FastOptions(4, None, True, True, False)
+    assert FastOptions.from_cfg(OmegaConf.create({})) == FastOptions(4, None, None, True, False)
     o = FastOptions.from_cfg(OmegaConf.create({"compile": "reduce-overhead", "models_per_step": 8, "bf16": False}))
     assert (o.compile, o.models_per_step, o.bf16) == ("reduce-overhead", 8, False)
     assert FastOptions.from_cfg(OmegaConf.create({"compile": True})).compile == "default"

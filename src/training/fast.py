@@ -13,7 +13,8 @@ organised for throughput on a GPU:
 - each model runs on its own CUDA stream, so the kernels of K models interleave (one ResNet-18 at
   batch 128 leaves most of an H200 idle); nothing inside the step synchronises with the host: the
   loss is accumulated on the device and checked for finiteness once per epoch;
-- bf16 autocast and channels_last on CUDA; fused SGD on CUDA (foreach on CPU);
+- bf16 autocast and channels_last on CUDA (on a CPU as ``train.precision`` / ``train.channels_last``
+  resolve, see ``src.training.precision``); fused SGD on CUDA (foreach on CPU);
 - optional ``torch.compile`` of each model (``train.compile: true | <mode>``), or optional
   whole-step CUDA graphs (``train.cuda_graphs: true``: forward, backward and the SGD step of each
   model captured once and replayed; the learning rate is computed inside the graph from a device
@@ -25,8 +26,9 @@ The loop runs through Lightning Fabric (device placement, launch, loggers). Fabr
 independent optimisers are interleaved on K streams, which needs a hand-written loop.
 
 Keys of the ``train`` node, all optional: ``fast`` ('auto' = on CUDA only | true | false),
-``models_per_step`` (K, 4), ``compile`` (false | true | mode string), ``channels_last`` (true),
-``bf16`` (true), ``cuda_graphs`` (false).
+``models_per_step`` (K, 4), ``compile`` (false | true | mode string), ``channels_last`` (auto = on
+CUDA), ``bf16`` (true: autocast on CUDA whatever ``precision`` says), ``precision`` (as the plain
+path), ``cuda_graphs`` (false).
 """
 from __future__ import annotations
 
@@ -44,6 +46,7 @@ from torch import nn
 from src.data.augment import normalizer
 from src.models import build_model
 from src.training.module import curve_prefix
+from src.training.precision import BF16, resolve_precision, to_memory_format
 from src.training.recipe import Recipe
 
 log = logging.getLogger(__name__)
@@ -70,7 +73,7 @@ def use_fast_path(train_cfg, device) -> bool:
 class FastOptions:
     models_per_step: int = 4
     compile: str | None = None     # None = off, else a torch.compile mode ("default", "max-autotune", ...)
-    channels_last: bool = True
+    channels_last: bool | None = None   # None = auto (CUDA only)
     bf16: bool = True
     cuda_graphs: bool = False
 
@@ -81,7 +84,9 @@ class FastOptions:
             mode = "default" if comp.strip().lower() in ("true", "1", "yes", "on") else comp.strip()
         else:
             mode = "default" if (not isinstance(comp, str) and comp) else None
-        return cls(int(train_cfg.get("models_per_step", 4)), mode, _flag(train_cfg.get("channels_last"), True),
+        cl = train_cfg.get("channels_last")
+        cl = None if cl is None or str(cl).strip().lower() == "auto" else _flag(cl, True)
+        return cls(int(train_cfg.get("models_per_step", 4)), mode, cl,
                    _flag(train_cfg.get("bf16"), True), _flag(train_cfg.get("cuda_graphs"), False))
 
 
@@ -155,8 +160,11 @@ class MultiModelTrainer:
         self.fabric.launch()
         self.device = self.fabric.device if dev.type == "cuda" else dev
         self.cuda = self.device.type == "cuda"
-        self.bf16 = self.opts.bf16 and self.cuda
-        self.channels_last = self.opts.channels_last and self.cuda
+        self.precision = resolve_precision(recipe.train, self.device)
+        if self.precision not in ("32-true", BF16):
+            raise ValueError(f"train.precision={self.precision}: the fast path trains in 32-true or bf16-mixed")
+        self.bf16 = self.precision == BF16 or (self.opts.bf16 and self.cuda)
+        self.channels_last = (self.cuda if self.opts.channels_last is None else self.opts.channels_last)
         self.graphs = self.opts.cuda_graphs
         tc = recipe.train
         self.batch = int(tc.batch_size)
@@ -224,7 +232,7 @@ class MultiModelTrainer:
     def _autocast(self):
         if self.bf16:
             # cache_enabled=False: the autocast weight-cast cache must not outlive a graph capture
-            return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=not self.graphs)
+            return torch.autocast(self.device.type, dtype=torch.bfloat16, cache_enabled=not self.graphs)
         return contextlib.nullcontext()
 
     # -- one step of one model ------------------------------------------------------------------
@@ -339,8 +347,7 @@ class MultiModelTrainer:
             # with Inductor's C++ backend (needs a compiler), and with 65 models hits the recompile limit.
             if getattr(m, "_compiled_call_impl", None) is not None:
                 m._compiled_call_impl = None
-            m = m.to(memory_format=torch.contiguous_format) if self.channels_last else m
-            out.append(m.cpu().eval())
+            out.append(to_memory_format(m, False).cpu().eval())
         return out
 
 

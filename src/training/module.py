@@ -36,8 +36,10 @@ def curve_prefix(name: str, n_models: int | None = None) -> str:
 class Classifier(L.LightningModule):
     def __init__(self, model: nn.Module, mean, std, lr: float, momentum: float, weight_decay: float,
                  epochs: int, steps_per_epoch: int, pad: int = 0, flip: bool = False, schedule: str = "cosine",
-                 name: str = "model", num_classes: int | None = None, prefix: str | None = None):
+                 name: str = "model", num_classes: int | None = None, prefix: str | None = None,
+                 channels_last: bool = False):
         super().__init__()
+        self.channels_last = channels_last
         self.model = model
         self.mean, self.std = tuple(mean), tuple(std)
         self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
@@ -52,8 +54,10 @@ class Classifier(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         x, y = batch
-        x = random_crop_flip(x, self.pad, self.flip)
-        logits = self.model(normalize(x, self.mean, self.std))
+        x = normalize(random_crop_flip(x, self.pad, self.flip), self.mean, self.std)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        logits = self.model(x)
         loss = F.cross_entropy(logits, y)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training {self.name}: non-finite loss at step {self.global_step}")

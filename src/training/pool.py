@@ -15,6 +15,7 @@ from src.models import build_model
 
 from .fast import train_models_fast, use_fast_path
 from .module import Classifier, curve_prefix
+from .precision import resolve_channels_last, resolve_precision, to_memory_format
 from .recipe import Recipe
 
 log = logging.getLogger(__name__)
@@ -51,12 +52,14 @@ def train_models(recipe: Recipe, data: ImageData, members: list[torch.Tensor], s
 
 
 def train_model(recipe: Recipe, data: ImageData, member_idx: torch.Tensor, seed: int, device: str,
-                name: str = "model", logger=None) -> nn.Module:
+                name: str = "model", logger=None, callbacks=None) -> nn.Module:
     """Train a fresh ``recipe.model`` on ``data.x_train[member_idx]`` through a Lightning Trainer (the
-    plain path); returns it on CPU, eval mode."""
+    plain path); returns it on CPU, eval mode. ``callbacks``: extra Trainer callbacks (the benchmark's timer)."""
     tc = recipe.train
     L.seed_everything(seed, workers=True, verbose=False)
     model = build_model(recipe.model, data.num_classes, data.in_channels)
+    channels_last = resolve_channels_last(tc, device)
+    to_memory_format(model, channels_last)
     x, y = data.x_train[member_idx], data.y_train[member_idx]
     g = torch.Generator().manual_seed(seed)
     loader = DataLoader(TensorDataset(x, y), batch_size=int(tc.batch_size), shuffle=True, generator=g,
@@ -65,19 +68,21 @@ def train_model(recipe: Recipe, data: ImageData, member_idx: torch.Tensor, seed:
                         float(tc.weight_decay), int(tc.epochs), len(loader),
                         recipe.pad, recipe.flip, tc.get("schedule", "cosine"),
                         name=name, num_classes=data.num_classes,
-                        prefix=curve_prefix(name, recipe.pool_size))  # pool/mNN/train_loss|train_acc
+                        prefix=curve_prefix(name, recipe.pool_size),  # pool/mNN/train_loss|train_acc
+                        channels_last=channels_last)
     accel = "gpu" if str(device).startswith("cuda") else "cpu"
     with _quiet_lightning():  # the Trainer's device banner
         trainer = L.Trainer(max_epochs=int(tc.epochs), accelerator=accel, devices=1,
-                            precision=tc.get("precision", "32-true"), logger=logger if logger else False,
-                            enable_checkpointing=False, enable_model_summary=False,
+                            precision=resolve_precision(tc, device), logger=logger if logger else False,
+                            enable_checkpointing=False, enable_model_summary=False, callbacks=callbacks,
                             enable_progress_bar=recipe.progress,
                             deterministic=True if accel == "cpu" else "warn",  # some CUDA backward kernels have no deterministic version
                             log_every_n_steps=max(1, min(50, len(loader))))
     with warnings.catch_warnings(), _quiet_lightning():
         warnings.filterwarnings("ignore", message=".*(does not have many workers|LeafSpec|GPU available).*")
         trainer.fit(module, loader)
-    return model.cpu().eval()
+    # bf16-mixed keeps fp32 weights; channels_last is undone so later stages see the usual layout
+    return to_memory_format(model, False).cpu().eval()
 
 
 @torch.no_grad()
