@@ -3,5 +3,9 @@ from .module import Classifier
 from .pool import evaluate_accuracy, resolve_device, train_model, train_models
 from .recipe import Recipe
 
-__all__ = ["Classifier", "Recipe", "evaluate_accuracy", "resolve_device", "train_model", "train_models",
+# Raised whenever training gives different weights for the same recipe: part of every pool model's
+# cache key, so models from an older trainer are retrained, never reused.
+TRAINER_VERSION = 1
+
+__all__ = ["TRAINER_VERSION", "Classifier", "Recipe", "evaluate_accuracy", "resolve_device", "train_model", "train_models",
            "train_models_fast", "use_fast_path"]
