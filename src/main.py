@@ -15,7 +15,7 @@ from pathlib import Path
 
 import hydra
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from src import pipeline as P
 from src.cache import ArtifactStore
@@ -27,6 +27,16 @@ from src.validate import (ConfigError, check_image_size, check_override_keys, co
                           validate, validate_with_data)
 
 log = logging.getLogger("src.main")
+
+
+def help_options(group: str) -> str:
+    """The options of a config group for ``--help`` (conf/<group>/*.yaml; ``_``-prefixed ones are
+    building blocks of the others, not choices)."""
+    d = Path(__file__).resolve().parents[1] / "conf" / group
+    return ", ".join(sorted(p.stem for p in d.glob("*.yaml") if not p.stem.startswith("_")))
+
+
+OmegaConf.register_new_resolver("help_options", help_options, replace=True)
 HYDRA_OWN = {".hydra", "main.log"}  # what Hydra puts in a job dir before the task runs
 
 
