@@ -23,8 +23,9 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 # define would be read by nothing (a typo, or a budget key of another method) and silently ignored
 CHECKED_GROUPS = ("quant", "attack", "dataset", "model", "train")
 # keys the code reads as optional extras of a node though no shipped option file sets them
-OPTIONAL_KEYS = {"dataset": ("max_train", "max_test"), "train": ("fast", "bf16", "models_per_step", "compile", "channels_last", "cuda_graphs",
-                           "precision", "schedule")}
+OPTIONAL_KEYS = {"dataset": ("max_train", "max_test", "query_augment"),
+                 "train": ("fast", "bf16", "models_per_step", "compile", "channels_last", "cuda_graphs", "precision",
+                           "schedule")}
 
 
 class ConfigError(ValueError):
@@ -176,16 +177,17 @@ def check_override_keys(args: list[str]) -> None:
         try:
             parsed.extend(parser.parse_overrides([a]))
         except OverrideParseException:
-            key = a.split("=", 1)[0]
-            if "~" in a.partition("=")[2]:
-                raise ConfigError(f"{a}: Hydra cannot read a bare '~'; write \"{key}='{a.partition('=')[2]}'\" "
-                                  f"(quoted, as one shell word) or {key}=$HOME{a.partition('=')[2].lstrip('~')}") from None
+            key, _, value = a.partition("=")
+            if "~" in value:
+                raise ConfigError(f"{a}: Hydra cannot read a bare '~'; write \"{key}='{value}'\" (quoted, as one "
+                                  f"shell word) or {key}=$HOME{value.lstrip('~')}") from None
             return  # Hydra's own message
     candidates = [o for o in parsed if o.type == OverrideType.CHANGE and "." in o.key_or_group
                   and o.key_or_group.split(".")[0] in CHECKED_GROUPS and o.package is None]
     if not candidates:
         return
-    groups = [o for o in parsed if "." not in o.key_or_group and o.package is None and not o.key_or_group.startswith("hydra")]
+    groups = [o for o in parsed if "." not in o.key_or_group and o.package is None
+              and not o.key_or_group.startswith("hydra")]
     if any(o.is_sweep_override() for o in groups):
         return  # several options per group: Hydra checks each job
     from hydra import compose, initialize_config_dir
@@ -215,7 +217,6 @@ def check_cache_dir(path: str) -> None:
 
 def validate(cfg) -> None:
     """Raise ConfigError for the first problem found in the composed job config."""
-    check_node_keys(cfg)
     try:
         check_bits(cfg.bits)
     except ValueError as e:
@@ -331,6 +332,7 @@ def validate(cfg) -> None:
               f"quant.calibration={cal}: allowed: members, nonmembers, test")
         _int(cfg, _quant_key(cfg, "n_calib"), q.get("n_calib", 1024), 1)
     _validate_attack(cfg, m)
+    check_node_keys(cfg)  # after the checks above, whose messages are more specific where they apply
     check_cache_dir(str(cfg.paths.cache_dir))
 
 

@@ -2,5 +2,6 @@ from .references import ReferenceSelection, select_references
 from .registry import (ATTACKS, DEFAULTS, MIN_MODELS_PER_EXAMPLE_VARIANCE, OFFLINE_ATTACKS, ONLINE_ATTACKS,
                        PER_EXAMPLE_VARIANCE, Attack, Population, check_names, min_models, run_attacks)
 
-__all__ = ["ATTACKS", "DEFAULTS", "MIN_MODELS_PER_EXAMPLE_VARIANCE", "PER_EXAMPLE_VARIANCE", "OFFLINE_ATTACKS", "ONLINE_ATTACKS", "Attack", "Population", "ReferenceSelection",
+__all__ = ["ATTACKS", "DEFAULTS", "MIN_MODELS_PER_EXAMPLE_VARIANCE", "PER_EXAMPLE_VARIANCE",
+           "OFFLINE_ATTACKS", "ONLINE_ATTACKS", "Attack", "Population", "ReferenceSelection",
            "check_names", "min_models", "run_attacks", "select_references"]

@@ -20,7 +20,8 @@ MODELS: dict[str, Callable[[dict, int, int], nn.Module]] = {
     "vgg11_bn": lambda o, c, i: VGG11BN(c, i, int(o.get("width") or 64)),
 }
 
-__all__ = ["MODELS", "Block", "min_image_size", "CifarResNet18", "SmallResNet", "Structure", "VGG11BN", "WideResNet", "build_model",
+__all__ = ["MODELS", "Block", "min_image_size",
+           "CifarResNet18", "SmallResNet", "Structure", "VGG11BN", "WideResNet", "build_model",
            "residual_blocks", "structure_of"]
 
 

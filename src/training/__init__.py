@@ -7,5 +7,6 @@ from .recipe import Recipe
 # cache key, so models from an older trainer are retrained, never reused.
 TRAINER_VERSION = 1
 
-__all__ = ["TRAINER_VERSION", "Classifier", "Recipe", "evaluate_accuracy", "resolve_device", "train_model", "train_models",
+__all__ = ["TRAINER_VERSION", "Classifier",
+           "Recipe", "evaluate_accuracy", "resolve_device", "train_model", "train_models",
            "train_models_fast", "use_fast_path"]
