@@ -94,6 +94,8 @@ def _run(cfg, data, keep, targets, device, store, warnings) -> dict | None:
         if cfg.stage == "train":  # fill the cache only (split the pool across jobs with model_range)
             P.train_pool(cfg, data, keep, store, device, range(*(cfg.model_range or [0, keep.shape[0]])),
                          sink.lightning_logger())
+            log.info("written:\n  %-8s %s (%d pool models trained now)", "cache", cfg.paths.cache_dir,
+                     store.saved["models"])
             return None
         pool = P.train_pool(cfg, data, keep, store, device, logger=sink.lightning_logger())
         quantized = [P.quantize_pool_model(cfg, data, keep, t, store, device) for t in targets]
