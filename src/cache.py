@@ -15,6 +15,7 @@ holding the key's config, the SHA-256 of the artifact bytes and library versions
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import io
@@ -56,6 +57,12 @@ def canonical(obj: Any) -> Any:
     return obj
 
 
+def versioned(key: dict, version: int) -> dict:
+    """``key`` of an artifact made by code at ``version``. Version 1 is that of artifacts made before
+    versions were recorded, so it adds nothing and their keys stay valid; any later one is in the key."""
+    return key if int(version) == 1 else {**key, "version": int(version)}
+
+
 def cache_key(config: Any) -> str:
     text = json.dumps(canonical(config), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:32]
@@ -86,8 +93,12 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 class ArtifactStore:
     def __init__(self, root: str | os.PathLike, lock: str = "soft", lock_timeout: float = -1,
-                 stale_after: float = 6 * 3600):
+                 stale_after: float = 6 * 3600, device: str | None = None):
         self.root = Path(root)
+        self.device = device  # recorded in manifests (src.provenance)
+        # artifacts of each kind this store saved / found already made: what an interrupted job keeps
+        self.saved: collections.Counter = collections.Counter()
+        self.loaded: collections.Counter = collections.Counter()
         self.lock_kind = lock
         self.lock_timeout = lock_timeout
         self.stale_after = stale_after
@@ -166,6 +177,8 @@ class ArtifactStore:
             return None
 
     def save(self, kind: str, key: str, obj: Any, config: Any = None) -> None:
+        from src.provenance import provenance
+
         art, man, _ = self.paths(kind, key)
         buf = io.BytesIO()
         torch.save(obj, buf)
@@ -173,8 +186,10 @@ class ArtifactStore:
         man.unlink(missing_ok=True)  # never leave an old manifest vouching for new bytes
         atomic_write_bytes(art, data)
         meta = {"key": key, "kind": kind, "sha256": _sha256(data), "bytes": len(data),
-                "format": FORMAT_VERSION, "torch": torch.__version__, "config": canonical(config)}
+                "format": FORMAT_VERSION, "torch": torch.__version__, "config": canonical(config),
+                "provenance": provenance(self.device)}
         atomic_write_text(man, json.dumps(meta, indent=1, default=str))
+        self.saved[kind] += 1
 
     def exists(self, kind: str, key: str) -> bool:
         art, man, _ = self.paths(kind, key)
@@ -185,11 +200,13 @@ class ArtifactStore:
         key = cache_key(config)
         obj = self.load(kind, key, repair=False)  # unlocked: a writer may be between artifact and manifest
         if obj is not None:
+            self.loaded[kind] += 1
             return obj, False
         _, _, lock_path = self.paths(kind, key)
         with self._lock(lock_path):
             obj = self.load(kind, key)
             if obj is not None:
+                self.loaded[kind] += 1
                 return obj, False
             obj = build()
             self.save(kind, key, obj, config)

@@ -16,14 +16,14 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from src.attacks.scores import compute_phi
-from src.cache import ArtifactStore, cache_key
+from src.attacks.scores import SCORER_VERSION, compute_phi
+from src.cache import ArtifactStore, cache_key, versioned
 from src.data import ImageData, data_digest, keep_matrix
 from src.data.membership import independent_rows
 from src.models import build_model
 from src.quant import CONTROLS, FULL_PRECISION, NEEDS_CALIBRATION, QUANTIZERS, quantize
 from src.quant.bn_fold import fold_batchnorm
-from src.training import Recipe, evaluate_accuracy, resolve_precision, train_models, use_fast_path
+from src.training import TRAINER_VERSION, Recipe, evaluate_accuracy, resolve_precision, train_models, use_fast_path
 
 log = logging.getLogger(__name__)
 TRAIN_KEYS_IGNORED = ("models_per_step", "compile", "channels_last", "cuda_graphs")  # speed only
@@ -97,7 +97,7 @@ def model_key(cfg, digest: str, index: int, device: str) -> dict:
            "pkeep": float(cfg.pkeep), "index": int(index)}
     if index >= int(cfg.n_models):  # an independent target's row
         key["split"] = "independent"
-    return key
+    return versioned(key, TRAINER_VERSION)
 
 
 def model_seed(cfg, index: int) -> int:
@@ -105,13 +105,13 @@ def model_seed(cfg, index: int) -> int:
 
 
 def _train_pool_models(cfg, data: ImageData, keep: np.ndarray, indices: list[int], device: str,
-                       logger=None) -> list[dict]:
+                       logger=None, on_epoch=None) -> list[dict]:
     """Train pool models ``indices`` on their IN halves; their cache artifacts (weights + utility)."""
     members = [torch.from_numpy(np.flatnonzero(keep[m])) for m in indices]
     for m, mem in zip(indices, members):
         log.info("pool: training model %d of %d (%d examples)", m + 1, keep.shape[0], len(mem))
     models = train_models(Recipe.of(cfg), data, members, [model_seed(cfg, m) for m in indices], device,
-                          [f"pool model {m}" for m in indices], logger)
+                          [f"pool model {m}" for m in indices], logger, on_epoch)
     return [{"state_dict": model.state_dict(),
              "test_acc": evaluate_accuracy(model, data.x_test, data.y_test, data.mean, data.std, device),
              "train_acc": evaluate_accuracy(model, data.x_train[mem], data.y_train[mem], data.mean, data.std,
@@ -133,7 +133,7 @@ def get_pool_model(cfg, data: ImageData, keep: np.ndarray, index: int, store: Ar
 def get_scores(cfg, data: ImageData, model_cfg_key: dict, model_fn, store: ArtifactStore, device: str) -> np.ndarray:
     """φ [N, Q] of a model over the training set, cached by (model key, queries)."""
     queries = list(cfg.dataset.get("queries", ["identity", "mirror"]))
-    key = {"kind": "scores", "model": cache_key(model_cfg_key), "queries": queries}
+    key = versioned({"kind": "scores", "model": cache_key(model_cfg_key), "queries": queries}, SCORER_VERSION)
     # random_aug views: dataset.query_augment ({pad, flip}) or else the training augmentation
     aug = _plain(cfg.dataset.get("query_augment") or cfg.dataset.get("augment", {}) or {})
     if "random_aug" in queries:
@@ -154,16 +154,12 @@ def train_pool(cfg, data: ImageData, keep: np.ndarray, store: ArtifactStore, dev
     indices = list(range(keep.shape[0]) if indices is None else indices)
     keys = {m: cache_key(model_key(cfg, digest, m, device)) for m in indices}
     todo = [m for m in indices if not store.exists("models", keys[m])]
+    if len(todo) < len(indices):
+        log.info("pool: %d of %d models loaded from the cache, %d to train", len(indices) - len(todo), len(indices),
+                 len(todo))
     k = max(1, int(cfg.train.get("models_per_step", 4))) if use_fast_path(cfg.train, device) else 1
-    for g in range(0, len(todo), k):
-        with contextlib.ExitStack() as locks:
-            for m in todo[g:g + k]:
-                locks.enter_context(store.lock("models", keys[m]))
-            group = [m for m in todo[g:g + k] if not store.exists("models", keys[m])]  # another job may have
-            if group:
-                for m, art in zip(group, _train_pool_models(cfg, data, keep, group, device, logger)):
-                    key = model_key(cfg, digest, m, device)
-                    store.save("models", keys[m], art, key)
+    with _pool_bar(cfg, len(todo)) as on_epoch:
+        _train_missing(cfg, data, keep, store, device, todo, keys, digest, k, logger, on_epoch)
     phis, test_acc, train_acc, keys_out = [], [], [], []
     for m in indices:
         model, info = get_pool_model(cfg, data, keep, m, store, device, digest, logger)
@@ -172,6 +168,36 @@ def train_pool(cfg, data: ImageData, keep: np.ndarray, store: ArtifactStore, dev
         train_acc.append(info["train_acc"])
         keys_out.append(info["key"])
     return Pool(keep, np.stack(phis), np.array(test_acc), np.array(train_acc), keys_out)
+
+
+@contextlib.contextmanager
+def _pool_bar(cfg, n_models: int):
+    """One progress bar over all pool training (models × epochs) with an ETA; yields its tick."""
+    if not n_models:
+        yield None
+        return
+    from tqdm.auto import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    epochs = int(cfg.train.epochs)
+    with tqdm(total=n_models * epochs, desc=f"pool: training {n_models} models × {epochs} epochs",
+              unit="epoch", disable=not bool(cfg.get("progress", True)), dynamic_ncols=True) as bar, \
+            logging_redirect_tqdm():  # log lines above the bar, not through it
+        yield bar.update
+
+
+def _train_missing(cfg, data, keep, store, device, todo, keys, digest, k, logger, on_epoch) -> None:
+    for g in range(0, len(todo), k):
+        with contextlib.ExitStack() as locks:
+            for m in todo[g:g + k]:
+                locks.enter_context(store.lock("models", keys[m]))
+            group = [m for m in todo[g:g + k] if not store.exists("models", keys[m])]  # another job may have
+            if group:
+                for m, art in zip(group, _train_pool_models(cfg, data, keep, group, device, logger, on_epoch)):
+                    key = model_key(cfg, digest, m, device)
+                    store.save("models", keys[m], art, key)
+            elif on_epoch:  # trained by another job meanwhile
+                on_epoch(len(todo[g:g + k]) * int(cfg.train.epochs))
 
 
 def calibration_indices(cfg, data: ImageData, keep: np.ndarray, index: int) -> tuple[str, np.ndarray]:
@@ -239,9 +265,10 @@ def quant_key(cfg, pool_model_key: dict) -> dict:
         ignored.update(("calibration", "n_calib"))
     qcfg = {k: v for k, v in _plain(cfg.quant).items() if k not in ignored}
     control = cfg.quant.name in CONTROLS  # noise / prune: bits and bit policy do not apply
-    return {"kind": "quantized", "model": cache_key(pool_model_key), "quant": qcfg,
-            "bits": None if control else float(cfg.bits), "policy": None if control else cfg.bitwidth.policy,
-            "dataset": cfg.dataset.name, "seed": int(cfg.seed)}
+    return versioned({"kind": "quantized", "model": cache_key(pool_model_key), "quant": qcfg,
+                      "bits": None if control else float(cfg.bits),
+                      "policy": None if control else cfg.bitwidth.policy,
+                      "dataset": cfg.dataset.name, "seed": int(cfg.seed)}, spec.version)
 
 
 def quantize_pool_model(cfg, data: ImageData, keep: np.ndarray, index: int, store: ArtifactStore, device: str,

@@ -19,6 +19,16 @@ from src.quant.policy import POLICIES
 from src.training.precision import PRECISIONS
 
 
+CONF = Path(__file__).resolve().parents[1] / "conf"
+# nodes whose keys are checked against the selected option's own yaml: a key the option does not
+# define would be read by nothing (a typo, or a budget key of another method) and silently ignored
+CHECKED_GROUPS = ("quant", "attack", "dataset", "model", "train")
+# keys the code reads as optional extras of a node though no shipped option file sets them
+OPTIONAL_KEYS = {"dataset": ("max_train", "max_test", "query_augment"),
+                 "train": ("fast", "bf16", "models_per_step", "compile", "channels_last", "cuda_graphs", "precision",
+                           "schedule")}
+
+
 class ConfigError(ValueError):
     pass
 
@@ -39,13 +49,13 @@ def _quant_key(cfg, key: str) -> str:
     return f"quant.{key}"
 
 
-def _int(cfg, key: str, value, minimum: int) -> int:
+def _int(cfg, key: str, value, minimum: int, why: str = "") -> int:
     try:
         v = int(value)
         ok = float(value) == v
     except (TypeError, ValueError):
         ok = False
-    _need(ok and v >= minimum, f"{key}={value}: must be an integer ≥ {minimum}")
+    _need(ok and v >= minimum, f"{key}={value}: must be an integer ≥ {minimum}{why}")
     return v
 
 
@@ -74,6 +84,125 @@ def _as_list(key: str, value) -> list:
 
     _need(isinstance(value, (list, tuple, ListConfig)), f"{key}={value}: must be a list, e.g. {key}=[{value}]")
     return list(value)
+
+
+def option_keys(group: str, option: str) -> set[str] | None:
+    """Keys of ``conf/<group>/<option>.yaml`` with its defaults list merged in (``attack/lira`` →
+    ``_params``); None if there is no such file (an option added from another search path)."""
+    from omegaconf import OmegaConf
+
+    path = CONF / group / f"{option}.yaml"
+    if not path.is_file():
+        return None
+    node = OmegaConf.to_container(OmegaConf.load(path), resolve=False) or {}
+    keys = set(node) - {"defaults"}
+    for d in node.get("defaults") or []:
+        if isinstance(d, str) and d != "_self_":
+            keys |= option_keys(group, d) or set()
+    return keys
+
+
+def _choice(cfg, group: str) -> str | None:
+    """The option selected for ``group``: Hydra's record of the choice inside a job, else the
+    option file whose ``name`` is the node's name."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        choice = HydraConfig.get().runtime.choices.get(group)
+        if choice:
+            return str(choice)
+    except Exception:
+        pass
+    name = str(cfg[group].get("name", ""))
+    return name if (CONF / group / f"{name}.yaml").is_file() else None
+
+
+def check_node_keys(cfg) -> None:
+    """Every key of the quant, attack, dataset, model and train nodes is one its option defines."""
+    for group in CHECKED_GROUPS:
+        if group not in cfg or cfg[group] is None:
+            continue
+        option = _choice(cfg, group)
+        allowed = option_keys(group, option) if option else None
+        if allowed is None:
+            continue
+        allowed |= set(OPTIONAL_KEYS.get(group, ()))
+        unknown = sorted(set(cfg[group]) - allowed)
+        _need(not unknown, f"{group}.{unknown[0] if unknown else ''}: not a key of {group}={option}; "
+                           f"allowed: {', '.join(sorted(allowed))}")
+
+
+def check_image_size(cfg, size: int, in_channels: int, source: str) -> None:
+    """The model's strides and poolings leave a feature map at ``size`` px (src.models.min_image_size)."""
+    from src.models import min_image_size
+
+    need = min_image_size(cfg.model, in_channels)
+    if need is not None and size >= need:
+        return
+    fits = [n for n in MODELS if (min_image_size({"name": n}, in_channels) or size + 1) <= size]
+    raise ConfigError(f"model={cfg.model.name}: needs images of at least {need} px, but {source} gives {size} px; "
+                      f"allowed: {'a larger dataset.image_size or ' if 'image_size' in cfg.dataset else ''}"
+                      f"model={', '.join(fits) or '(none)'}")
+
+
+PATH_KEYS = ("paths.cache_dir", "paths.data_dir", "dataset.root", "dataset.decode_cache")
+
+
+def expand_paths(cfg) -> None:
+    """``~`` at the start of a path key is the user's home (an interpolation is left to resolve)."""
+    from omegaconf import OmegaConf
+
+    for key in PATH_KEYS:
+        group, _, leaf = key.partition(".")
+        node = cfg.get(group)
+        if node is None or leaf not in node:
+            continue
+        raw = OmegaConf.to_container(node, resolve=False).get(leaf)
+        if isinstance(raw, str) and raw.startswith("~"):
+            node[leaf] = os.path.expanduser(raw)
+
+
+def check_override_keys(args: list[str]) -> None:
+    """Command-line overrides Hydra would reject with misleading advice, checked before it runs:
+    ``quant.iters=100`` where the selected quantizer has no ``iters`` (Hydra suggests
+    ``+quant.iters=100``, which would be ignored), and a bare ``~`` its override parser cannot read."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import OverrideType
+    from hydra.errors import OverrideParseException
+
+    parser = OverridesParser.create()
+    parsed = []
+    for a in args:
+        if a.startswith("-"):
+            continue
+        try:
+            parsed.extend(parser.parse_overrides([a]))
+        except OverrideParseException:
+            key, _, value = a.partition("=")
+            if "~" in value:
+                raise ConfigError(f"{a}: Hydra cannot read a bare '~'; write \"{key}='{value}'\" (quoted, as one "
+                                  f"shell word) or {key}=$HOME{value.lstrip('~')}") from None
+            return  # Hydra's own message
+    candidates = [o for o in parsed if o.type == OverrideType.CHANGE and "." in o.key_or_group
+                  and o.key_or_group.split(".")[0] in CHECKED_GROUPS and o.package is None]
+    if not candidates:
+        return
+    groups = [o for o in parsed if "." not in o.key_or_group and o.package is None
+              and not o.key_or_group.startswith("hydra")]
+    if any(o.is_sweep_override() for o in groups):
+        return  # several options per group: Hydra checks each job
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        try:
+            cfg = compose("config", overrides=[o.input_line for o in groups], return_hydra_config=True)
+        except Exception:
+            return  # Hydra reports it
+    for o in candidates:
+        group, key = o.key_or_group.split(".")[:2]
+        if cfg.get(group) is not None and key not in cfg[group]:
+            option = cfg.hydra.runtime.choices.get(group)
+            raise ConfigError(f"{group}.{key}: not a key of {group}={option}; allowed: {', '.join(sorted(cfg[group]))}")
 
 
 def check_cache_dir(path: str) -> None:
@@ -110,13 +239,17 @@ def validate(cfg) -> None:
     except (TypeError, ValueError):
         pkeep = -1.0
     _need(0.0 < pkeep < 1.0, f"pkeep={cfg.pkeep}: must lie strictly between 0 and 1")
-    m = _int(cfg, "n_models", cfg.n_models, 2)
+    m = _n_models(cfg)
     _int(cfg, "seed", cfg.seed, 0)
     _check_device(str(cfg.get("device", "auto")))
     _int(cfg, "num_workers", cfg.get("num_workers", 0), 0)
     if cfg.get("num_threads") is not None:
         _int(cfg, "num_threads", cfg.num_threads, 1)
     _validate_dataset(cfg)
+    if cfg.dataset.get("image_size") is not None and cfg.dataset.name in ("cifar10", "cifar100", "synthetic",
+                                                                           "imagefolder"):
+        check_image_size(cfg, int(cfg.dataset.image_size), int(cfg.dataset.get("channels", 3)),
+                         f"dataset.image_size={cfg.dataset.image_size}")
     _need(cfg.stage in ("all", "train"), f"stage={cfg.stage}: allowed: all, train")
     queries = _as_list("dataset.queries", cfg.dataset.get("queries", ["identity"]))
     for q in queries:
@@ -202,7 +335,29 @@ def validate(cfg) -> None:
               f"quant.calibration={cal}: allowed: members, nonmembers, test")
         _int(cfg, _quant_key(cfg, "n_calib"), q.get("n_calib", 1024), 1)
     _validate_attack(cfg, m)
+    check_node_keys(cfg)  # after the checks above, whose messages are more specific where they apply
     check_cache_dir(str(cfg.paths.cache_dir))
+
+
+def config_warnings(cfg, overrides: list[str] | None = None) -> list[str]:
+    """One line per setting that runs but does not do what it says. ``overrides``: the command
+    line's (``bits`` only counts when the user set it; the default 4 is not a choice)."""
+    from src.attacks import MIN_MODELS_PER_EXAMPLE_VARIANCE, PER_EXAMPLE_VARIANCE
+    from src.quant import CONTROLS
+
+    out = []
+    set_keys = {str(o).split("=", 1)[0].lstrip("+~") for o in overrides or []}
+    q = cfg.quant.name
+    if q in FULL_PRECISION + tuple(CONTROLS) and ({"bits", "bitwidth"} & set_keys):
+        what = "full precision" if q in FULL_PRECISION else f"a float control ({CONTROLS[q]} sets its strength)"
+        out.append(f"bits={cfg.bits}: has no effect with quant={q}, {what}; its results are reported as 32-bit")
+    m = int(cfg.n_models)
+    for name in cfg.attack.names:
+        if name in PER_EXAMPLE_VARIANCE and m < MIN_MODELS_PER_EXAMPLE_VARIANCE:
+            out.append(f"{name}: per-example variance is unreliable with n_models={m} < "
+                       f"{MIN_MODELS_PER_EXAMPLE_VARIANCE}; use {PER_EXAMPLE_VARIANCE[name]} "
+                       f"(fixed variance) or n_models ≥ {MIN_MODELS_PER_EXAMPLE_VARIANCE}")
+    return out
 
 
 def validate_with_data(cfg, keep, n_test: int, indices) -> None:
@@ -220,6 +375,23 @@ def validate_with_data(cfg, keep, n_test: int, indices) -> None:
                                 f"available for calibration (quant.calibration={cal}); use at most {avail}")
 
 
+def _n_models(cfg) -> int:
+    """``n_models`` against the one minimum of the attacks (src.attacks.min_models)."""
+    from src.attacks import ATTACKS, min_models
+
+    names = _as_list("attack.names", cfg.attack.names)
+    _need(len(names) > 0, "attack.names=[]: name at least one attack")
+    for n in names:
+        _need(n in ATTACKS, f"attack.names: unknown attack {n!r}; allowed: {', '.join(ATTACKS)}")
+    need = min_models(names)
+    from src.attacks import ONLINE_ATTACKS
+
+    why = ("the target left out, every example needs " +
+           ("an IN and an OUT reference model" if set(names) & set(ONLINE_ATTACKS) else "an OUT reference model")
+           if need > 2 else "the membership split needs two models")
+    return _int(cfg, "n_models", cfg.n_models, need, f" for attack.names=[{', '.join(names)}] ({why})")
+
+
 def _validate_attack(cfg, m: int) -> None:
     from src.attacks import ATTACKS, OFFLINE_ATTACKS, ONLINE_ATTACKS, min_models
 
@@ -228,8 +400,6 @@ def _validate_attack(cfg, m: int) -> None:
     for n in names:
         _need(n in ATTACKS, f"attack.names: unknown attack {n!r}; allowed: {', '.join(ATTACKS)}")
     need = min_models(names)
-    _need(m >= need, f"n_models={m}: too few pool models for attack.names={names}; need at least {need} "
-                     f"(online LiRA needs IN and OUT reference models for every example)")
     # every example is IN for exactly k = round(M·pkeep) models (src/data/membership.py); leaving the
     # target out, online attacks need k-1 ≥ 1 IN and M-1-k ≥ 1 OUT references, offline ones M-1-k ≥ 1
     k = int(round(m * float(cfg.pkeep)))

@@ -46,7 +46,7 @@ IN_PROCESS = [
     ("pkeep_abc", ["pkeep=abc"], ["pkeep=abc"]),
     ("pkeep_unbalanced_for_lira", ["pkeep=0.25"], ["pkeep=0.25", "n_models=4"]),
     ("n_models_1", ["n_models=1", "attack=loss"], ["n_models=1"]),
-    ("lira_n_models_3", ["n_models=3", "attack=lira"], ["n_models=3", "need at least 4"]),
+    ("lira_n_models_3", ["n_models=3", "attack=lira"], ["n_models=3", "≥ 4"]),
     ("n_models_2.5", ["n_models=2.5", "attack=loss"], ["n_models=2.5"]),
     ("rmia_n_models_2", ["n_models=2", "attack=rmia"], ["n_models=2"]),
     ("target_99", ["targets=[99]"], ["targets", "99", "0..3"]),

@@ -82,6 +82,14 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+# Pool size below which online LiRA's per-example variance is unreliable: on simulated φ
+# (benchmarks/lira_reference_count.py) its AUC falls behind the fixed-variance variant for every
+# n_models from 6 to 12 and matches it only from 16 on; at 4 and 5 models each example has one IN
+# and one OUT reference, σ is 0, and both degenerate to a nearest-centre rule.
+MIN_MODELS_PER_EXAMPLE_VARIANCE = 16
+PER_EXAMPLE_VARIANCE = {"lira_online": "lira_online_fixed"}  # attack → its fixed-variance variant
+
+
 def check_names(names: Iterable[str] | str) -> list[str]:
     """Validate ``attack.names``; returns them as a list."""
     lst = [names] if isinstance(names, str) else [str(x) for x in names]

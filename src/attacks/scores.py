@@ -16,6 +16,10 @@ from torch import nn
 from src.data.augment import RANDOM_QUERY, apply_query, normalize, normalizer, random_crop_flip
 
 
+# Raised whenever φ changes for the same model and queries: part of every score artifact's cache key.
+SCORER_VERSION = 1
+
+
 def logit_confidence(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """φ per row: true-class logit minus logsumexp of the other logits."""
     logits = logits.float()

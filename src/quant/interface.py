@@ -36,6 +36,7 @@ class Quantizer:
     speed_keys: tuple[str, ...] = ()  # config keys that change speed or display only: not in the cache key
     strength_key: str | None = None   # matched-utility controls: the key that sets their strength (bits do not apply)
     iterative: bool = True            # has an iteration budget (``iters``); OBC/GPTQ are one-shot
+    version: int = 1                  # raised whenever the method's output changes: in the cache key
 
     def load(self):
         return getattr(importlib.import_module(self.module), self.fn)

@@ -60,6 +60,28 @@ def sweep_config(config: DictConfig, sweep_dir: Path, results: list[dict]) -> di
                       "n_jobs": len(jobs), "jobs": jobs}}
 
 
+def sweep_written(sweep_dir: Path, paths: dict) -> str:
+    """The block that ends a multirun: the sweep dir, its summary files and each job's results."""
+    jobs = sorted(sweep_dir.glob("*/results.json"), key=lambda p: (len(p.parent.name), p.parent.name))
+    rows = [("sweep dir", sweep_dir)] + [(f"summary {k}", Path(p)) for k, p in paths.items() if Path(p).exists()]
+    rows += [("results", p) for p in jobs]
+    return "sweep written:\n" + "\n".join(f"  {k:<30} {p}" for k, p in rows)
+
+
+def sweep_warnings(sweep_dir: Path) -> list[str]:
+    """Each distinct warning of the sweep's jobs (results.json ``warnings``) once, with its jobs."""
+    import json
+
+    seen: dict[str, list[str]] = {}
+    for p in sorted(sweep_dir.glob("*/results.json")):
+        try:
+            for w in json.loads(p.read_text()).get("warnings") or []:
+                seen.setdefault(str(w), []).append(p.parent.name)
+        except (OSError, ValueError):
+            continue
+    return [f"{w} (jobs {', '.join(jobs)})" for w, jobs in seen.items()]
+
+
 class SummaryCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         try:
@@ -75,7 +97,9 @@ class SummaryCallback(Callback):
         if not paths:
             log.warning("summary: no */results.json under %s (all jobs failed?)", sweep_dir)
             return
-        log.info("summary written to %s", sweep_dir)
+        log.info(sweep_written(sweep_dir, paths))
+        for line in sweep_warnings(sweep_dir):
+            log.warning(line)
 
         if str(OmegaConf.select(config, "logger.backend", default="none")).lower() != "wandb":
             return

@@ -371,7 +371,7 @@ def _nondeterministic_ok(cuda: bool):
 
 
 def train_models_fast(recipe: Recipe, data, member_idx_list: list[torch.Tensor], seeds: list[int], device,
-                      names: list[str] | None = None, logger=None) -> list[nn.Module]:
+                      names: list[str] | None = None, logger=None, on_epoch=None) -> list[nn.Module]:
     """Train ``len(seeds)`` fresh ``recipe.model``s, model k on ``data.x_train[member_idx_list[k]]`` with
     seed ``seeds[k]`` (init, shuffling, augmentation). Returns them on CPU, eval mode.
 
@@ -386,6 +386,8 @@ def train_models_fast(recipe: Recipe, data, member_idx_list: list[torch.Tensor],
         for e in range(tr.epochs):
             tr.epoch()
             losses = tr.check_losses(e)
+            if on_epoch is not None:
+                on_epoch(len(seeds))
             if logger is not None:  # the plain path's keys: pool/mNN/train_loss|train_acc, per epoch
                 curves = {"epoch": e}
                 for s, loss, acc in zip(tr.slots, losses, tr.last_acc):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
 import warnings
 
 import lightning as L
@@ -41,18 +42,28 @@ def _quiet_lightning():
 
 
 def train_models(recipe: Recipe, data: ImageData, members: list[torch.Tensor], seeds: list[int], device: str,
-                 names: list[str] | None = None, logger=None) -> list[nn.Module]:
+                 names: list[str] | None = None, logger=None, on_epoch=None) -> list[nn.Module]:
     """Train fresh ``recipe.model``s, model k on ``data.x_train[members[k]]`` with seed ``seeds[k]``.
     The fast path (``train.fast``; 'auto' = on CUDA) trains them together; the plain Lightning path
-    one after the other. Returns them on CPU, eval mode."""
+    one after the other. ``on_epoch(n)``: called after each epoch with the number of models it
+    trained (an overall progress bar; it replaces the plain path's per-model bar). Returns them on
+    CPU, eval mode."""
     names = names or [f"model {k}" for k in range(len(seeds))]
     if use_fast_path(recipe.train, device):
-        return train_models_fast(recipe, data, members, seeds, device, names, logger)
-    return [train_model(recipe, data, m, s, device, n, logger) for m, s, n in zip(members, seeds, names)]
+        return train_models_fast(recipe, data, members, seeds, device, names, logger, on_epoch)
+    return [train_model(recipe, data, m, s, device, n, logger, on_epoch) for m, s, n in zip(members, seeds, names)]
+
+
+class _EpochTick(L.Callback):
+    def __init__(self, on_epoch):
+        self.on_epoch = on_epoch
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.on_epoch(1)
 
 
 def train_model(recipe: Recipe, data: ImageData, member_idx: torch.Tensor, seed: int, device: str,
-                name: str = "model", logger=None, callbacks=None) -> nn.Module:
+                name: str = "model", logger=None, on_epoch=None, callbacks=None) -> nn.Module:
     """Train a fresh ``recipe.model`` on ``data.x_train[member_idx]`` through a Lightning Trainer (the
     plain path); returns it on CPU, eval mode. ``callbacks``: extra Trainer callbacks (the benchmark's timer)."""
     tc = recipe.train
@@ -74,13 +85,22 @@ def train_model(recipe: Recipe, data: ImageData, member_idx: torch.Tensor, seed:
     with _quiet_lightning():  # the Trainer's device banner
         trainer = L.Trainer(max_epochs=int(tc.epochs), accelerator=accel, devices=1,
                             precision=resolve_precision(tc, device), logger=logger if logger else False,
-                            enable_checkpointing=False, enable_model_summary=False, callbacks=callbacks,
-                            enable_progress_bar=recipe.progress,
+                            enable_checkpointing=False, enable_model_summary=False,
+                            enable_progress_bar=recipe.progress and on_epoch is None,
+                            callbacks=(list(callbacks or []) + ([_EpochTick(on_epoch)] if on_epoch else [])) or None,
                             deterministic=True if accel == "cpu" else "warn",  # some CUDA backward kernels have no deterministic version
                             log_every_n_steps=max(1, min(50, len(loader))))
     with warnings.catch_warnings(), _quiet_lightning():
         warnings.filterwarnings("ignore", message=".*(does not have many workers|LeafSpec|GPU available).*")
-        trainer.fit(module, loader)
+        try:
+            trainer.fit(module, loader)
+        except SystemExit:
+            # Lightning turns Ctrl-C into a graceful stop and sys.exit(1), ignoring SIGINT from then on:
+            # give the job the interrupt back
+            if not trainer.interrupted:
+                raise
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt from None
     # bf16-mixed keeps fp32 weights; channels_last is undone so later stages see the usual layout
     return to_memory_format(model, False).cpu().eval()
 
