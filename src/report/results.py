@@ -202,9 +202,17 @@ def _per_example_plot(directory: Path, results: dict, arrays: dict) -> None:
     try:
         from src.report.plots import per_example_scatter
 
+        from src.report.labels import dataset_display
+
         t = int(arrays["target_ids"][0])
+        job = results["job"]
+        what = (f"{job['control']['key']}={job['control']['value']:g}" if job.get("control")
+                else f"{job['bits']:g} bit")
+        title = (f"{dataset_display(job, results.get('config'))} / {job['model']} / {job['quant']} {what} — "
+                 f"{name}, target {t}")
+        shifts = (results["attacks"][name].get("per_example") or {}).get("per_target") or [None]
         per_example_scatter(arrays[f"fp_attack_{name}"][0], arrays[f"attack_{name}"][0], arrays["keep"][t],
-                            name, directory / "per_example.png")
+                            name, directory / "per_example.png", title=title, stats=shifts[0])
     except Exception as e:  # pragma: no cover - plotting backend problems
         logging.getLogger(__name__).warning("per_example.png not drawn: %s", e)
 
