@@ -66,9 +66,11 @@ bench:  ## throughput benchmark (reference-style loop vs ours, scoring, quantize
 gpu-check:  ## the paper path on one CUDA GPU in 8 min: speeds vs targets, fast vs plain, mini protocol; DATA=DIR (image folder)
 	$(PY) -m benchmarks.gpu_check $(if $(DATA),--data $(DATA))
 
-report:  ## rebuild summary.csv/.md and plots of a sweep: make report SWEEP=outputs/multirun/<stamp>
+ATTACK  ?=
+METRIC  ?=
+report:  ## rebuild summary.csv/.md/.tex and plots of a sweep: make report SWEEP=<dir> [ATTACK=lira_online] [METRIC=tpr_at_fpr_1e-2]
 	@test -n "$(SWEEP)" || (echo "error: SWEEP=<multirun dir> is required" >&2; exit 2)
-	$(PY) -m src.report.summary $(SWEEP)
+	@$(PY) -m src.report.summary $(SWEEP) $(if $(ATTACK),--attack $(ATTACK)) $(if $(METRIC),--metric $(METRIC))
 
 paper-cifar10:  ## paper protocol on CIFAR-10: ResNet-18, 64 shadows + target, 100 epochs, 3 methods x 3 bit-widths, all attacks
 	$(PY) -m src.main -m experiment=paper_cifar10 $(ARGS)

@@ -15,7 +15,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import FuncFormatter, NullFormatter, PercentFormatter  # noqa: E402
+from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 from matplotlib.transforms import Bbox  # noqa: E402
 
 from src.report.labels import dataset_display, metric_label, pct_text, series_style  # noqa: E402
@@ -43,7 +43,7 @@ def _pct_axis(axis, log: bool) -> None:
         axis.set_major_formatter(FuncFormatter(lambda v, _: pct_text(v).replace(" %", "%")))
         axis.set_minor_formatter(NullFormatter())
     else:
-        axis.set_major_formatter(PercentFormatter(1.0, decimals=None))
+        axis.set_major_formatter(FuncFormatter(lambda v, _: f"{100 * v:.6g}%"))
 
 
 # ---------------------------------------------------------------------------------------

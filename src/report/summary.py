@@ -332,8 +332,8 @@ def _notes(rows: list[dict], metric: str) -> list[str]:
     notes = ["AUC: P(member score > non-member score) + ½·P(tie). [95% CI]: Student-t interval over the "
              "targets (k ≥ 2), percentile bootstrap of members and non-members (k = 1)"
              + (f"; k = {', '.join(map(str, ks))}." if ks else ".")]
-    notes.append("ΔAUC: paired difference quantized − FP on the same examples (paired bootstrap per target, "
-                 "t-interval over targets); * = the 95 % CI excludes 0.")
+    notes.append("ΔAUC: paired difference quantized − FP on the same examples. [95% CI]: Student-t interval "
+                 "over the targets' Δ (k ≥ 2), paired bootstrap (k = 1); * = the CI excludes 0.")
     if any(not _is_resolved(r, metric) for r in rows):
         ns = sorted({int(r["n_nonmembers"]) for r in rows if r.get("n_nonmembers") is not None})
         notes.append(f"{RESOLUTION_NOTE}; N ≈ {', '.join(map(str, ns))} non-members per target.")
@@ -365,7 +365,7 @@ def markdown_table(rows: list[dict], attack: str | list[str] | None, metric: str
 _TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
         "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "×": r"$\times$", "—": "---",
         "–": "--", "−": "$-$", "Δ": r"$\Delta$", "≥": r"$\geq$", "≈": r"$\approx$", "·": r"$\cdot$",
-        "½": r"$\frac{1}{2}$"}
+        "½": r"$\frac{1}{2}$", "<": "$<$", ">": "$>$", "ρ": r"$\rho$"}
 
 
 def tex_escape(text: str) -> str:
@@ -417,8 +417,8 @@ def write_summary(sweep_dir: str | Path, quiet: bool = False, attack: str | None
     if not results:
         return {}
     rows = rows_from_results(results)
-    check_choice("ATTACK", attack, list(dict.fromkeys(r["attack"] for r in rows)))
-    check_choice("METRIC", metric, list(METRICS))
+    check_choice("ATTACK", attack, list(dict.fromkeys(r["attack"] for r in rows)), "an attack of this sweep")
+    check_choice("METRIC", metric, list(METRICS), "a summary metric")
     shown = attack or primary_attack(results)
     metric = metric or default_metric([r for r in rows if r["attack"] == shown])
     paths = {
@@ -447,9 +447,9 @@ class ChoiceError(ValueError):
     """An ATTACK or METRIC the sweep does not have."""
 
 
-def check_choice(name: str, value: str | None, allowed: list[str]) -> None:
+def check_choice(name: str, value: str | None, allowed: list[str], what: str) -> None:
     if value is not None and value not in allowed:
-        raise ChoiceError(f"{name}={value} is not in this sweep; allowed: {', '.join(allowed)}")
+        raise ChoiceError(f"{name}={value}: not {what}; allowed: {', '.join(allowed)}")
 
 
 def main(argv: list[str] | None = None) -> int:
