@@ -87,10 +87,11 @@ def place_labels(ax, items: list[tuple[float, float, str, str]], fontsize: float
         else:
             clusters.append({"x": x, "y": y, "px": px, "py": py, "members": [(text, series)]})
     half = 6 * fig.dpi / 72  # a marker's half width (8 pt markers)
-    obstacles = [Bbox.from_extents(c["px"] - half, c["py"] - half, c["px"] + half, c["py"] + half) for c in clusters]
+    markers = [Bbox.from_extents(c["px"] - half, c["py"] - half, c["px"] + half, c["py"] + half) for c in clusters]
+    bars_px = []
     for x, lo, hi in bars:
         (bx, by0), (_, by1) = ax.transData.transform([(x, lo), (x, hi)])
-        obstacles.append(Bbox.from_extents(bx - 2, min(by0, by1), bx + 2, max(by0, by1)))
+        bars_px.append(Bbox.from_extents(bx - 2, min(by0, by1), bx + 2, max(by0, by1)))
     frame = ax.get_window_extent(renderer)
     placed = [ax.get_legend().get_window_extent(renderer)] if ax.get_legend() else []
     for c in clusters:
@@ -105,7 +106,9 @@ def place_labels(ax, items: list[tuple[float, float, str, str]], fontsize: float
                               fontsize=fontsize, arrowprops=arrow)
             bb = ann.get_window_extent(renderer)
             outside = bb.width * bb.height - _overlap(bb, frame)
-            cost = sum(_overlap(bb, o) for o in obstacles + placed) + 2 * outside
+            # another label is the worst to cover, then a marker, then an error bar
+            cost = (10 * sum(_overlap(bb, o) for o in placed) + 3 * sum(_overlap(bb, o) for o in markers)
+                    + sum(_overlap(bb, o) for o in bars_px) + 10 * outside)
             if best is None or cost < best[0]:
                 if best is not None:
                     best[1].remove()
