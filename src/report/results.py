@@ -249,12 +249,14 @@ def print_results(results: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from src.report.labels import RESOLUTION_NOTE, dataset_display
+    from src.report.labels import RESOLUTION_NOTE, dataset_display, policy_label
 
     job, u = results["job"], results["utility"]
     bits = "fp" if job["quant"] in ("none", "fp") else f"{job['bits']:g}-bit"
     if job.get("control"):
         bits = f"{job['control']['key']}={job['control']['value']:g}"
+    if job.get("policy") not in (None, "uniform", "fp") and job["quant"] not in ("none", "fp"):
+        bits += f" ({policy_label(job['policy'])})"
     title = (f"{dataset_display(job, results.get('config'))} / {job['model']} / {job['quant']} {bits}  "
              f"targets {job['targets']}  reference={job['reference']}")
     console = Console(width=160)
