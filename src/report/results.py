@@ -115,7 +115,8 @@ def build_results(cfg, data, pool, quantized, scores, fp_scores, refs, ref_out=N
                                "train_acc": q.train_acc} for q in quantized]}
     utility["gen_gap"] = utility["train_acc"] - utility["test_acc"]
     utility["fp_gen_gap"] = utility["fp_train_acc"] - utility["fp_test_acc"]
-    job = {"dataset": cfg.dataset.name, "dataset_display": _dataset_display(cfg), "model": cfg.model.name, "quant": cfg.quant.name,
+    job = {"dataset": cfg.dataset.name, "dataset_display": _dataset_display(cfg), "model": cfg.model.name,
+           "quant": cfg.quant.name,
            "bits": 32.0 if cfg.quant.name in ("none", "fp") else float(cfg.bits),
            "policy": cfg.bitwidth.policy, "targets": tids, "reference": cfg.attack.get("reference", "fp"),
            "n_models": int(cfg.n_models), "n_examples": int(keep.shape[1])}
@@ -278,7 +279,8 @@ def print_results(results: dict) -> None:
             below |= not all(ok.values())
             n_non.update(int(p["n_nonmembers"]) for p in m.get("per_target") or [] if "n_nonmembers" in p)
             d = (m.get("paired") or {}).get("auc")
-            delta = "–" if not d else _fmt(d["delta"], d.get("ci"), signed=True) + ("*" if d.get("significant") else "")
+            delta = "–" if not d else (_fmt(d["delta"], d.get("ci"), signed=True)
+                                       + ("*" if d.get("significant") else ""))
             table.add_row(name, kind, _fmt(m["auc"], ci.get("auc")), delta, _fmt(m["balanced_accuracy"]),
                           *[_fmt(m.get(k), ok=ok[k]) for k in tprs])
     console.print(table)

@@ -316,7 +316,7 @@ def _columns(metric: str) -> list[str]:
     return [c for c in cols if not (c == "priv" and metric == "auc")]
 
 
-def _groups(rows: list[dict], attacks: list[str]) -> list[tuple[str, str, str, list[dict]]]:
+def _groups(rows: list[dict], attacks: list[str]) -> list[tuple[str, str, list[dict]]]:
     """(title, attack, rows) of each table: one per (dataset, model, attack)."""
     out = []
     for ds, model in dict.fromkeys((r["dataset"], r["model"]) for r in rows):
