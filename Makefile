@@ -88,9 +88,11 @@ gpu-check:  ## the paper path on one CUDA GPU in 8 min (docs/gpu.md); OUT=DIR fo
 	  $(PY) -m pip install -q --no-index --no-deps --find-links "$(WHEELS)" ptq-mia; }
 	PYTHONUNBUFFERED=1 $(PY) -m benchmarks.gpu_check --out "$(OUT)" $(if $(DATA),--data "$(DATA)") $(ARGS)
 
-report:  ## rebuild summary.csv/.md and plots of a sweep: make report SWEEP=outputs/multirun/<stamp>
+ATTACK  ?=
+METRIC  ?=
+report:  ## rebuild summary.csv/.md/.tex and plots of a sweep: make report SWEEP=<dir> [ATTACK=lira_online] [METRIC=tpr_at_fpr_1e-2]
 	@test -n "$(SWEEP)" || (echo "error: SWEEP=<multirun dir> is required" >&2; exit 2)
-	$(PY) -m src.report.summary $(SWEEP)
+	@$(PY) -m src.report.summary $(SWEEP) $(if $(ATTACK),--attack $(ATTACK)) $(if $(METRIC),--metric $(METRIC))
 
 paper-cifar10:  ## paper protocol on CIFAR-10: ResNet-18, 64 shadows + target, 100 epochs, 3 methods x 3 bit-widths, all attacks
 	$(PY) -m src.main -m experiment=paper_cifar10 $(ARGS)

@@ -1,9 +1,9 @@
-"""The two summary figures: privacy–utility trade-off and log-log ROC.
+"""The summary figures (privacy–utility trade-off, paired ΔAUC, log-log ROC) and a job's per-example plot.
 
-Both are drawn with matplotlib's Agg backend (no display needed) and saved as PNG.
-Low-FPR behaviour is what matters for membership inference (Carlini et al., "Membership
-Inference Attacks From First Principles", 2022, §3), hence log-log ROC axes and
-TPR@0.1%FPR as the privacy axis.
+Drawn with matplotlib's Agg backend (no display needed) and saved as PNG. Low-FPR behaviour is what
+matters for membership inference (Carlini et al., "Membership Inference Attacks From First
+Principles", 2022, §3), hence log-log ROC axes. Rates are shown in %, every series has its own colour
+and marker (src/report/labels.py), and FPRs below 1/N non-members are marked as unresolved.
 """
 
 from __future__ import annotations
@@ -15,73 +15,202 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
+from matplotlib.transforms import Bbox  # noqa: E402
 
-MARKERS = "osD^vP<>Xhp*"
-ROC_FLOOR = 1e-5  # results.json ROCs are downsampled down to this FPR
+from src.report.labels import dataset_display, metric_label, pct_text, series_style  # noqa: E402
+
+FP_STYLE = {"color": "black", "marker": "*"}
+ROC_MIN = 1e-5  # results.json ROCs are downsampled down to this FPR
 
 
 def _combos(items: list[Any], get) -> list[tuple]:
     return list(dict.fromkeys(get(x) for x in items))
 
 
-def _axes(n: int, size: tuple[float, float] = (5.0, 4.2)):
+def _axes(n: int, size: tuple[float, float] = (6.4, 5.0)):
     fig, axes = plt.subplots(1, n, figsize=(size[0] * n, size[1]), squeeze=False)
     return fig, list(axes[0])
 
 
-def privacy_utility(rows: list[dict], attack: str | None, path: str | Path) -> Path:
-    """Test accuracy (x) vs TPR@0.1%FPR (y) of ``attack``: one marker shape per method,
-    bits annotated next to each point, FP a black star. ``rows`` are summary rows
-    (:func:`src.report.summary.rows_from_results`); error bars show the bootstrap CI
-    when present. One panel per (dataset, model)."""
+def _title(rows_or_jobs: list[dict], ds, model, attack) -> str:
+    name = next((r.get("dataset_display") for r in rows_or_jobs if r.get("dataset_display")), None) or ds
+    return f"{name} / {model} — {attack}" if ds is not None else f"{attack}"
+
+
+def _pct_axis(axis, log: bool) -> None:
+    if log:
+        axis.set_major_formatter(FuncFormatter(lambda v, _: pct_text(v).replace(" %", "%")))
+        axis.set_minor_formatter(NullFormatter())
+    else:
+        axis.set_major_formatter(FuncFormatter(lambda v, _: f"{100 * v:.6g}%"))
+
+
+# ---------------------------------------------------------------------------------------
+# point labels without collisions
+
+def _offsets():
+    """Candidate label offsets (points) on rings around the point, nearest first."""
+    import math
+
+    for r in (7, 16, 28, 42):
+        for deg in (30, -30, 150, -150, 90, -90, 0, 180):
+            c, s = math.cos(math.radians(deg)), math.sin(math.radians(deg))
+            ha = "left" if c > 0.3 else "right" if c < -0.3 else "center"
+            va = "bottom" if s > 0.3 else "top" if s < -0.3 else "center"
+            yield r * c, r * s, ha, va, r
+
+
+def _overlap(a: Bbox, b: Bbox) -> float:
+    w = min(a.x1, b.x1) - max(a.x0, b.x0)
+    h = min(a.y1, b.y1) - max(a.y0, b.y0)
+    return w * h if w > 0 and h > 0 else 0.0
+
+
+def place_labels(ax, items: list[tuple[float, float, str, str]], fontsize: float = 7.5,
+                 bars: list[tuple[float, float, float]] = ()) -> list:
+    """Annotate points ``items`` = [(x, y, text, series)] so that no two labels overlap each other or a
+    marker: points closer than a marker's size share one label (naming the series when they differ),
+    and each label takes the first of several offsets around its point that collides with nothing
+    (else the one with the least overlap); ``bars`` [(x, lo, hi)] are error bars to keep clear of.
+    Call after the axes limits and layout are final."""
+    fig = ax.figure
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    clusters: list[dict] = []
+    for x, y, text, series in items:
+        px, py = ax.transData.transform((x, y))
+        for c in clusters:
+            if abs(c["px"] - px) < 9 and abs(c["py"] - py) < 9:  # markers that overlap: one label
+                c["members"].append((text, series))
+                break
+        else:
+            clusters.append({"x": x, "y": y, "px": px, "py": py, "members": [(text, series)]})
+    half = 6 * fig.dpi / 72  # a marker's half width (8 pt markers)
+    markers = [Bbox.from_extents(c["px"] - half, c["py"] - half, c["px"] + half, c["py"] + half) for c in clusters]
+    bars_px = []
+    for x, lo, hi in bars:
+        (bx, by0), (_, by1) = ax.transData.transform([(x, lo), (x, hi)])
+        bars_px.append(Bbox.from_extents(bx - 2, min(by0, by1), bx + 2, max(by0, by1)))
+    frame = ax.get_window_extent(renderer)
+    placed = [ax.get_legend().get_window_extent(renderer)] if ax.get_legend() else []
+    for c in clusters:
+        series = list(dict.fromkeys(s for _, s in c["members"]))
+        parts = [t if len(series) == 1 or t == s else f"{s} {t}" for t, s in c["members"]]
+        text = ", ".join(dict.fromkeys(parts))
+        best = None
+        for dx, dy, ha, va, r in _offsets():
+            # far from its point, a label gets a leader line so that it still points at it
+            arrow = dict(arrowstyle="-", color="gray", linewidth=0.6, shrinkA=0, shrinkB=3) if r > 10 else None
+            ann = ax.annotate(text, (c["x"], c["y"]), textcoords="offset points", xytext=(dx, dy), ha=ha, va=va,
+                              fontsize=fontsize, arrowprops=arrow)
+            bb = ann.get_window_extent(renderer)
+            outside = bb.width * bb.height - _overlap(bb, frame)
+            # another label is the worst to cover, then a marker, then an error bar
+            cost = (10 * sum(_overlap(bb, o) for o in placed) + 3 * sum(_overlap(bb, o) for o in markers)
+                    + sum(_overlap(bb, o) for o in bars_px) + 10 * outside)
+            if best is None or cost < best[0]:
+                if best is not None:
+                    best[1].remove()
+                best = (cost, ann, bb)
+            else:
+                ann.remove()
+            if cost == 0:
+                break
+        placed.append(best[2])
+        c["annotation"] = best[1]
+    return [c["annotation"] for c in clusters]
+
+
+def _finish(fig, path, labels: dict | None = None, bars: dict | None = None) -> Path:
+    """Lay out, then place the point labels (their collision test needs the final layout), then save."""
+    fig.tight_layout()
+    for ax, items in (labels or {}).items():
+        if items:
+            place_labels(ax, items, bars=(bars or {}).get(ax, ()))
+    path = Path(path)
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+    return path
+
+
+# ---------------------------------------------------------------------------------------
+# privacy–utility
+
+
+def _legend(ax, styles: dict[str, dict] | None = None, **kw) -> None:
+    """One entry per label; ``styles`` {label: colour and marker} draws filled proxies, so that a
+    series whose first point happens to be hollow still has a filled legend marker."""
+    from matplotlib.lines import Line2D
+
+    handles, labels = ax.get_legend_handles_labels()
+    uniq = dict(zip(labels, handles))
+    for lab, st in (styles or {}).items():
+        if lab in uniq:
+            uniq[lab] = Line2D([], [], linestyle="none", markersize=8, **st)
+    if uniq:
+        ax.legend(uniq.values(), uniq.keys(), fontsize=8, **kw)
+
+
+def _point_label(r: dict) -> str:
+    if r["quant"] == "fp":
+        return "FP"
+    return r.get("control") or (f"{r['bits']:g} bit" if r.get("bits") is not None else "?")
+
+
+def privacy_utility(rows: list[dict], attack: str | None, path: str | Path,
+                    metric: str = "tpr_at_fpr_1e-3") -> Path:
+    """Test accuracy (x, %) vs ``metric`` of ``attack`` (y, %): one colour and marker per method, the
+    bit width next to each point, FP a black star, error bars the 95 % CI. Points whose TPR is below
+    resolution (FPR < 1/N non-members) are left out and counted in the panel. ``rows`` are summary
+    rows (:func:`src.report.summary.rows_from_results`); one panel per (dataset, model)."""
     rows = [r for r in rows if r["attack"] == attack and r.get("test_acc") is not None]
     combos = _combos(rows, lambda r: (r["dataset"], r["model"])) or [(None, None)]
     methods = [m for m in _combos(rows, lambda r: r["quant"]) if m != "fp"]
     fig, axes = _axes(len(combos))
+    labels, bars = {}, {}
+    rate = metric != "auc"
     for ax, (ds, model) in zip(axes, combos):
         sub = [r for r in rows if (r["dataset"], r["model"]) == (ds, model)]
-        ys = [r["tpr_at_fpr_1e-3"] for r in sub if r.get("tpr_at_fpr_1e-3") is not None]
-        for r in sub:
-            y = r.get("tpr_at_fpr_1e-3")
-            if y is None:
-                continue
-            lo, hi = r.get("tpr_at_fpr_1e-3_ci_lo"), r.get("tpr_at_fpr_1e-3_ci_hi")
+        shown = [r for r in sub if r.get(metric) is not None and r.get(f"{metric}_resolved", True)]
+        hidden = len(sub) - len(shown)
+        labels[ax] = []
+        for r in shown:
+            y = r[metric]
+            lo, hi = r.get(f"{metric}_ci_lo"), r.get(f"{metric}_ci_hi")
             yerr = [[max(y - lo, 0.0)], [max(hi - y, 0.0)]] if lo is not None and hi is not None else None
             if r["quant"] == "fp":
-                style = dict(marker="*", color="black", markersize=14, label="FP (32 bit)", zorder=3)
+                style = dict(**FP_STYLE, markersize=14, label="FP (32 bit)", zorder=3)
             else:
-                i = methods.index(r["quant"])
-                style = dict(marker=MARKERS[i % len(MARKERS)], color=f"C{i % 10}", markersize=8,
-                             label=str(r["quant"]), linestyle="none")
+                style = dict(**series_style(methods.index(r["quant"])), markersize=8, label=str(r["quant"]),
+                             linestyle="none")
             ax.errorbar(r["test_acc"], y, yerr=yerr, capsize=3, **style)
-            bits = f"{r['bits']:g}b" if r.get("bits") is not None else "?"
-            ax.annotate(r.get("control") or bits, (r["test_acc"], y), textcoords="offset points",
-                        xytext=(5, 4), fontsize=8)
-        _control_curves(ax, sub, methods, "tpr_at_fpr_1e-3")
-        if ys and min(ys) > 0 and max(ys) / min(ys) > 20:
+            if yerr:
+                bars.setdefault(ax, []).append((r["test_acc"], lo, hi))
+            labels[ax].append((r["test_acc"], y, _point_label(r), "FP" if r["quant"] == "fp" else r["quant"]))
+        _control_curves(ax, shown, methods, metric)
+        ys = [r[metric] for r in shown]
+        log = bool(rate and ys and min(ys) > 0 and max(ys) / min(ys) > 20)
+        if log:
             ax.set_yscale("log")
-        _label_panel(ax, "TPR @ 0.1% FPR", ds, model, attack)
-    return _save(fig, path)
+        if hidden:
+            ax.text(0.02, 0.02, f"{hidden} point(s) below resolution (FPR < 1/N non-members), not drawn",
+                    transform=ax.transAxes, fontsize=7, color="dimgray")
+        _label_panel(ax, metric_label(metric) + (" (%)" if rate else ""), _title(sub, ds, model, attack))
+        if rate:
+            _pct_axis(ax.yaxis, log)
+    return _finish(fig, path, labels, bars)
 
 
-def _label_panel(ax, ylabel: str, ds, model, attack) -> None:
-    """One legend entry per method, axis labels, title, grid."""
-    handles, labels = ax.get_legend_handles_labels()
-    uniq = dict(zip(labels, handles))
-    if uniq:
-        ax.legend(uniq.values(), uniq.keys(), fontsize=8)
-    ax.set_xlabel("test accuracy")
+def _label_panel(ax, ylabel: str, title: str, styles: dict | None = None) -> None:
+    """One legend entry per method, axis labels (accuracy in %), title, grid."""
+    _legend(ax, styles)
+    ax.set_xlabel("test accuracy (%)")
+    _pct_axis(ax.xaxis, False)
     ax.set_ylabel(ylabel)
-    ax.set_title(f"{ds} / {model} — {attack}" if ds is not None else f"{attack}")
+    ax.set_title(title, fontsize=10)
     ax.grid(True, alpha=0.3)
-
-
-def _save(fig, path) -> Path:
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    ax.margins(x=0.12, y=0.12)  # room for the point labels
 
 
 def _control_curves(ax, rows: list[dict], methods: list, metric: str) -> None:
@@ -91,79 +220,151 @@ def _control_curves(ax, rows: list[dict], methods: list, metric: str) -> None:
         pts = sorted((r["test_acc"], r[metric]) for r in rows
                      if r["quant"] == quant and r.get(metric) is not None)
         if len(pts) > 1:
-            i = methods.index(quant)
-            ax.plot(*zip(*pts), linestyle="--", color=f"C{i % 10}", alpha=0.7)
+            ax.plot(*zip(*pts), linestyle="--", color=series_style(methods.index(quant))["color"], alpha=0.7)
 
 
 def privacy_utility_delta(rows: list[dict], attack: str | None, path: str | Path) -> Path:
-    """Test accuracy (x) vs the paired ΔAUC = AUC(quantized) − AUC(FP) (y) with its 95 % CI: points
+    """Test accuracy (x, %) vs the paired ΔAUC = AUC(quantized) − AUC(FP) (y) with its 95 % CI: points
     below 0 leak less than the full-precision model, and a CI that crosses 0 is not a reduction."""
     rows = [r for r in rows if r["attack"] == attack and r["quant"] != "fp"
             and r.get("test_acc") is not None and r.get("delta_auc") is not None]
     combos = _combos(rows, lambda r: (r["dataset"], r["model"])) or [(None, None)]
     methods = _combos(rows, lambda r: r["quant"])
     fig, axes = _axes(len(combos))
+    labels, bars = {}, {}
     for ax, (ds, model) in zip(axes, combos):
         sub = [r for r in rows if (r["dataset"], r["model"]) == (ds, model)]
+        labels[ax] = []
         for r in sub:
-            i = methods.index(r["quant"])
+            st = series_style(methods.index(r["quant"]))
             lo, hi, d = r.get("delta_auc_ci_lo"), r.get("delta_auc_ci_hi"), r["delta_auc"]
             yerr = [[max(d - lo, 0.0)], [max(hi - d, 0.0)]] if lo is not None and hi is not None else None
-            ax.errorbar(r["test_acc"], d, yerr=yerr, capsize=3, marker=MARKERS[i % len(MARKERS)],
-                        color=f"C{i % 10}", markersize=8, label=str(r["quant"]), linestyle="none",
-                        markerfacecolor=f"C{i % 10}" if r.get("delta_auc_significant") else "white")
-            label = r.get("control") or (f"{r['bits']:g}b" if r.get("bits") is not None else "?")
-            ax.annotate(label, (r["test_acc"], d), textcoords="offset points", xytext=(5, 4), fontsize=8)
+            ax.errorbar(r["test_acc"], d, yerr=yerr, capsize=3, markersize=8, label=str(r["quant"]),
+                        linestyle="none", **st,
+                        markerfacecolor=st["color"] if r.get("delta_auc_significant") else "white")
+            if yerr:
+                bars.setdefault(ax, []).append((r["test_acc"], lo, hi))
+            labels[ax].append((r["test_acc"], d, _point_label(r), r["quant"]))
         _control_curves(ax, sub, methods, "delta_auc")
         ax.axhline(0.0, color="black", linewidth=0.8)
-        _label_panel(ax, "ΔAUC vs FP (filled: CI excludes 0)", ds, model, attack)
-    return _save(fig, path)
+        _label_panel(ax, "ΔAUC vs FP (filled: 95 % CI excludes 0)", _title(sub, ds, model, attack),
+                     {m: series_style(i) for i, m in enumerate(methods)})
+    return _finish(fig, path, labels, bars)
 
 
-def per_example_scatter(fp_scores, q_scores, is_member, attack: str, path: str | Path) -> Path:
+# ---------------------------------------------------------------------------------------
+# per-example shifts (one job)
+
+
+def per_example_scatter(fp_scores, q_scores, is_member, attack: str, path: str | Path,
+                        title: str | None = None, stats: dict | None = None) -> Path:
     """FP vs quantized membership score of every example (one target), members and non-members
-    coloured: points on the diagonal kept their exposure, the spread shows per-example shifts."""
+    coloured: points on the diagonal kept their exposure, the spread shows per-example shifts. Dashed
+    (dotted) lines: the members' top-10 % (top-1 %) score on each axis, so the members in the upper
+    right box stayed among the most exposed. ``stats``: src/attacks/shifts.py's per_example_shift."""
     import numpy as np
 
-    fig, (ax,) = _axes(1, (5.0, 4.6))
+    fp, q = np.asarray(fp_scores, dtype=float), np.asarray(q_scores, dtype=float)
     y = np.asarray(is_member, dtype=bool)
-    for sel, name, c in ((~y, "non-members", "C0"), (y, "members", "C3")):
-        ax.scatter(np.asarray(fp_scores)[sel], np.asarray(q_scores)[sel], s=4, alpha=0.4, color=c, label=name)
-    lo = float(min(np.min(fp_scores), np.min(q_scores)))
-    hi = float(max(np.max(fp_scores), np.max(q_scores)))
+    fig, (ax,) = _axes(1, (5.6, 5.2))
+    for sel, name, c in ((~y, "non-members", "#1f77b4"), (y, "members", "#d62728")):
+        ax.scatter(fp[sel], q[sel], s=4, alpha=0.4, color=c, label=name)
+    # LiRA's few extreme scores would squeeze the bulk into a line: show the central 99 % of each axis
+    both = np.concatenate([fp, q])
+    lo, hi = (float(v) for v in np.quantile(both, [0.005, 0.995]))
+    pad = 0.08 * (hi - lo or 1.0)
+    lo, hi = lo - pad, hi + pad
     ax.plot([lo, hi], [lo, hi], color="black", linewidth=0.8)
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    n_out = int(np.sum((fp < lo) | (fp > hi) | (q < lo) | (q > hi)))
+    for frac, ls in ((0.10, "--"), (0.01, ":")):
+        if y.any():
+            ax.axvline(np.quantile(fp[y], 1 - frac), color="dimgray", linestyle=ls, linewidth=0.8)
+            ax.axhline(np.quantile(q[y], 1 - frac), color="dimgray", linestyle=ls, linewidth=0.8,
+                       label=f"members' top {frac:.0%}".replace("%", " %"))
+    if stats:
+        lines = [f"top-1 % exposed members retained: {_pct_or_na(stats.get('top1_retained'))}",
+                 f"top-10 % exposed members retained: {_pct_or_na(stats.get('top10_retained'))}",
+                 f"Spearman ρ (FP vs quantized, all examples): {_num_or_na(stats.get('spearman'))}"]
+        ax.text(0.02, 0.98, "\n".join(lines), transform=ax.transAxes, va="top", fontsize=8,
+                bbox=dict(boxstyle="round", facecolor="white", alpha=0.85, edgecolor="lightgray"))
+    if n_out:
+        ax.text(0.98, 0.02 + 0.2, f"{n_out} outlying example(s) beyond the axes", transform=ax.transAxes,
+                ha="right", fontsize=7, color="dimgray")
     ax.set_xlabel(f"{attack} score, full precision")
     ax.set_ylabel(f"{attack} score, quantized")
-    ax.legend(fontsize=8, markerscale=3)
+    ax.set_title(title or f"per-example {attack} scores", fontsize=10)
+    ax.legend(fontsize=8, markerscale=3, loc="lower right")
     ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _finish(fig, path)
 
 
-def _label(result: dict) -> str:
+def _pct_or_na(v) -> str:
+    return "n/a" if v is None else f"{100 * float(v):.0f} %"
+
+
+def _num_or_na(v) -> str:
+    return "n/a" if v is None else f"{float(v):.3f}"
+
+
+# ---------------------------------------------------------------------------------------
+# ROC
+
+
+def series_label(result: dict) -> str:
+    """'obc 2 bit, last layer 8-bit below 2 bits, matched refs' — quantizer, bits, a non-uniform bit
+    policy and matched references, so that no two differently configured jobs share a label."""
+    from src.report.labels import policy_label
+
     job = result.get("job", {})
-    bits = job.get("bits")
-    bits = f"{float(bits):g}" if bits is not None else "?"
-    policy = job.get("policy")
-    extra = f" {policy}" if policy not in (None, "uniform") else ""
-    return f"{job.get('quant')} {bits}b{extra}"
+    if job.get("control"):
+        head = f"{job.get('quant')} {job['control']['key']}={job['control']['value']:g}"
+    else:
+        bits = job.get("bits")
+        head = f"{job.get('quant')} {float(bits):g} bit" if bits is not None else f"{job.get('quant')} ?"
+    parts = [head]
+    if job.get("policy") not in (None, "uniform"):
+        parts.append(policy_label(job["policy"]))
+    if job.get("reference") == "matched":
+        parts.append("matched refs")
+    return ", ".join(parts)
 
 
-def _plot_curve(ax, roc: dict | None, **style) -> None:
+def _unique(labels: list[str], results: list[dict]) -> list[str]:
+    """Labels made unique by the job dir's name where two jobs still share one."""
+    seen = {lab: labels.count(lab) for lab in labels}
+    return [lab if seen[lab] == 1 else f"{lab} ({Path(r.get('job_dir', '?')).name})"
+            for lab, r in zip(labels, results)]
+
+
+def _pooled_nonmembers(block: dict | None) -> int | None:
+    """Non-members behind a job's pooled ROC: the sum over its targets."""
+    if not block:
+        return None
+    counts = [p.get("n_nonmembers") for p in block.get("per_target") or []]
+    if counts and all(c is not None for c in counts):
+        return int(sum(counts))
+    n, k = block.get("n_nonmembers"), block.get("n_targets") or 1
+    return int(round(n * k)) if n is not None else None
+
+
+def _plot_curve(ax, roc: dict | None, floor: float, **style) -> None:
+    """The ROC at FPR ≥ ``floor`` (below it the curve would rest on zero false positives)."""
     if not roc or not roc.get("fpr"):
         return
-    pts = [(f, t) for f, t in zip(roc["fpr"], roc["tpr"]) if f > 0 and t > 0]
+    pts = [(f, t) for f, t in zip(roc["fpr"], roc["tpr"]) if f >= floor and t > 0]
     if pts:
         ax.plot([p[0] for p in pts], [p[1] for p in pts], **style)
 
 
 def roc(results: list[dict], attack: str | None, path: str | Path) -> Path:
-    """Log-log ROC of ``attack`` for every job (``results`` as returned by
+    """Log-log ROC (%) of ``attack`` for every job (``results`` as returned by
     :func:`src.report.summary.collect`, or a single job's results in a list), plus the
-    full-precision target's curve (dashed black) once per (dataset, model)."""
+    full-precision target's curve (dashed black) once per (dataset, model). Every job has its own
+    colour and marker; FPRs below 1/N (N: the non-members a curve pools) are shaded and not drawn."""
+    import math
+
     from src.quant import FULL_PRECISION
 
     def is_fp_job(r: dict) -> bool:  # quant=none|fp: the full-precision row
@@ -171,36 +372,42 @@ def roc(results: list[dict], attack: str | None, path: str | Path) -> Path:
 
     combos = _combos(results, lambda r: (r["job"].get("dataset"), r["job"].get("model")))
     combos = combos or [(None, None)]
-    fig, axes = _axes(len(combos), size=(5.5, 4.8))
+    fig, axes = _axes(len(combos), size=(8.6, 5.2))
     for ax, (ds, model) in zip(axes, combos):
         sub = [r for r in results if (r["job"].get("dataset"), r["job"].get("model")) == (ds, model)]
-        fp_done = False
-        for r in sorted(sub, key=lambda r: not is_fp_job(r)):
-            if is_fp_job(r):
-                if not fp_done:
-                    _plot_curve(ax, (r.get("attacks") or {}).get(attack, {}).get("roc"),
-                                color="black", linestyle="--", linewidth=2, label="FP (32 bit)")
-                    fp_done = True
-                continue
-            if not fp_done:
-                fpa = (r.get("fp_attacks") or {}).get(attack, {}).get("roc")
-                if fpa:
-                    _plot_curve(ax, fpa, color="black", linestyle="--", linewidth=2, label="FP (32 bit)")
-                    fp_done = True
-            _plot_curve(ax, (r.get("attacks") or {}).get(attack, {}).get("roc"),
-                        linewidth=1.2, label=_label(r))
-        ax.plot([ROC_FLOOR, 1], [ROC_FLOOR, 1], color="grey", linewidth=0.8, linestyle=":", label="chance")
+        fp_job = next((r for r in sub if is_fp_job(r)), None)
+        fp_block = ((fp_job or {}).get("attacks") if fp_job else
+                    next(((r.get("fp_attacks") or {}) for r in sub if (r.get("fp_attacks") or {}).get(attack)), {}))
+        fp_block = (fp_block or {}).get(attack)
+        jobs = sorted((r for r in sub if not is_fp_job(r) and (r.get("attacks") or {}).get(attack)),
+                      key=lambda r: (str(r["job"].get("quant")), -float(r["job"].get("bits") or 0),
+                                     str(r["job"].get("control")), str(r["job"].get("policy")),
+                                     str(r["job"].get("reference"))))
+        blocks = [r["attacks"][attack] for r in jobs] + ([fp_block] if fp_block else [])
+        ns = [n for n in (_pooled_nonmembers(b) for b in blocks) if n]
+        floor = 1.0 / min(ns) if ns else ROC_MIN
+        lo = max(ROC_MIN, 10 ** math.floor(math.log10(floor)))
+        if fp_block:
+            _plot_curve(ax, fp_block.get("roc"), floor, color="black", linestyle="--", linewidth=2,
+                        label="FP (32 bit)")
+        for i, (r, lab) in enumerate(zip(jobs, _unique([series_label(r) for r in jobs], jobs))):
+            _plot_curve(ax, r["attacks"][attack].get("roc"), floor, linewidth=1.2, markersize=5,
+                        markevery=(i % 7, 7), label=lab, **series_style(i))
+        ax.plot([lo, 1], [lo, 1], color="grey", linewidth=0.8, linestyle=":", label="chance")
+        if ns:
+            ax.axvspan(lo, floor, color="lightgray", alpha=0.5, linewidth=0,
+                       label=f"below resolution: FPR < 1/N, N = {min(ns):,} non-members")
+            ax.axvline(floor, color="dimgray", linewidth=0.8)
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_xlim(ROC_FLOOR, 1)
-        ax.set_ylim(ROC_FLOOR, 1)
-        ax.set_xlabel("false positive rate")
-        ax.set_ylabel("true positive rate")
-        ax.set_title(f"{ds} / {model} — {attack}" if ds is not None else f"{attack}")
+        ax.set_xlim(lo, 1)
+        ax.set_ylim(lo, 1)
+        _pct_axis(ax.xaxis, True)
+        _pct_axis(ax.yaxis, True)
+        ax.set_xlabel("false positive rate (%)")
+        ax.set_ylabel("true positive rate (%)")
+        ax.set_title(_title([{"dataset_display": dataset_display(r.get("job"), r.get("config"))} for r in sub],
+                            ds, model, attack), fontsize=10)
         ax.grid(True, which="both", alpha=0.2)
-        ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+    return _finish(fig, path)

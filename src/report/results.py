@@ -26,6 +26,7 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from src.cache import atomic_write_bytes, atomic_write_text, cache_key
+from src.report.labels import BELOW_RESOLUTION
 
 METRIC_KEYS = ("auc", "balanced_accuracy", "tpr_at_fpr_1e-2", "tpr_at_fpr_1e-3", "tpr_at_fpr_1e-4")
 
@@ -41,7 +42,7 @@ def job_dir() -> Path:
 
 
 def _evaluate(cfg, keep: np.ndarray, scores: dict[int, dict[str, np.ndarray]]) -> dict:
-    from src.attacks.metrics import aggregate, attack_metrics, pooled_roc, roc_points
+    from src.attacks.metrics import aggregate, alpha_key, attack_metrics, pooled_roc, roc_points
 
     fprs = tuple(float(f) for f in cfg.attack.get("fprs", (1e-2, 1e-3, 1e-4)))
     n_boot = int(cfg.attack.get("bootstrap", 200))
@@ -55,6 +56,9 @@ def _evaluate(cfg, keep: np.ndarray, scores: dict[int, dict[str, np.ndarray]]) -
         agg["ci"] = {k: v["ci"] for k, v in stats.items()}
         agg["ci_kind"] = "t over targets" if len(per_target) > 1 else "bootstrap (members/non-members resampled)"
         agg["n_targets"] = len(per_target)
+        # a TPR at FPR α < 1/N non-members rests on zero false positives: kept, but flagged
+        agg["resolved"] = {f"tpr_at_fpr_{alpha_key(a)}": all(p[f"fp_at_fpr_{alpha_key(a)}"] >= 1 for p in per_target)
+                           for a in fprs}
         fpr, tpr = pooled_roc([s[name] for s in scores.values()], [keep[t] for t in scores])
         pf, pt = roc_points(fpr, tpr)
         agg["per_target"] = per_target
@@ -62,6 +66,14 @@ def _evaluate(cfg, keep: np.ndarray, scores: dict[int, dict[str, np.ndarray]]) -
         agg["roc"] = {"fpr": [float(v) for v in pf], "tpr": [float(v) for v in pt]}
         out[name] = agg
     return out
+
+
+def _dataset_display(cfg) -> str:
+    from src.report.labels import dataset_display
+
+    ds = cfg.dataset
+    return dataset_display({"dataset": ds.name}, {"dataset": {"name": ds.name, "display_name": ds.get("display_name"),
+                                                              "root": ds.get("root")}})
 
 
 def _clean(obj):
@@ -103,7 +115,8 @@ def build_results(cfg, data, pool, quantized, scores, fp_scores, refs, ref_out=N
                                "train_acc": q.train_acc} for q in quantized]}
     utility["gen_gap"] = utility["train_acc"] - utility["test_acc"]
     utility["fp_gen_gap"] = utility["fp_train_acc"] - utility["fp_test_acc"]
-    job = {"dataset": cfg.dataset.name, "model": cfg.model.name, "quant": cfg.quant.name,
+    job = {"dataset": cfg.dataset.name, "dataset_display": _dataset_display(cfg), "model": cfg.model.name,
+           "quant": cfg.quant.name,
            "bits": 32.0 if cfg.quant.name in ("none", "fp") else float(cfg.bits),
            "policy": cfg.bitwidth.policy, "targets": tids, "reference": cfg.attack.get("reference", "fp"),
            "n_models": int(cfg.n_models), "n_examples": int(keep.shape[1])}
@@ -190,44 +203,99 @@ def _per_example_plot(directory: Path, results: dict, arrays: dict) -> None:
     try:
         from src.report.plots import per_example_scatter
 
+        from src.report.labels import dataset_display
+
         t = int(arrays["target_ids"][0])
+        job = results["job"]
+        what = (f"{job['control']['key']}={job['control']['value']:g}" if job.get("control")
+                else f"{job['bits']:g} bit")
+        title = (f"{dataset_display(job, results.get('config'))} / {job['model']} / {job['quant']} {what} — "
+                 f"{name}, target {t}")
+        shifts = (results["attacks"][name].get("per_example") or {}).get("per_target") or [None]
         per_example_scatter(arrays[f"fp_attack_{name}"][0], arrays[f"attack_{name}"][0], arrays["keep"][t],
-                            name, directory / "per_example.png")
+                            name, directory / "per_example.png", title=title, stats=shifts[0])
     except Exception as e:  # pragma: no cover - plotting backend problems
         logging.getLogger(__name__).warning("per_example.png not drawn: %s", e)
 
 
-def _fmt(v, ci=None) -> str:
+def _fmt(v, ci=None, ok: bool = True, signed: bool = False) -> str:
+    if not ok:
+        return BELOW_RESOLUTION
     if v is None:
         return "  n/a"
-    s = f"{v:.4f}"
+    f = "{:+.4f}" if signed else "{:.4f}"
+    s = f.format(v)
     if ci and ci[0] is not None:
-        s += f" [{ci[0]:.4f}, {ci[1]:.4f}]"
+        s += f" [{f.format(ci[0])}, {f.format(ci[1])}]"
     return s
 
 
+def _ci_kinds(results: dict) -> tuple[str, str]:
+    """What the AUC CI and the ΔAUC CI of this job are, in words (both depend on the target count)."""
+    m = next(iter(results["attacks"].values()), {})
+    k = int(m.get("n_targets") or len(results["job"].get("targets") or [0]))
+    n_boot = (results.get("config") or {}).get("attack", {}).get("bootstrap", 200)
+    if k > 1:
+        auc = f"Student-t over the k = {k} targets (mean ± t·s/√k, clipped to [0, 1])"
+        delta = f"mean over the k = {k} targets, Student-t"
+    else:
+        auc = f"percentile bootstrap, one target ({n_boot} replicates, members and non-members resampled separately)"
+        delta = f"paired percentile bootstrap ({n_boot} replicates of the same resampled examples)"
+    return auc, delta
+
+
 def print_results(results: dict) -> None:
+    """The job's table: every attack on the quantized (and matched-reference) and the FP targets, with
+    what AUC and its CI are, the paired ΔAUC, and TPRs below resolution shown as '—'."""
     from rich.console import Console
     from rich.table import Table
+
+    from src.report.labels import RESOLUTION_NOTE, dataset_display, policy_label
 
     job, u = results["job"], results["utility"]
     bits = "fp" if job["quant"] in ("none", "fp") else f"{job['bits']:g}-bit"
     if job.get("control"):
         bits = f"{job['control']['key']}={job['control']['value']:g}"
-    title = (f"{job['dataset']} / {job['model']} / {job['quant']} {bits}  "
+    if job.get("policy") not in (None, "uniform", "fp") and job["quant"] not in ("none", "fp"):
+        bits += f" ({policy_label(job['policy'])})"
+    title = (f"{dataset_display(job, results.get('config'))} / {job['model']} / {job['quant']} {bits}  "
              f"targets {job['targets']}  reference={job['reference']}")
     console = Console(width=160)
     console.print(f"[bold]{title}[/bold]")
     console.print(f"test accuracy {u['test_acc']:.4f} (full precision {u['fp_test_acc']:.4f}, drop "
                   f"{u['accuracy_drop']:+.4f}); train accuracy {u['train_acc']:.4f} (fp {u['fp_train_acc']:.4f})")
-    table = Table("attack", "target", "AUC [95% CI]", "bal. acc", "TPR@1e-2", "TPR@1e-3", "TPR@1e-4", "ε ≥ (95%)")
+    first = next(iter(results["attacks"].values()), {})
+    tprs = [k for k in first if k.startswith("tpr_at_fpr_")] or list(METRIC_KEYS[2:])
+    table = Table("attack", "target", "AUC [95% CI]", "ΔAUC vs FP [95% CI]", "bal. acc",
+                  *[f"TPR@{k[len('tpr_at_fpr_'):]}" for k in tprs], "ε ≥ (95%)")
     blocks = [("quantized", results["attacks"])]
     if "attacks_matched" in results:
         blocks.append(("quantized, matched refs", results["attacks_matched"]))
+    below, n_non = False, set()
     for kind, block in blocks + [("fp", results["fp_attacks"])]:
         for name, m in block.items():
             ci = m.get("ci", {})
-            table.add_row(name, kind, _fmt(m["auc"], ci.get("auc")), _fmt(m["balanced_accuracy"]),
-                          _fmt(m["tpr_at_fpr_1e-2"]), _fmt(m["tpr_at_fpr_1e-3"]), _fmt(m["tpr_at_fpr_1e-4"]),
-                          _fmt(m.get("eps_lower_bound")))
+            ok = {k: _resolved(m, k) for k in tprs}
+            below |= not all(ok.values())
+            n_non.update(int(p["n_nonmembers"]) for p in m.get("per_target") or [] if "n_nonmembers" in p)
+            d = (m.get("paired") or {}).get("auc")
+            delta = "–" if not d else (_fmt(d["delta"], d.get("ci"), signed=True)
+                                       + ("*" if d.get("significant") else ""))
+            table.add_row(name, kind, _fmt(m["auc"], ci.get("auc")), delta, _fmt(m["balanced_accuracy"]),
+                          *[_fmt(m.get(k), ok=ok[k]) for k in tprs], _fmt(m.get("eps_lower_bound")))
     console.print(table)
+    auc_ci, delta_ci = _ci_kinds(results)
+    console.print(f"AUC: P(member score > non-member score) + ½·P(tie). [95% CI]: {auc_ci}.")
+    console.print(f"ΔAUC: AUC(quantized) − AUC(FP) on the same examples (paired); [95% CI]: {delta_ci}; "
+                  "* = the CI excludes 0.")
+    if below:
+        n = ", ".join(str(v) for v in sorted(n_non)) or "?"
+        console.print(f"{RESOLUTION_NOTE}; N = {n} non-members per target.")
+
+
+def _resolved(m: dict, metric: str) -> bool:
+    """results.json's flag, or (files written before it) derived from the non-member count."""
+    from src.report.labels import resolved
+
+    flag = (m.get("resolved") or {}).get(metric)
+    return bool(flag) if flag is not None else resolved(metric, m.get("n_nonmembers"))

@@ -1,4 +1,4 @@
-"""Multirun summary: one table, one privacy–utility plot and one ROC plot across all jobs.
+"""Multirun summary: tables (markdown and LaTeX), privacy–utility plots and a ROC plot across all jobs.
 
 Local ``results.json`` files are the source of truth (docs/design.md, "Design rules"); this module only reads
 them, so ``python -m src.report.summary SWEEP_DIR`` (``make report SWEEP=<dir>``) rebuilds
@@ -24,6 +24,9 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable
 
+from src.report.labels import (BELOW_RESOLUTION, RESOLUTION_NOTE, dataset_display, metric_label, policy_label,
+                               resolved)
+
 log = logging.getLogger(__name__)
 
 FP_QUANTS = ("none", "fp")
@@ -36,13 +39,17 @@ METRICS = (
     "tpr_at_fpr_1e-4",
 )
 ID_COLUMNS = ("dataset", "model", "quant", "bits", "policy", "reference", "attack")
-UTILITY_COLUMNS = ("test_acc", "fp_test_acc", "accuracy_drop", "train_acc")
+UTILITY_COLUMNS = ("test_acc", "fp_test_acc", "accuracy_drop", "train_acc", "n_targets")
+TPR_METRICS = tuple(m for m in METRICS if m.startswith("tpr_at_fpr_"))
+# False where the TPR's FPR is below 1/N non-members (src/report/labels.py, resolved)
+RESOLVED_COLUMNS = tuple(f"{m}_resolved" for m in TPR_METRICS)
 CI_COLUMNS = tuple(f"{m}_ci_{end}" for m in METRICS for end in ("lo", "hi"))
 # paired Δ = metric(quantized) − metric(FP) on the same examples (src/attacks/paired.py)
 DELTA_METRICS = ("auc", "tpr_at_fpr_1e-2", "tpr_at_fpr_1e-3")
 DELTA_COLUMNS = tuple(f"delta_{m}{end}" for m in DELTA_METRICS for end in ("", "_ci_lo", "_ci_hi", "_significant"))
 COLUMNS = (
-    ID_COLUMNS + ("control",) + UTILITY_COLUMNS + METRICS + ("n_nonmembers",) + CI_COLUMNS + DELTA_COLUMNS
+    ID_COLUMNS + ("control",) + UTILITY_COLUMNS + METRICS + ("n_nonmembers",) + RESOLVED_COLUMNS + CI_COLUMNS
+    + DELTA_COLUMNS
     + ("eps_lower_bound", "job_dir")
 )
 
@@ -121,6 +128,11 @@ def _metric_row(base: dict, attack: str, m: dict) -> dict:
     for k in METRICS:
         row[k] = _float(m.get(k))
     row["n_nonmembers"] = m.get("n_nonmembers")
+    row["n_targets"] = m.get("n_targets") or len(m.get("per_target") or []) or None
+    flags = m.get("resolved") or {}
+    for k in TPR_METRICS:  # results.json's flag; derived from the non-member count for older files
+        flag = flags.get(k)
+        row[f"{k}_resolved"] = bool(flag) if flag is not None else resolved(k, _min_nonmembers(m))
     ci = m.get("ci") or {}
     for k in METRICS:
         lo_hi = ci.get(k)
@@ -138,6 +150,11 @@ def _metric_row(base: dict, attack: str, m: dict) -> dict:
     return row
 
 
+def _min_nonmembers(m: dict) -> int | None:
+    counts = [p["n_nonmembers"] for p in m.get("per_target") or [] if p.get("n_nonmembers") is not None]
+    return int(min(counts)) if counts else (int(m["n_nonmembers"]) if m.get("n_nonmembers") is not None else None)
+
+
 def _control(job: dict) -> str | None:
     """'sigma=0.1' for a matched-utility control job (quant=noise/prune), else None."""
     c = job.get("control")
@@ -151,6 +168,7 @@ def job_rows(result: dict, fp: bool = False, matched: bool = False) -> list[dict
     reference = "matched" if matched or job.get("reference") == "matched" else "fp"
     base = {
         "dataset": job.get("dataset"),
+        "dataset_display": dataset_display(job, result.get("config")),
         "model": job.get("model"),
         "policy": job.get("policy"),
         "reference": reference,
@@ -246,41 +264,137 @@ def _delta(row: dict, metric: str) -> str:
     return out + ("*" if row.get(f"delta_{metric}_significant") else "")
 
 
-def markdown_table(rows: list[dict], attack: str | None) -> str:
-    """Method × bits table (FP first) of test accuracy, AUC and TPR@0.1%FPR for ``attack``;
-    one table per (dataset, model)."""
-    rows = [r for r in rows if r["attack"] == attack]
+def default_metric(rows: list[dict]) -> str:
+    """The privacy column of the tables and the y axis of the privacy–utility plot when none is chosen:
+    TPR at the lowest FPR that every row resolves (0.1 % with the paper's 25,000 non-members, 1 % with
+    digits' ~750), else TPR @ 1 % FPR."""
+    for m in sorted(TPR_METRICS, key=lambda k: float(k[len("tpr_at_fpr_"):])):
+        if rows and all(r.get(f"{m}_resolved", True) for r in rows):
+            return m
+    return TPR_METRICS[0]
+
+
+def _is_resolved(row: dict, metric: str) -> bool:
+    return bool(row.get(f"{metric}_resolved", True))
+
+
+def _method(r: dict) -> str:
+    method = "FP" if r["quant"] == "fp" else str(r["quant"])
+    if r.get("control"):
+        method += f" ({r['control']})"
+    if r.get("reference") == "matched":
+        method += " [matched refs]"
+    return method
+
+
+def _cells(r: dict, metric: str) -> dict[str, str]:
+    """The table cells of one summary row (shared by markdown and LaTeX)."""
+    def ci(lo, hi, f):
+        return f" [{f(lo)}, {f(hi)}]" if lo is not None and hi is not None else ""
+
+    auc = "–" if r["auc"] is None else f"{r['auc']:.4f}" + ci(r["auc_ci_lo"], r["auc_ci_hi"], "{:.4f}".format)
+    if not _is_resolved(r, metric):
+        priv = BELOW_RESOLUTION
+    elif metric.startswith("tpr_at_fpr_") or metric == "balanced_accuracy":
+        priv = _pct(r.get(metric)) + ci(r.get(f"{metric}_ci_lo"), r.get(f"{metric}_ci_hi"), _pct)
+    else:
+        priv = "–" if r.get(metric) is None else f"{r[metric]:.4f}"
+    return {"method": _method(r), "bits": fmt_bits(r["bits"]),
+            "policy": "–" if r["quant"] == "fp" else policy_label(r.get("policy")),
+            "targets": "–" if r.get("n_targets") is None else str(r["n_targets"]),
+            "train": _pct(r.get("train_acc")), "test": _pct(r.get("test_acc")), "auc": auc, "priv": priv,
+            "delta": _delta(r, "auc")}
+
+
+def _headers(metric: str) -> dict[str, str]:
+    priv = metric_label(metric) + (" (%)" if metric != "auc" else "") + " [95% CI]"
+    return {"method": "method", "bits": "bits", "policy": "bit policy", "targets": "targets",
+            "train": "train acc (%)", "test": "test acc (%)", "auc": "AUC [95% CI]", "priv": priv,
+            "delta": "ΔAUC vs FP [95% CI]"}
+
+
+def _columns(metric: str) -> list[str]:
+    cols = ["method", "bits", "policy", "targets", "train", "test", "auc", "priv", "delta"]
+    return [c for c in cols if not (c == "priv" and metric == "auc")]
+
+
+def _groups(rows: list[dict], attacks: list[str]) -> list[tuple[str, str, list[dict]]]:
+    """(title, attack, rows) of each table: one per (dataset, model, attack)."""
+    out = []
+    for ds, model in dict.fromkeys((r["dataset"], r["model"]) for r in rows):
+        for attack in attacks:
+            sub = [r for r in rows if (r["dataset"], r["model"], r["attack"]) == (ds, model, attack)]
+            if sub:
+                out.append((f"{sub[0].get('dataset_display') or ds} / {model}", attack, sub))
+    return out
+
+
+def _notes(rows: list[dict], metric: str) -> list[str]:
+    ks = sorted({int(r["n_targets"]) for r in rows if r.get("n_targets")})
+    notes = ["AUC: P(member score > non-member score) + ½·P(tie). [95% CI]: Student-t interval over the "
+             "targets (k ≥ 2), percentile bootstrap of members and non-members (k = 1)"
+             + (f"; k = {', '.join(map(str, ks))}." if ks else ".")]
+    notes.append("ΔAUC: paired difference quantized − FP on the same examples. [95% CI]: Student-t interval "
+                 "over the targets' Δ (k ≥ 2), paired bootstrap (k = 1); * = the CI excludes 0.")
+    if any(not _is_resolved(r, metric) for r in rows):
+        ns = sorted({int(r["n_nonmembers"]) for r in rows if r.get("n_nonmembers") is not None})
+        notes.append(f"{RESOLUTION_NOTE}; N ≈ {', '.join(map(str, ns))} non-members per target.")
+    return notes
+
+
+def markdown_table(rows: list[dict], attack: str | list[str] | None, metric: str | None = None) -> str:
+    """Method × bits tables (FP first): bit policy, targets, train/test accuracy, AUC, ``metric``
+    (default :func:`default_metric`) and the paired ΔAUC; one table per (dataset, model, attack)
+    for ``attack`` (one name, a list, or None for every attack)."""
+    attacks = list(dict.fromkeys(r["attack"] for r in rows)) if attack is None else (
+        [attack] if isinstance(attack, str) else list(attack))
+    rows = [r for r in rows if r["attack"] in attacks]
+    metric = metric or default_metric(rows)
+    head, cols = _headers(metric), _columns(metric)
+    right = {"bits", "targets", "train", "test", "auc", "priv", "delta"}
     blocks = []
-    combos = list(dict.fromkeys((r["dataset"], r["model"]) for r in rows))
-    for ds, model in combos:
-        lines = [
-            f"### {ds} / {model} — attack: {attack}",
-            "",
-            "| method | bits | test acc (%) | AUC | TPR@0.1%FPR (%) | ΔAUC vs FP [95% CI] |",
-            "|---|---:|---:|---:|---:|---:|",
-        ]
-        for r in rows:
-            if (r["dataset"], r["model"]) != (ds, model):
-                continue
-            method = "FP" if r["quant"] == "fp" else str(r["quant"])
-            if r.get("policy") not in (None, "uniform", "fp"):
-                method += f" ({r['policy']})"
-            if r.get("control"):
-                method += f" ({r['control']})"
-            if r.get("reference") == "matched":
-                method += " [matched refs]"
-            auc = "–" if r["auc"] is None else f"{r['auc']:.4f}"
-            tpr = _pct(r["tpr_at_fpr_1e-3"])
-            lo, hi = r["tpr_at_fpr_1e-3_ci_lo"], r["tpr_at_fpr_1e-3_ci_hi"]
-            if lo is not None and hi is not None:
-                tpr += f" [{_pct(lo)}, {_pct(hi)}]"
-            lines.append(
-                f"| {method} | {fmt_bits(r['bits'])} | {_pct(r['test_acc'])} | {auc} | {tpr} | {_delta(r, 'auc')} |"
-            )
+    for title, name, sub in _groups(rows, attacks):
+        lines = [f"### {title} — attack: {name}", "",
+                 "| " + " | ".join(head[c] for c in cols) + " |",
+                 "|" + "|".join("---:" if c in right else "---" for c in cols) + "|"]
+        for r in sub:
+            cells = _cells(r, metric)
+            lines.append("| " + " | ".join(cells[c] for c in cols) + " |")
         blocks.append("\n".join(lines))
-    note = ("ΔAUC: paired difference quantized − FP on the same examples (paired bootstrap per target, "
-            "t-interval over targets); * = the 95 % CI excludes 0.")
-    return "\n\n".join(blocks) + "\n\n" + note + "\n"
+    return "\n\n".join(blocks) + "\n\n" + "\n".join(f"{n}  " for n in _notes(rows, metric)).rstrip() + "\n"
+
+
+_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+        "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "×": r"$\times$", "—": "---",
+        "–": "--", "−": "$-$", "Δ": r"$\Delta$", "≥": r"$\geq$", "≈": r"$\approx$", "·": r"$\cdot$",
+        "½": r"$\frac{1}{2}$", "<": "$<$", ">": "$>$", "ρ": r"$\rho$"}
+
+
+def tex_escape(text: str) -> str:
+    return "".join(_TEX.get(c, c) for c in str(text))
+
+
+def latex_table(rows: list[dict], attack: str | list[str] | None, metric: str | None = None) -> str:
+    """The tables of :func:`markdown_table` as LaTeX ``booktabs`` tables (\\usepackage{booktabs})."""
+    attacks = list(dict.fromkeys(r["attack"] for r in rows)) if attack is None else (
+        [attack] if isinstance(attack, str) else list(attack))
+    rows = [r for r in rows if r["attack"] in attacks]
+    metric = metric or default_metric(rows)
+    head, cols = _headers(metric), _columns(metric)
+    align = "".join("l" if c in ("method", "policy") else "r" for c in cols)
+    notes = " ".join(tex_escape(n) for n in _notes(rows, metric))
+    out = ["% generated by src/report/summary.py; needs \\usepackage{booktabs}"]
+    for title, name, sub in _groups(rows, attacks):
+        out += [r"\begin{table}[t]", r"\centering", r"\footnotesize",
+                rf"\caption{{{tex_escape(title)} --- attack: {tex_escape(name)}}}",
+                rf"\begin{{tabular}}{{{align}}}", r"\toprule",
+                " & ".join(tex_escape(head[c]) for c in cols) + r" \\", r"\midrule"]
+        for r in sub:
+            cells = _cells(r, metric)
+            out.append(" & ".join(tex_escape(cells[c]) for c in cols) + r" \\")
+        out += [r"\bottomrule", r"\end{tabular}", rf"\par\smallskip\parbox{{\linewidth}}{{\scriptsize {notes}}}",
+                r"\end{table}", ""]
+    return "\n".join(out)
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
@@ -291,9 +405,13 @@ def write_csv(rows: list[dict], path: Path) -> None:
             w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in COLUMNS})
 
 
-def write_summary(sweep_dir: str | Path, quiet: bool = False) -> dict[str, Path]:
-    """Write summary.csv, summary.md, privacy_utility.png and roc.png into ``sweep_dir``
-    and print the markdown table. Returns {name: path}; {} when there are no results."""
+def write_summary(sweep_dir: str | Path, quiet: bool = False, attack: str | None = None,
+                  metric: str | None = None) -> dict[str, Path]:
+    """Write summary.csv, summary.md, summary.tex, privacy_utility.png, privacy_utility_delta.png and
+    roc.png into ``sweep_dir`` and print the markdown. The tables cover every attack, or ``attack``
+    only; the plots show ``attack`` (default: the primary one). ``metric`` is the tables' privacy
+    column and the privacy–utility plot's y axis (default :func:`default_metric`). Returns
+    {name: path}; {} when there are no results. Raises ChoiceError for an unknown attack or metric."""
     from src.report import plots
 
     sweep = Path(sweep_dir)
@@ -301,37 +419,57 @@ def write_summary(sweep_dir: str | Path, quiet: bool = False) -> dict[str, Path]
     if not results:
         return {}
     rows = rows_from_results(results)
-    attack = primary_attack(results)
+    check_choice("ATTACK", attack, list(dict.fromkeys(r["attack"] for r in rows)), "an attack of this sweep")
+    check_choice("METRIC", metric, list(METRICS), "a summary metric")
+    shown = attack or primary_attack(results)
+    metric = metric or default_metric([r for r in rows if r["attack"] == shown])
     paths = {
         "csv": sweep / "summary.csv",
         "md": sweep / "summary.md",
+        "tex": sweep / "summary.tex",
         "privacy_utility": sweep / "privacy_utility.png",
         "roc": sweep / "roc.png",
         "privacy_utility_delta": sweep / "privacy_utility_delta.png",
     }
     write_csv(rows, paths["csv"])
-    md = markdown_table(rows, attack)
+    md = markdown_table(rows, attack, metric)
     paths["md"].write_text(md)
-    # the plot shows each job once: with attack.reference=both, its primary (FP-reference) numbers
+    paths["tex"].write_text(latex_table(rows, attack, metric))
     # one point per job and method: FP-reference rows (matched-reference jobs and rows are in the tables)
     primary = [r for r in rows if not r.get("secondary") and r.get("reference") != "matched"] or rows
-    plots.privacy_utility(primary, attack, paths["privacy_utility"])
-    plots.roc(results, attack, paths["roc"])
-    plots.privacy_utility_delta(primary, attack, paths["privacy_utility_delta"])
+    plots.privacy_utility(primary, shown, paths["privacy_utility"], metric=metric)
+    plots.roc(results, shown, paths["roc"])
+    plots.privacy_utility_delta(primary, shown, paths["privacy_utility_delta"])
     if not quiet:
         print(md, end="")
     return paths
 
 
+class ChoiceError(ValueError):
+    """An ATTACK or METRIC the sweep does not have."""
+
+
+def check_choice(name: str, value: str | None, allowed: list[str], what: str) -> None:
+    if value is not None and value not in allowed:
+        raise ChoiceError(f"{name}={value}: not {what}; allowed: {', '.join(allowed)}")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m src.report.summary",
-        description="Rebuild summary.csv/.md and plots of a sweep dir from its */results.json.",
+        description="Rebuild summary.csv/.md/.tex and plots of a sweep dir from its */results.json.",
     )
     p.add_argument("sweep_dir")
+    p.add_argument("--attack", default=None, help="one attack's table and plots (default: every attack's "
+                   "table, the primary attack's plots)")
+    p.add_argument("--metric", default=None, help=f"privacy column and plot axis: one of {', '.join(METRICS)} "
+                   "(default: TPR at the lowest FPR every row resolves)")
     args = p.parse_args(argv)
     try:
-        paths = write_summary(args.sweep_dir)
+        paths = write_summary(args.sweep_dir, attack=args.attack or None, metric=args.metric or None)
+    except ChoiceError as e:  # an unknown ATTACK/METRIC: the allowed values, one line
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except Exception as e:  # one line, not a traceback, for `make report`
         print(f"error: summary of {args.sweep_dir} failed: {type(e).__name__}: {e}", file=sys.stderr)
         return 1

@@ -1,0 +1,81 @@
+"""Human-readable names and figure styles shared by the console table, the summary and the plots."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from src.attacks.metrics import n_nonmembers_at
+
+# for results written before datasets carried a display name
+_DATASET_NAMES = {"digits": "Digits (8×8)", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100",
+                  "tinyimagenet": "TinyImageNet", "synthetic": "Synthetic"}
+
+# what each conf/bitwidth policy does (src/quant/policy: which layers stay at 8 bits)
+POLICY_LABELS = {"uniform": "all layers", "8bit_ends": "first and last layer 8-bit",
+                 "paper": "last layer 8-bit below 2 bits", "fp": "full precision"}
+
+# 14 colours and 12 markers that stay apart in print and for common colour-vision deficiencies; grey
+# is left out (the chance diagonal) and black (the full-precision reference); the star is FP's marker
+COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
+           "#bcbd22", "#393b79", "#e7ba52", "#843c39", "#637939", "#7b4173")
+MARKERS = ("o", "s", "D", "^", "v", "P", "X", "<", ">", "p", "h", "d")
+
+TPR_PREFIX = "tpr_at_fpr_"
+BELOW_RESOLUTION = "—"
+RESOLUTION_NOTE = "— below resolution: FPR < 1/N_nonmembers (the read would rest on zero false positives)"
+
+
+def series_style(i: int) -> dict[str, str]:
+    """Colour and marker of series ``i``: colours and markers cycle with different periods, so the
+    first 12 series differ in both and the first 84 in the pair."""
+    return {"color": COLOURS[i % len(COLOURS)], "marker": MARKERS[i % len(MARKERS)]}
+
+
+def dataset_display(job: dict, config: dict | None = None) -> str:
+    """The dataset's name for titles: ``dataset.display_name`` when the job recorded one, else a known
+    dataset's proper name, else an image folder's directory name, else the config name."""
+    job = job or {}
+    cfg_ds = ((config or {}).get("dataset") or {}) if isinstance(config, dict) else {}
+    for name in (job.get("dataset_display"), cfg_ds.get("display_name")):
+        if name:
+            return str(name)
+    name = str(job.get("dataset") or cfg_ds.get("name") or "?")
+    if name == "imagefolder" and cfg_ds.get("root"):
+        return Path(str(cfg_ds["root"])).name or name
+    return _DATASET_NAMES.get(name, name)
+
+
+def policy_label(policy: Any) -> str:
+    return POLICY_LABELS.get(str(policy), str(policy)) if policy is not None else "–"
+
+
+def fpr_of(metric: str) -> float | None:
+    """0.001 for 'tpr_at_fpr_1e-3'; None for a metric that is not a TPR at an FPR."""
+    return float(metric[len(TPR_PREFIX):]) if metric.startswith(TPR_PREFIX) else None
+
+
+def resolved(metric: str, n_nonmembers: Any) -> bool:
+    """Whether ``metric`` is backed by at least one false positive: a TPR at FPR α < 1/N (N
+    non-members per target) can only be read at zero false positives. Other metrics always are."""
+    alpha = fpr_of(metric)
+    if alpha is None or n_nonmembers is None:
+        return True
+    return n_nonmembers_at(alpha, int(n_nonmembers)) >= 1
+
+
+def metric_label(metric: str) -> str:
+    """'TPR @ 0.1 % FPR' for tpr_at_fpr_1e-3, 'AUC', 'balanced accuracy'."""
+    alpha = fpr_of(metric)
+    if alpha is not None:
+        return f"TPR @ {pct_text(alpha)} FPR"
+    return {"auc": "AUC", "balanced_accuracy": "balanced accuracy"}.get(metric, metric)
+
+
+def pct_text(x: float) -> str:
+    """A rate as a short percentage: 0.001 → '0.1 %', 0.5 → '50 %', 2e-5 → '0.002 %'."""
+    v = 100.0 * float(x)
+    if v == 0:
+        return "0 %"
+    digits = max(0, -int(math.floor(math.log10(abs(v))))) if abs(v) < 1 else 0
+    return f"{v:.{digits}f} %"
