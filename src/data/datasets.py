@@ -123,12 +123,10 @@ def _scan_images(d: Path, root: Path, where: str) -> tuple[list[Path], list]:
     return [d / e.name for e in entries], stats
 
 
-def _decode_items(items, size: int | None, what: str, progress: bool, where: str) -> torch.Tensor:
-    files, _ = items
-    if isinstance(files, np.ndarray):  # already pixels [N,H,W,3]: only the resize is left
-        x = torch.from_numpy(files).permute(0, 3, 1, 2).contiguous()
-        return resize(x, size) if size and size != x.shape[-1] else x
-    return _read_images(files, size, what, progress, where)
+def _pixels(x: np.ndarray, size: int | None) -> torch.Tensor:
+    """uint8 [N,H,W,3] already decoded (the CIFAR pickles) → [N,3,H,W], resized when ``size`` is set."""
+    t = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
+    return resize(t, size) if size and size != t.shape[-1] else t
 
 
 def load_source(src: Source, image_size: int | None = None, cache_dir: str | None = None,
@@ -146,7 +144,7 @@ def load_source(src: Source, image_size: int | None = None, cache_dir: str | Non
         it = src.items()
         tr, te = it["train"], it["test"]
         if isinstance(tr[0], np.ndarray):
-            x_tr, x_te = (_decode_items(s, size, src.name, progress, src.where) for s in (tr, te))
+            x_tr, x_te = _pixels(tr[0], size), _pixels(te[0], size)
         else:  # one worker pool for both splits
             x = _read_images(list(tr[0]) + list(te[0]), size, src.name, progress, src.where)
             x_tr, x_te = x[:len(tr[0])].clone(), x[len(tr[0]):].clone()
