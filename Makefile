@@ -10,9 +10,12 @@ SWEEP_DIR ?=
 MATCHED ?= adaround
 # demo-cifar10 runs two multiruns into one sweep dir (one summary): default a fresh stamped dir
 DEMO_CIFAR10_DIR := $(or $(SWEEP_DIR),outputs/multirun/demo-cifar10-$(shell date +%Y-%m-%d_%H-%M-%S))
+DEMO_TIN_DIR := $(or $(SWEEP_DIR),outputs/multirun/demo-tinyimagenet-$(shell date +%Y-%m-%d_%H-%M-%S))
+SWEEPS  ?=
+OUT     ?= outputs/cross-dataset/$(shell date +%Y-%m-%d_%H-%M-%S)
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-portable test-all demo demo-cifar10 controls quant-table bench gpu-wheels gpu-check report sync wandb-report clean-cache \
+.PHONY: help install test test-portable test-all demo demo-cifar10 demo-tinyimagenet cross-dataset controls quant-table bench gpu-wheels gpu-check report sync wandb-report clean-cache \
         paper-cifar10 paper-cifar100 paper-tinyimagenet
 
 help:  ## list the targets
@@ -46,6 +49,14 @@ demo-cifar10:  ## CIFAR-10 on a CPU (experiment=cifar10_cpu): 9-job sweep + matc
 	$(PY) -m src.main -m experiment=cifar10_cpu $(if $(DATA),dataset=imagefolder dataset.root=$(DATA)) \
 	  paths.cache_dir=$(CACHE) hydra.sweep.dir=$(DEMO_CIFAR10_DIR) 'hydra.sweep.subdir=matched$${hydra.job.num}' \
 	  quant=$(MATCHED) bits=$(BITS) attack.reference=matched
+
+demo-tinyimagenet:  ## TinyImageNet on a CPU (experiment=tinyimagenet_cpu): the 9-job sweep; DATA=DIR holding tiny-imagenet-200/, CACHE=, SWEEP_DIR=
+	$(PY) -m src.main -m experiment=tinyimagenet_cpu $(if $(DATA),paths.data_dir=$(DATA)) \
+	  paths.cache_dir=$(CACHE) hydra.sweep.dir=$(DEMO_TIN_DIR) quant=$(QUANTS) bits=$(BITS)
+
+cross-dataset:  ## one table + figure across sweeps of several datasets: make cross-dataset SWEEPS="DIR1 DIR2" [OUT=DIR]
+	@test -n "$(SWEEPS)" || (echo "error: SWEEPS=\"<multirun dir> ...\" is required" >&2; exit 2)
+	$(PY) -m src.report.cross_dataset $(SWEEPS) --out $(OUT)
 
 SIGMAS     ?= 0.05,0.1,0.15,0.2,0.3
 SPARSITIES ?= 0.1,0.2,0.3,0.4,0.5

@@ -202,19 +202,26 @@ def test_cifar10_cpu_preset_applies_to_torchvision_and_image_folder_data(tmp_pat
             assert cfg.dataset.decode_cache == str(tmp_path / "c")
 
 
-def test_cifar_pool_subset_and_resize_follow_the_config(monkeypatch):
+def test_cifar_pool_subset_and_resize_follow_the_config(tmp_path):
     """dataset=cifar10 with max_train/image_size (the cifar10_cpu preset without DATA=): a seeded
-    subset of the torchvision arrays, resized to image_size; labels follow their images."""
-    import src.data.datasets as ds
+    subset of the release's arrays, resized to image_size; labels follow their images."""
+    import pickle
 
-    y = torch.arange(60) % 10
-    x = (y.view(-1, 1, 1, 1) * 20).expand(60, 3, 32, 32).to(torch.uint8).clone()  # image i is flat at 20·y_i
-    fake = ds._finish("cifar10", x[:50], y[:50], x[50:], y[50:], 10, (0.5,) * 3, (0.25,) * 3)
-    monkeypatch.setattr(ds, "load_cifar", lambda name, data_dir, download: fake)
+    import src.data.datasets as ds
+    from torchvision.datasets import CIFAR10
+
+    y = np.arange(60) % 10
+    x = np.repeat((y * 20).astype(np.uint8)[:, None], 3072, axis=1)  # image i is flat at 20·y_i
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for i, (f, _) in enumerate(CIFAR10.train_list):  # 5 batches of 10, then the test batch
+        (folder / f).write_bytes(pickle.dumps({"data": x[10 * i:10 * i + 10], "labels": y[10 * i:10 * i + 10].tolist()}))
+    (folder / "test_batch").write_bytes(pickle.dumps({"data": x[50:], "labels": y[50:].tolist()}))
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": [str(c) for c in range(10)]}))
     cfg = OmegaConf.create({"name": "cifar10", "download": False, "max_train": 12, "image_size": 16, "split_seed": 0})
-    data = load_dataset(cfg, "unused")
+    data = load_dataset(cfg, str(tmp_path))
     assert data.x_train.shape == (12, 3, 16, 16) and data.x_test.shape == (10, 3, 16, 16)
     # flat images stay flat under the resize, so each one still shows its own label's value
     assert torch.equal(data.x_train[:, :, 5, 7].long(), (data.y_train * 20).view(-1, 1).expand(12, 3))
     keep = ds._subset(50, 12, 0)
-    assert torch.equal(data.y_train, y[:50][torch.from_numpy(keep)])
+    assert torch.equal(data.y_train, torch.from_numpy(y[:50][keep]))
