@@ -18,7 +18,7 @@ from src.data import DataError, load_dataset
 from src.report.results import build_results, job_dir, print_results, write_job
 from src.report.wandb_sink import WandbSink
 from src.training import resolve_device
-from src.validate import ConfigError, validate, validate_with_data
+from src.validate import ConfigError, validate, validate_layers, validate_with_data
 
 log = logging.getLogger("src.main")
 
@@ -28,6 +28,7 @@ def prepare(cfg: DictConfig):
     before any artifact is computed. Raises ConfigError / DataError with a one-line message."""
     validate(cfg)
     data = load_dataset(cfg.dataset, cfg.paths.data_dir)
+    validate_layers(cfg, data.num_classes, data.in_channels)
     keep = P.membership(cfg, data)
     targets = P.target_indices(cfg)
     validate_with_data(cfg, keep, len(data.y_test), targets)

@@ -13,9 +13,9 @@ from pathlib import Path
 from src.data.augment import check_query
 from src.data.datasets import DATASETS
 from src.models import MODELS
-from src.quant import FULL_PRECISION, METHODS, NEEDS_CALIBRATION
+from src.quant import CONTROLS, FULL_PRECISION, METHODS, NEEDS_CALIBRATION
 from src.quant.grid import INIT_METHODS, check_bits
-from src.quant.policy import POLICIES
+from src.quant.policy import POLICIES, Overrides, check_names
 
 
 class ConfigError(ValueError):
@@ -104,6 +104,13 @@ def validate(cfg) -> None:
     qnames = FULL_PRECISION + tuple(METHODS)
     _need(cfg.quant.name in qnames, f"quant.name={cfg.quant.name}: allowed: {', '.join(qnames)}")
     _need(cfg.bitwidth.policy in POLICIES, f"bitwidth.policy={cfg.bitwidth.policy}: allowed: {', '.join(POLICIES)}")
+    try:
+        overrides = Overrides.of(cfg.bitwidth)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    _need(not (overrides.active() and cfg.quant.name in CONTROLS),
+          f"bitwidth: quant={cfg.quant.name} perturbs float weights and has no bit-widths; per-layer overrides "
+          f"({overrides.describe()}) apply only to the quantizers: {', '.join(m for m in METHODS if m not in CONTROLS)}")
     try:
         pkeep = float(cfg.pkeep)
     except (TypeError, ValueError):
@@ -200,6 +207,20 @@ def validate(cfg) -> None:
         _int(cfg, _quant_key(cfg, "n_calib"), q.get("n_calib", 1024), 1)
     _validate_attack(cfg, m)
     check_cache_dir(str(cfg.paths.cache_dir))
+
+
+def validate_layers(cfg, num_classes: int, in_channels: int) -> None:
+    """``bitwidth.layers`` / ``bitwidth.only`` name layers or blocks the model has (needs the data's
+    class and channel counts to build the model; run before any training)."""
+    overrides = Overrides.of(cfg.bitwidth)
+    if not overrides.active() or cfg.quant.name in FULL_PRECISION:
+        return
+    from src.models import build_model
+
+    try:
+        check_names(build_model(cfg.model, num_classes, in_channels), overrides)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def validate_with_data(cfg, keep, n_test: int, indices) -> None:
