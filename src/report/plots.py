@@ -54,14 +54,20 @@ def privacy_utility(rows: list[dict], attack: str | None, path: str | Path) -> P
                 style = dict(marker=MARKERS[i % len(MARKERS)], color=f"C{i % 10}", markersize=8,
                              label=str(r["quant"]), linestyle="none")
             ax.errorbar(r["test_acc"], y, yerr=yerr, capsize=3, **style)
-            bits = f"{r['bits']:g}b" if r.get("bits") is not None else "?"
-            ax.annotate(r.get("control") or bits, (r["test_acc"], y), textcoords="offset points",
-                        xytext=(5, 4), fontsize=8)
+            ax.annotate(point_label(r), (r["test_acc"], y), textcoords="offset points", xytext=(5, 4), fontsize=8)
         _control_curves(ax, sub, methods, "tpr_at_fpr_1e-3")
         if ys and min(ys) > 0 and max(ys) / min(ys) > 20:
             ax.set_yscale("log")
         _label_panel(ax, "TPR @ 0.1% FPR", ds, model, attack)
     return _save(fig, path)
+
+
+def point_label(row: dict) -> str:
+    """What tells a method's points apart: control strength, or bits plus per-layer overrides."""
+    if row.get("control"):
+        return str(row["control"])
+    bits = f"{row['bits']:g}b" if row.get("bits") is not None else "?"
+    return bits + (f" ({row['layers']})" if row.get("layers") else "")
 
 
 def _label_panel(ax, ylabel: str, ds, model, attack) -> None:
@@ -112,8 +118,7 @@ def privacy_utility_delta(rows: list[dict], attack: str | None, path: str | Path
             ax.errorbar(r["test_acc"], d, yerr=yerr, capsize=3, marker=MARKERS[i % len(MARKERS)],
                         color=f"C{i % 10}", markersize=8, label=str(r["quant"]), linestyle="none",
                         markerfacecolor=f"C{i % 10}" if r.get("delta_auc_significant") else "white")
-            label = r.get("control") or (f"{r['bits']:g}b" if r.get("bits") is not None else "?")
-            ax.annotate(label, (r["test_acc"], d), textcoords="offset points", xytext=(5, 4), fontsize=8)
+            ax.annotate(point_label(r), (r["test_acc"], d), textcoords="offset points", xytext=(5, 4), fontsize=8)
         _control_curves(ax, sub, methods, "delta_auc")
         ax.axhline(0.0, color="black", linewidth=0.8)
         _label_panel(ax, "ΔAUC vs FP (filled: CI excludes 0)", ds, model, attack)
@@ -149,6 +154,7 @@ def _label(result: dict) -> str:
     bits = f"{float(bits):g}" if bits is not None else "?"
     policy = job.get("policy")
     extra = f" {policy}" if policy not in (None, "uniform") else ""
+    extra += f" ({job['layers']})" if job.get("layers") else ""
     return f"{job.get('quant')} {bits}b{extra}"
 
 

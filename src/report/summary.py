@@ -35,7 +35,7 @@ METRICS = (
     "tpr_at_fpr_1e-3",
     "tpr_at_fpr_1e-4",
 )
-ID_COLUMNS = ("dataset", "model", "quant", "bits", "policy", "reference", "attack")
+ID_COLUMNS = ("dataset", "model", "quant", "bits", "policy", "layers", "reference", "attack")
 UTILITY_COLUMNS = ("test_acc", "fp_test_acc", "accuracy_drop", "train_acc")
 CI_COLUMNS = tuple(f"{m}_ci_{end}" for m in METRICS for end in ("lo", "hi"))
 # paired Δ = metric(quantized) − metric(FP) on the same examples (src/attacks/paired.py)
@@ -170,6 +170,7 @@ def job_rows(result: dict, fp: bool = False, matched: bool = False) -> list[dict
         base.update(
             quant=job.get("quant"),
             bits=_float(job.get("bits")),
+            layers=job.get("layers"),
             control=_control(job),
             test_acc=_float(util.get("test_acc")),
             train_acc=_float(util.get("train_acc")),
@@ -212,6 +213,7 @@ def rows_from_results(results: list[dict]) -> list[dict]:
             -(row["bits"] if row["bits"] is not None else -1),
             _control_value(row),
             str(row.get("policy")),
+            str(row.get("layers") or ""),
             str(row.get("reference")),
             attack_order[row["attack"]],
         )
@@ -244,6 +246,17 @@ def _delta(row: dict, metric: str) -> str:
     return out + ("*" if row.get(f"delta_{metric}_significant") else "")
 
 
+def method_label(row: dict) -> str:
+    """The method cell of a table row: quantizer, plus what else tells jobs of one bit-width apart
+    (policy, per-layer overrides, control strength, matched references), e.g. ``obc (paper; last 4)``."""
+    if row.get("quant") == "fp":
+        return "FP"
+    extra = [str(x) for x in (row.get("policy") if row.get("policy") not in (None, "uniform", "fp") else None,
+                              row.get("layers"), row.get("control")) if x]
+    label = str(row["quant"]) + (f" ({'; '.join(extra)})" if extra else "")
+    return label + (" [matched refs]" if row.get("reference") == "matched" else "")
+
+
 def markdown_table(rows: list[dict], attack: str | None) -> str:
     """Method × bits table (FP first) of test accuracy, AUC and TPR@0.1%FPR for ``attack``;
     one table per (dataset, model)."""
@@ -260,13 +273,7 @@ def markdown_table(rows: list[dict], attack: str | None) -> str:
         for r in rows:
             if (r["dataset"], r["model"]) != (ds, model):
                 continue
-            method = "FP" if r["quant"] == "fp" else str(r["quant"])
-            if r.get("policy") not in (None, "uniform", "fp"):
-                method += f" ({r['policy']})"
-            if r.get("control"):
-                method += f" ({r['control']})"
-            if r.get("reference") == "matched":
-                method += " [matched refs]"
+            method = method_label(r)
             auc = "–" if r["auc"] is None else f"{r['auc']:.4f}"
             tpr = _pct(r["tpr_at_fpr_1e-3"])
             lo, hi = r["tpr_at_fpr_1e-3_ci_lo"], r["tpr_at_fpr_1e-3_ci_hi"]
