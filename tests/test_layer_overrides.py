@@ -245,3 +245,55 @@ def test_summary_labels_jobs_apart(tmp_path):
     assert "last fp" in csv_text and csv_text.splitlines()[0].split(",")[:6] == [
         "dataset", "model", "quant", "bits", "policy", "layers"]
     assert chart_specs(rows)
+
+
+# ------------------------------------------------------------------------------- ablation report
+
+TPR_KEY = "tpr_at_fpr_1e-3"
+
+
+def _job(quant: str, layer_bits: dict, only: str | None = None, bits: float = 1.58, d_auc: float = -0.01,
+         tpr: float = 0.01) -> dict:
+    r = _result(quant, None, bits)
+    m = r["attacks"]["lira_online"]
+    m.update({TPR_KEY: tpr, "n_targets": 2, "ci": {"auc": [0.55, 0.65], TPR_KEY: [0.0, 2 * tpr]},
+              "paired": {"auc": {"delta": d_auc, "ci": [d_auc - 0.005, d_auc + 0.005], "significant": True},
+                         TPR_KEY: {"delta": tpr - 0.02, "ci": [-0.03, 0.01], "significant": False}}})
+    r["config"]["bitwidth"] = {"policy": "paper", "only": only}
+    r["quant"] = {"layer_bits": layer_bits}
+    r["utility"]["per_target"] = [{"test_acc": 0.80, "fp_test_acc": 0.90}, {"test_acc": 0.82, "fp_test_acc": 0.90}]
+    return r
+
+
+def test_ablation_report_orders_and_labels_points(tmp_path):
+    from src.report import ablation as A
+
+    sweep = tmp_path / "last"
+    lasts = ["fp", 8, 2, 1.58]  # written out of order on purpose
+    jobs = [_job(q, {"conv1": 1.58, "fc": v}, tpr=0.0 if v == 1.58 else 0.01) for q in ("obc", "adaround")
+            for v in lasts]
+    for n, r in enumerate(jobs):
+        (sweep / str(n)).mkdir(parents=True)
+        (sweep / str(n) / "results.json").write_text(json.dumps(r))
+    paths = A.last_layer(sweep)
+    assert paths["figure"].stat().st_size > 10_000
+    rows = [ln for ln in paths["table"].read_text().splitlines() if ln.startswith("| ") and "method" not in ln]
+    assert rows[0].startswith("| FP |")
+    assert [ln.split("|")[3].strip() for ln in rows[1:5]] == ["1.58", "2", "8", "fp"]
+    assert {ln.split("|")[1].strip() for ln in rows[1:]} == {"obc", "adaround"}
+    assert "-0.0100 [-0.0150, -0.0050]*" in rows[1]
+    assert "-9.00 [-21.71, +3.71]" in rows[1]  # Δ test acc: per-target pairs, t-interval (df = 1)
+
+    attr = tmp_path / "attr"
+    names = ["conv1", "layer1.0.conv1", "fc"]
+    for n, (part, b) in enumerate([(p, b) for p in reversed(names) for b in (2.0, 1.58)]):
+        lb = {x: (b if x == part else "fp") for x in names}
+        (attr / str(n)).mkdir(parents=True)
+        (attr / str(n) / "results.json").write_text(json.dumps(_job("obc", lb, only=part, bits=b)))
+    parts, pts = A.attribution_points(A.collect(attr), "lira_online")
+    assert parts == names and len(pts) == 6  # forward order, whatever order the jobs ran in
+    paths = A.attribution(attr)
+    assert paths["figure"].stat().st_size > 10_000
+    assert [ln.split("|")[1].strip() for ln in paths["table"].read_text().splitlines()
+            if ln.startswith("| ") and "part" not in ln] == ["conv1", "conv1", "layer1.0.conv1", "layer1.0.conv1",
+                                                             "fc", "fc"]
