@@ -57,7 +57,7 @@ controls:  ## quantizers next to matched-utility controls (weight noise SIGMAS, 
 	$(PY) -m src.main -m quant=prune quant.sparsity=$(SPARSITIES) $(ARGS) hydra.sweep.dir=$(CONTROLS_DIR) 'hydra.sweep.subdir=prune$${hydra.job.num}'
 
 # per-layer precision studies (docs/ablation.md) on the CPU CIFAR-10 protocol; sweep dirs stamped once per make,
-# job dirs named by quantizer, so several makes (QUANTS=obc, then QUANTS=adaround) can fill one ABLATION_DIR
+# job dirs named by quantizer and bits, so several makes (QUANTS=obc, then QUANTS=adaround) can fill one sweep dir
 comma := ,
 CIFAR10_CPU = experiment=cifar10_cpu $(if $(DATA),dataset=imagefolder dataset.root=$(DATA)) paths.cache_dir=$(CACHE)
 LAST     ?= 1.58,2,3,4,8,fp
@@ -76,7 +76,7 @@ ATTRIBUTION_DIR := $(ATTRIBUTION_DIR)
 layer-attribution:  ## each layer alone quantized (bitwidth.only, rest FP) with ATTR_QUANT at ATTR_BITS; ΔAUC and Δ test accuracy per layer; DATA=, CACHE=, ATTRIBUTION_DIR=, ARGS=
 	layers=$$($(PY) -m src.report.ablation layers experiment=cifar10_cpu $(ARGS)) && \
 	$(PY) -m src.main -m $(CIFAR10_CPU) hydra.sweep.dir=$(ATTRIBUTION_DIR) quant=$(ATTR_QUANT) bits=$(ATTR_BITS) \
-	  bitwidth.only=$$layers 'hydra.sweep.subdir=$(ATTR_QUANT)-$${hydra.job.num}' $(ARGS)
+	  bitwidth.only=$$layers 'hydra.sweep.subdir=$(ATTR_QUANT)-$(subst $(comma),-,$(ATTR_BITS))-$${hydra.job.num}' $(ARGS)
 	$(PY) -m src.report.ablation attribution $(ATTRIBUTION_DIR)
 
 quant-table:  ## accuracy + time of FP, RTN, AdaRound, BRECQ, OBC, GPTQ at 4/3/2/1.58 bits on the embedded default
