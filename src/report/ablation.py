@@ -61,17 +61,21 @@ def _paired(block: dict, metric: str) -> tuple[float | None, float | None, float
     return p.get("delta"), lo, hi, p.get("significant")
 
 
-def _acc_delta(result: dict) -> tuple[float, float, float]:
+def _acc_delta(result: dict) -> tuple[float, float | None, float | None]:
     """Δ test accuracy (quantized − FP), mean over targets with a t-interval (the per-target pairs
-    share the target model, so the difference is paired)."""
+    share the target model, so the difference is paired); no interval with one target."""
     u = result["utility"]
     per = u.get("per_target") or []
     d = np.array([p["test_acc"] - p["fp_test_acc"] for p in per], dtype=np.float64)
     if len(d) < 2:
-        v = float(u["test_acc"] - u["fp_test_acc"])
-        return v, v, v
+        return float(u["test_acc"] - u["fp_test_acc"]), None, None
     half = t_quantile_975(len(d) - 1) * float(d.std(ddof=1)) / math.sqrt(len(d))
     return float(d.mean()), float(d.mean() - half), float(d.mean() + half)
+
+
+def _ci_kind(n_targets) -> str:
+    return (f"mean over {n_targets} targets, 95 % CI = t-interval over targets" if (n_targets or 1) > 1
+            else "1 target, 95 % CI = bootstrap over examples (paired for Δ); Δ test acc has no interval")
 
 
 def _ci_text(d, lo, hi, sig, scale: float = 1.0, digits: int = 4) -> str:
@@ -143,7 +147,9 @@ def last_layer_figure(points: list[dict], fp: dict | None, attack: str, path: Pa
                 err = _yerr(p[key], p[ci_key], TPR_FLOOR if log else None)
                 if err is not None:
                     ax.errorbar(x, y, yerr=err, color=f"C{i}", alpha=0.35, capsize=2, linestyle="none")
-                ax.annotate(p["last"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8, color=f"C{i}")
+                k = mp.index(p)  # staggered: neighbouring precisions often land on the same spot
+                ax.annotate(p["last"], (x, y), textcoords="offset points", xytext=(4, 4 - 10 * (k % 3)), fontsize=8,
+                            color=f"C{i}")
         if fp is not None and fp.get(key) is not None:
             y = max(fp[key], TPR_FLOOR) if log else fp[key]
             err = _yerr(fp[key], fp[ci_key], TPR_FLOOR if log else None)
@@ -161,8 +167,9 @@ def last_layer_figure(points: list[dict], fp: dict | None, attack: str, path: Pa
         ax.set_ylabel("TPR @ 0.1% FPR" if log else "AUC")
         ax.grid(True, alpha=0.3, which="both")
         ax.legend(fontsize=8)
+    n = points[0]["n_targets"] if points else None
     fig.suptitle(title or f"{attack}: last layer's precision (point labels), rest of the net at "
-                          f"{_fmt_precision(points[0]['bits']) if points else '?'} bits; mean ± 95% CI over targets",
+                          f"{_fmt_precision(points[0]['bits']) if points else '?'} bits; {_ci_kind(n)}",
                  fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
@@ -171,8 +178,8 @@ def last_layer_figure(points: list[dict], fp: dict | None, attack: str, path: Pa
 
 
 def last_layer_table(points: list[dict], fp: dict | None, attack: str) -> str:
-    lines = [f"attack: {attack}; mean over {points[0]['n_targets'] if points else '?'} targets; "
-             "Δ = quantized − FP on the same examples, 95 % CI (t over targets); * = CI excludes 0", "",
+    lines = [f"attack: {attack}; {_ci_kind(points[0]['n_targets'] if points else None)}; "
+             "Δ = quantized − FP on the same examples; * = CI excludes 0", "",
              "| method | bits | last layer | test acc (%) | AUC | TPR@0.1%FPR (%) | ΔAUC [95% CI] | "
              "ΔTPR@0.1%FPR (pp) [95% CI] | Δ test acc (pp) [95% CI] |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -219,7 +226,8 @@ def attribution_points(results: list[dict], attack: str) -> tuple[list[str], lis
         m = r["attacks"][attack]
         pts.append({"only": only, "first_layer": first, "bits": float(r["job"]["bits"]),
                     "d_auc": _paired(m, "auc"), "d_tpr": _paired(m, TPR), "d_acc": _acc_delta(r),
-                    "test_acc": r["utility"]["test_acc"], "auc": m["auc"], "tpr": m.get(TPR)})
+                    "test_acc": r["utility"]["test_acc"], "auc": m["auc"], "tpr": m.get(TPR),
+                    "n_targets": m.get("n_targets")})
     rank = {n: i for i, n in enumerate(order)}
     parts = sorted({p["only"]: rank.get(p["first_layer"], 99) for p in pts}.items(), key=lambda kv: kv[1])
     return [p for p, _ in parts], pts
@@ -244,7 +252,7 @@ def attribution_figure(parts: list[str], pts: list[dict], attack: str, path: Pat
                 s = d[3] if len(d) > 3 else None
                 if s is None and d[1] is not None:
                     s = d[1] > 0 or d[2] < 0
-                sig.append(bool(s))
+                sig.append(bool(s) if d[1] is not None else True)  # no interval (one target): not hatched
             pos = x + (i - (len(bits_list) - 1) / 2) * width
             bars = ax.bar(pos, vals, width, yerr=[lo, hi], capsize=3, color=f"C{i}",
                           label=f"{b:g} bits", edgecolor=f"C{i}")
@@ -259,7 +267,7 @@ def attribution_figure(parts: list[str], pts: list[dict], attack: str, path: Pat
     axes[1].set_xticks(x)
     axes[1].set_xticklabels(parts, rotation=30, ha="right", fontsize=8)
     axes[0].set_title("one layer quantized, every other layer full precision (forward order); "
-                      "mean ± 95% CI over targets, hatched: CI includes 0", fontsize=9)
+                      f"{_ci_kind(pts[0].get('n_targets') if pts else None)}; hatched: CI includes 0", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
@@ -267,7 +275,7 @@ def attribution_figure(parts: list[str], pts: list[dict], attack: str, path: Pat
 
 
 def attribution_table(parts: list[str], pts: list[dict], attack: str) -> str:
-    lines = [f"attack: {attack}; Δ = quantized − FP, mean over targets, 95 % CI (t over targets); "
+    lines = [f"attack: {attack}; {_ci_kind(pts[0].get('n_targets') if pts else None)}; Δ = quantized − FP; "
              "* = CI excludes 0", "",
              "| quantized part | bits | test acc (%) | Δ test acc (pp) [95% CI] | AUC | ΔAUC [95% CI] | "
              "ΔTPR@0.1%FPR (pp) [95% CI] |",
