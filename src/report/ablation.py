@@ -169,7 +169,7 @@ def last_layer_figure(points: list[dict], fp: dict | None, attack: str, path: Pa
         ax.legend(fontsize=8)
     n = points[0]["n_targets"] if points else None
     fig.suptitle(title or f"{attack}: last layer's precision (point labels), rest of the net at "
-                          f"{_fmt_precision(points[0]['bits']) if points else '?'} bits; {_ci_kind(n)}",
+                          f"{_fmt_precision(points[0]['bits']) if points else '?'} bits\n{_ci_kind(n)}",
                  fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
@@ -254,7 +254,8 @@ def attribution_figure(parts: list[str], pts: list[dict], attack: str, path: Pat
                     s = d[1] > 0 or d[2] < 0
                 sig.append(bool(s) if d[1] is not None else True)  # no interval (one target): not hatched
             pos = x + (i - (len(bits_list) - 1) / 2) * width
-            bars = ax.bar(pos, vals, width, yerr=[lo, hi], capsize=3, color=f"C{i}",
+            has_ci = any(v for v in lo + hi)
+            bars = ax.bar(pos, vals, width, yerr=[lo, hi] if has_ci else None, capsize=3, color=f"C{i}",
                           label=f"{b:g} bits", edgecolor=f"C{i}")
             for bar, s in zip(bars, sig):
                 if not s:  # CI includes 0: hatched, lighter
@@ -266,7 +267,7 @@ def attribution_figure(parts: list[str], pts: list[dict], attack: str, path: Pat
         ax.legend(fontsize=8)
     axes[1].set_xticks(x)
     axes[1].set_xticklabels(parts, rotation=30, ha="right", fontsize=8)
-    axes[0].set_title("one layer quantized, every other layer full precision (forward order); "
+    axes[0].set_title("one layer quantized, every other layer full precision (forward order)\n"
                       f"{_ci_kind(pts[0].get('n_targets') if pts else None)}; hatched: CI includes 0", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
