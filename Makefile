@@ -16,7 +16,7 @@ OUT     ?= outputs/cross-dataset/$(shell date +%Y-%m-%d_%H-%M-%S)
 
 .DEFAULT_GOAL := help
 .PHONY: help install test test-portable test-all demo demo-cifar10 demo-tinyimagenet cross-dataset controls quant-table bench gpu-wheels gpu-check report sync wandb-report clean-cache \
-        paper-cifar10 paper-cifar100 paper-tinyimagenet
+        paper-cifar10 paper-cifar100 paper-tinyimagenet ablation-last-layer layer-attribution
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-20s %s\n", $$1, $$2}'
@@ -66,6 +66,29 @@ controls:  ## quantizers next to matched-utility controls (weight noise SIGMAS, 
 	$(PY) -m src.main -m quant=$(QUANTS) bits=$(BITS) $(ARGS) hydra.sweep.dir=$(CONTROLS_DIR) 'hydra.sweep.subdir=q$${hydra.job.num}'
 	$(PY) -m src.main -m quant=noise quant.sigma=$(SIGMAS) $(ARGS) hydra.sweep.dir=$(CONTROLS_DIR) 'hydra.sweep.subdir=noise$${hydra.job.num}'
 	$(PY) -m src.main -m quant=prune quant.sparsity=$(SPARSITIES) $(ARGS) hydra.sweep.dir=$(CONTROLS_DIR) 'hydra.sweep.subdir=prune$${hydra.job.num}'
+
+# per-layer precision studies (docs/ablation.md) on the CPU CIFAR-10 protocol; sweep dirs stamped once per make,
+# job dirs named by quantizer and bits, so several makes (QUANTS=obc, then QUANTS=adaround) can fill one sweep dir
+comma := ,
+CIFAR10_CPU = experiment=cifar10_cpu $(if $(DATA),dataset=imagefolder dataset.root=$(DATA)) paths.cache_dir=$(CACHE)
+LAST     ?= 1.58,2,3,4,8,fp
+ABL_BITS ?= 1.58
+ABLATION_DIR ?= outputs/ablation/last-layer-$(shell date +%Y-%m-%d_%H-%M-%S)
+ABLATION_DIR := $(ABLATION_DIR)
+ablation-last-layer:  ## the study's ablation: QUANTS at ABL_BITS, last layer at LAST (bits or fp); figure + ΔAUC table; DATA=, CACHE=, ABLATION_DIR=, ARGS=
+	$(PY) -m src.main -m $(CIFAR10_CPU) hydra.sweep.dir=$(ABLATION_DIR) quant=$(QUANTS) bits=$(ABL_BITS) \
+	  bitwidth.last=$(LAST) 'hydra.sweep.subdir=$(subst $(comma),-,$(QUANTS))-$${hydra.job.num}' $(ARGS)
+	$(PY) -m src.report.ablation last-layer $(ABLATION_DIR)
+
+ATTR_QUANT ?= obc
+ATTR_BITS  ?= 2,1.58
+ATTRIBUTION_DIR ?= outputs/ablation/layer-attribution-$(shell date +%Y-%m-%d_%H-%M-%S)
+ATTRIBUTION_DIR := $(ATTRIBUTION_DIR)
+layer-attribution:  ## each layer alone quantized (bitwidth.only, rest FP) with ATTR_QUANT at ATTR_BITS; ΔAUC and Δ test accuracy per layer; DATA=, CACHE=, ATTRIBUTION_DIR=, ARGS=
+	layers=$$($(PY) -m src.report.ablation layers experiment=cifar10_cpu $(ARGS)) && \
+	$(PY) -m src.main -m $(CIFAR10_CPU) hydra.sweep.dir=$(ATTRIBUTION_DIR) quant=$(ATTR_QUANT) bits=$(ATTR_BITS) \
+	  bitwidth.only=$$layers 'hydra.sweep.subdir=$(ATTR_QUANT)-$(subst $(comma),-,$(ATTR_BITS))-$${hydra.job.num}' $(ARGS)
+	$(PY) -m src.report.ablation attribution $(ATTRIBUTION_DIR)
 
 quant-table:  ## accuracy + time of FP, RTN, AdaRound, BRECQ, OBC, GPTQ at 4/3/2/1.58 bits on the embedded default
 	$(PY) -m benchmarks.quant_table

@@ -23,7 +23,7 @@ from src.report.results import build_results, job_dir, print_results, write_job
 from src.report.wandb_sink import WandbSink
 from src.training import resolve_device
 from src.validate import (ConfigError, check_image_size, check_override_keys, config_warnings, expand_paths,
-                          validate, validate_with_data)
+                          validate, validate_layers, validate_with_data)
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -52,6 +52,7 @@ def prepare(cfg: DictConfig):
     validate(cfg)
     data = load_dataset(cfg.dataset, cfg.paths.data_dir)
     check_image_size(cfg, data.image_size, data.in_channels, f"dataset={cfg.dataset.name}")
+    validate_layers(cfg, data.num_classes, data.in_channels)
     keep = P.membership(cfg, data)
     targets = P.target_indices(cfg)
     validate_with_data(cfg, keep, len(data.y_test), targets)

@@ -23,6 +23,8 @@ from src.data.membership import independent_rows
 from src.models import build_model
 from src.quant import CONTROLS, FULL_PRECISION, NEEDS_CALIBRATION, QUANTIZERS, quantize
 from src.quant.bn_fold import fold_batchnorm
+from src.quant.policy import Overrides
+from src.quant.policy import layer_bits as resolve_layer_bits
 from src.training import TRAINER_VERSION, Recipe, evaluate_accuracy, resolve_precision, train_models, use_fast_path
 
 log = logging.getLogger(__name__)
@@ -254,7 +256,14 @@ def bn_tune(cfg, data: ImageData, keep: np.ndarray, index: int, model: nn.Module
     return np.unique(chosen[used.numpy()])
 
 
-def quant_key(cfg, pool_model_key: dict) -> dict:
+def bit_overrides(cfg) -> Overrides:
+    """``bitwidth.only|first|last|layers`` of the job (src/quant/policy.py)."""
+    return Overrides.of(cfg.get("bitwidth"))
+
+
+def quant_key(cfg, pool_model_key: dict, layer_bits: dict | None = None) -> dict:
+    """``layer_bits``: the resolved precision per layer; keyed only when ``bitwidth`` overrides are set,
+    so jobs without overrides keep the keys they always had."""
     spec = QUANTIZERS[cfg.quant.name]
     # keys that do not change the quantized model: speed/display, and the embedded default's shared
     # budget (conf/experiment/default.yaml) where the method has no such budget
@@ -265,10 +274,14 @@ def quant_key(cfg, pool_model_key: dict) -> dict:
         ignored.update(("calibration", "n_calib"))
     qcfg = {k: v for k, v in _plain(cfg.quant).items() if k not in ignored}
     control = cfg.quant.name in CONTROLS  # noise / prune: bits and bit policy do not apply
-    return versioned({"kind": "quantized", "model": cache_key(pool_model_key), "quant": qcfg,
-                      "bits": None if control else float(cfg.bits),
-                      "policy": None if control else cfg.bitwidth.policy,
-                      "dataset": cfg.dataset.name, "seed": int(cfg.seed)}, spec.version)
+    key = {"kind": "quantized", "model": cache_key(pool_model_key), "quant": qcfg,
+           "bits": None if control else float(cfg.bits), "policy": None if control else cfg.bitwidth.policy,
+           "dataset": cfg.dataset.name, "seed": int(cfg.seed)}
+    if not control and bit_overrides(cfg).active():
+        if layer_bits is None:
+            raise ValueError("quant_key: bitwidth overrides are set; pass the resolved layer_bits")
+        key["layer_bits"] = {n: layer_bits[n] for n in sorted(layer_bits)}
+    return versioned(key, spec.version)
 
 
 def quantize_pool_model(cfg, data: ImageData, keep: np.ndarray, index: int, store: ArtifactStore, device: str,
@@ -279,7 +292,9 @@ def quantize_pool_model(cfg, data: ImageData, keep: np.ndarray, index: int, stor
     if cfg.quant.name in FULL_PRECISION:
         phi = get_scores(cfg, data, info["key"], lambda: fp_model, store, device)
         return QuantTarget(index, fp_model, phi, info["test_acc"], info["train_acc"], {}, 0.0, np.array([], int), {})
-    key = quant_key(cfg, info["key"])
+    overrides = bit_overrides(cfg)
+    resolved = resolve_layer_bits(fp_model, float(cfg.bits), cfg.bitwidth.policy, cfg.dataset.name, overrides)
+    key = quant_key(cfg, info["key"], resolved)
 
     def build():
         from src.data import normalize
@@ -292,12 +307,13 @@ def quantize_pool_model(cfg, data: ImageData, keep: np.ndarray, index: int, stor
         qcfg = OmegaConf.create(_plain(cfg.quant))
         qcfg.seed, qcfg.progress = int(cfg.seed) + index, bool(cfg.get("progress", True))
         how = (f"{CONTROLS[cfg.quant.name]}={cfg.quant[CONTROLS[cfg.quant.name]]}" if cfg.quant.name in CONTROLS
-               else f"{cfg.bits} bits ({cfg.bitwidth.policy} policy)")
+               else f"{cfg.bits} bits ({cfg.bitwidth.policy} policy"
+               + (f"; {overrides.describe()})" if overrides.active() else ")"))
         log.info("quantize: model %d with %s at %s, %s", index, cfg.quant.name, how,
                  f"{len(idx)} {source} calibration images" if source else "no calibration images")
         augment = calibration_augment(cfg, data)
         res = quantize(fp_model, float(cfg.bits), qcfg, cfg.bitwidth.policy, calib_x, cfg.dataset.name, device,
-                       augment)
+                       augment, overrides)
         bn_idx = bn_tune(cfg, data, keep, index, res.model, augment, device)
         members = torch.from_numpy(np.flatnonzero(keep[index]))
         return {"state_dict": res.model.state_dict(), "layer_bits": res.layer_bits, "export": res.export,

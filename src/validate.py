@@ -13,9 +13,9 @@ from pathlib import Path
 from src.data.augment import check_query
 from src.data.datasets import DATASETS
 from src.models import MODELS
-from src.quant import FULL_PRECISION, METHODS, NEEDS_CALIBRATION
+from src.quant import CONTROLS, FULL_PRECISION, METHODS, NEEDS_CALIBRATION
 from src.quant.grid import INIT_METHODS, check_bits
-from src.quant.policy import POLICIES
+from src.quant.policy import POLICIES, Overrides, check_names
 from src.training.precision import PRECISIONS
 
 
@@ -235,6 +235,13 @@ def validate(cfg) -> None:
     _need(cfg.quant.name in qnames, f"quant.name={cfg.quant.name}: allowed: {', '.join(qnames)}")
     _need(cfg.bitwidth.policy in POLICIES, f"bitwidth.policy={cfg.bitwidth.policy}: allowed: {', '.join(POLICIES)}")
     try:
+        overrides = Overrides.of(cfg.bitwidth)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    _need(not (overrides.active() and cfg.quant.name in CONTROLS),
+          f"bitwidth: quant={cfg.quant.name} perturbs float weights and has no bit-widths; per-layer overrides "
+          f"({overrides.describe()}) apply only to the quantizers: {', '.join(m for m in METHODS if m not in CONTROLS)}")
+    try:
         pkeep = float(cfg.pkeep)
     except (TypeError, ValueError):
         pkeep = -1.0
@@ -358,6 +365,20 @@ def config_warnings(cfg, overrides: list[str] | None = None) -> list[str]:
                        f"{MIN_MODELS_PER_EXAMPLE_VARIANCE}; use {PER_EXAMPLE_VARIANCE[name]} "
                        f"(fixed variance) or n_models ≥ {MIN_MODELS_PER_EXAMPLE_VARIANCE}")
     return out
+
+
+def validate_layers(cfg, num_classes: int, in_channels: int) -> None:
+    """``bitwidth.layers`` / ``bitwidth.only`` name layers or blocks the model has (needs the data's
+    class and channel counts to build the model; run before any training)."""
+    overrides = Overrides.of(cfg.bitwidth)
+    if not overrides.active() or cfg.quant.name in FULL_PRECISION:
+        return
+    from src.models import build_model
+
+    try:
+        check_names(build_model(cfg.model, num_classes, in_channels), overrides)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def validate_with_data(cfg, keep, n_test: int, indices) -> None:

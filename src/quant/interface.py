@@ -2,8 +2,10 @@
 
 ``quantize(model, bits, qcfg, policy, calib_x)`` copies the full-precision model, folds BatchNorm
 (``quant.fold_bn``, default true, as PTQ reference pipelines do), assigns per-layer bits with the
-``bitwidth`` policy and hands the copy to the method, which replaces each Conv2d/Linear weight by
-fake-quantized float weights on its grid and returns the integer export (codes, scales, zero points).
+``bitwidth`` policy and its overrides (src/quant/policy.py) and hands the copy to the method, which
+replaces the weight of each Conv2d/Linear it is given by fake-quantized float weights on that layer's
+own grid and returns the integer export (codes, scales, zero points). Layers left at full precision
+(``fp``) are not given to the method at all, so no step of it can touch them.
 
 Each method has the signature ``fn(model, layer_bits, cfg, calib_x, device) -> export`` and modifies
 ``model`` in place; ``calib_x`` holds normalised calibration images (the target's members by default).
@@ -21,7 +23,9 @@ from torch import nn
 
 from .bn_fold import fold_batchnorm
 from .grid import check_bits
+from .policy import Overrides
 from .policy import layer_bits as policy_layer_bits
+from .policy import quantized as quantized_layers
 
 _HESSIAN_SPEED = ("row_batch", "max_mem_gb", "cpu_threads", "calib_batch")
 
@@ -81,15 +85,17 @@ def quant_config(name: str, overrides: tuple[str, ...] = ()):
 @dataclass
 class QuantResult:
     model: nn.Module
-    layer_bits: dict[str, float] = field(default_factory=dict)
+    layer_bits: dict[str, float | str] = field(default_factory=dict)  # every layer: bits or "fp"
     export: dict = field(default_factory=dict)
     seconds: float = 0.0
 
 
 def quantize(model: nn.Module, bits: float, qcfg, policy: str = "uniform", calib_x: torch.Tensor | None = None,
-             dataset: str = "", device: str | torch.device | None = None, augment=None) -> QuantResult:
+             dataset: str = "", device: str | torch.device | None = None, augment=None,
+             overrides: Overrides | None = None) -> QuantResult:
     """``augment(x, generator)``: random crop + flip of normalised calibration images
-    (``quant.calib_augment=crop_flip``), for the methods that take calibration data."""
+    (``quant.calib_augment=crop_flip``), for the methods that take calibration data.
+    ``overrides``: ``bitwidth.only|first|last|layers`` on top of ``policy``."""
     name = qcfg.name
     if name in FULL_PRECISION:
         return QuantResult(copy.deepcopy(model).eval())
@@ -100,11 +106,12 @@ def quantize(model: nn.Module, bits: float, qcfg, policy: str = "uniform", calib
     qmodel = copy.deepcopy(model).cpu().eval()
     if qcfg.get("fold_bn", True):
         fold_batchnorm(qmodel)
-    bits_per_layer = policy_layer_bits(qmodel, bits, policy, dataset)
+    bits_per_layer = policy_layer_bits(qmodel, bits, policy, dataset, overrides)
     if name in CONTROLS:  # weights stay float32: bits do not apply
         bits_per_layer = {n: 32.0 for n in bits_per_layer}
     method = QUANTIZERS[name].load()
-    export = method(qmodel, bits_per_layer, qcfg, calib_x, device, **({"augment": augment} if augment else {}))
+    export = method(qmodel, quantized_layers(bits_per_layer), qcfg, calib_x, device,
+                    **({"augment": augment} if augment else {}))
     qmodel = qmodel.cpu().eval()
     modules = dict(qmodel.named_modules())
     for name, entry in export.items():  # float bias (BN folded in) so each layer can be rebuilt from the export

@@ -41,7 +41,7 @@ def _overrides(path: Path) -> list[str]:
 def sweep_config(config: DictConfig, sweep_dir: Path, results: list[dict]) -> dict:
     """The summary run's config: the sweep's command-line overrides and its jobs (number, own
     overrides from ``<job>/.hydra/overrides.yaml``, and the point: dataset, model, quant, bits,
-    policy, reference, targets)."""
+    policy, per-layer overrides, reference, targets)."""
     try:
         task = [str(o) for o in (OmegaConf.select(config, "hydra.overrides.task", default=None) or [])]
     except Exception:
@@ -53,7 +53,8 @@ def sweep_config(config: DictConfig, sweep_dir: Path, results: list[dict]) -> di
         jobs.append({
             "num": int(d.name) if d.name.isdigit() else d.name,
             "overrides": _overrides(d / ".hydra" / "overrides.yaml"),
-            **{k: job.get(k) for k in ("dataset", "model", "quant", "bits", "policy", "reference", "targets")},
+            **{k: job.get(k) for k in ("dataset", "model", "quant", "bits", "policy", "layers", "reference",
+                                       "targets")},
             **({"control": job["control"]} if job.get("control") else {}),
         })
     return {"sweep": {"dir": str(sweep_dir), "stamp": sweep_dir.name, "overrides": task,

@@ -13,7 +13,7 @@ summary rows (:func:`src.report.summary.rows_from_results`):
 The full-precision target is the line ``FP (32-bit)``: in the charts over bits it is drawn flat at
 its value across the sweep's bit-widths (a reference level; a point at 32 bits would squeeze the
 1.58–8 bit range), in the privacy–utility chart it is one point. Lines are labelled by quantizer,
-plus the bit-width policy when not uniform, ``[matched refs]`` for the matched-reference numbers of
+plus the bit-width policy when not uniform and the per-layer overrides (``last 4``), ``[matched refs]`` for the matched-reference numbers of
 ``attack.reference=both``, and ``dataset/model:`` when the sweep spans several. Matched-utility
 controls (``quant=noise|prune``, rows with a ``control``) have no bit-width: they appear only in the
 privacy–utility chart, one line per control through its strengths.
@@ -60,6 +60,8 @@ def series_label(row: dict, multi_combo: bool) -> str:
         label = str(row.get("quant"))
         if row.get("policy") not in (None, "uniform", "fp"):
             label += f" ({row['policy']})"
+        if row.get("layers"):
+            label += f" ({row['layers']})"
         if row.get("secondary"):
             label += " [matched refs]"
     if multi_combo:

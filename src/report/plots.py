@@ -152,10 +152,11 @@ def _legend(ax, styles: dict[str, dict] | None = None, **kw) -> None:
         ax.legend(uniq.values(), uniq.keys(), fontsize=8, **kw)
 
 
-def _point_label(r: dict) -> str:
+def point_label(r: dict) -> str:
     if r["quant"] == "fp":
         return "FP"
-    return r.get("control") or (f"{r['bits']:g} bit" if r.get("bits") is not None else "?")
+    label = r.get("control") or (f"{r['bits']:g} bit" if r.get("bits") is not None else "?")
+    return label + (f" ({r['layers']})" if r.get("layers") else "")
 
 
 def privacy_utility(rows: list[dict], attack: str | None, path: str | Path,
@@ -187,7 +188,7 @@ def privacy_utility(rows: list[dict], attack: str | None, path: str | Path,
             ax.errorbar(r["test_acc"], y, yerr=yerr, capsize=3, **style)
             if yerr:
                 bars.setdefault(ax, []).append((r["test_acc"], lo, hi))
-            labels[ax].append((r["test_acc"], y, _point_label(r), "FP" if r["quant"] == "fp" else r["quant"]))
+            labels[ax].append((r["test_acc"], y, point_label(r), "FP" if r["quant"] == "fp" else r["quant"]))
         _control_curves(ax, shown, methods, metric)
         ys = [r[metric] for r in shown]
         log = bool(rate and ys and min(ys) > 0 and max(ys) / min(ys) > 20)
@@ -244,7 +245,7 @@ def privacy_utility_delta(rows: list[dict], attack: str | None, path: str | Path
                         markerfacecolor=st["color"] if r.get("delta_auc_significant") else "white")
             if yerr:
                 bars.setdefault(ax, []).append((r["test_acc"], lo, hi))
-            labels[ax].append((r["test_acc"], d, _point_label(r), r["quant"]))
+            labels[ax].append((r["test_acc"], d, point_label(r), r["quant"]))
         _control_curves(ax, sub, methods, "delta_auc")
         ax.axhline(0.0, color="black", linewidth=0.8)
         _label_panel(ax, "ΔAUC vs FP (filled: 95 % CI excludes 0)", _title(sub, ds, model, attack),
@@ -326,6 +327,8 @@ def series_label(result: dict) -> str:
     parts = [head]
     if job.get("policy") not in (None, "uniform"):
         parts.append(policy_label(job["policy"]))
+    if job.get("layers"):
+        parts.append(job["layers"])
     if job.get("reference") == "matched":
         parts.append("matched refs")
     return ", ".join(parts)

@@ -120,7 +120,11 @@ def build_results(cfg, data, pool, quantized, scores, fp_scores, refs, ref_out=N
            "bits": 32.0 if cfg.quant.name in ("none", "fp") else float(cfg.bits),
            "policy": cfg.bitwidth.policy, "targets": tids, "reference": cfg.attack.get("reference", "fp"),
            "n_models": int(cfg.n_models), "n_examples": int(keep.shape[1])}
-    from src.quant import CONTROLS
+    from src.quant import CONTROLS, FULL_PRECISION
+    from src.quant.policy import Overrides
+
+    if cfg.quant.name not in FULL_PRECISION:  # per-layer overrides: part of the job's identity ("last 4")
+        job["layers"] = Overrides.of(cfg.get("bitwidth")).describe()
 
     if cfg.quant.name in CONTROLS:  # a float perturbation, not a quantizer: its strength replaces bits
         key = CONTROLS[cfg.quant.name]

@@ -38,7 +38,7 @@ METRICS = (
     "tpr_at_fpr_1e-3",
     "tpr_at_fpr_1e-4",
 )
-ID_COLUMNS = ("dataset", "model", "quant", "bits", "policy", "reference", "attack")
+ID_COLUMNS = ("dataset", "model", "quant", "bits", "policy", "layers", "reference", "attack")
 UTILITY_COLUMNS = ("test_acc", "fp_test_acc", "accuracy_drop", "train_acc", "n_targets")
 TPR_METRICS = tuple(m for m in METRICS if m.startswith("tpr_at_fpr_"))
 # False where the TPR's FPR is below 1/N non-members (src/report/labels.py, resolved)
@@ -190,6 +190,7 @@ def job_rows(result: dict, fp: bool = False, matched: bool = False) -> list[dict
         base.update(
             quant=job.get("quant"),
             bits=_float(job.get("bits")),
+            layers=job.get("layers"),
             control=_control(job),
             test_acc=_float(util.get("test_acc")),
             train_acc=_float(util.get("train_acc")),
@@ -232,6 +233,7 @@ def rows_from_results(results: list[dict]) -> list[dict]:
             -(row["bits"] if row["bits"] is not None else -1),
             _control_value(row),
             str(row.get("policy")),
+            str(row.get("layers") or ""),
             str(row.get("reference")),
             attack_order[row["attack"]],
         )
@@ -278,10 +280,14 @@ def _is_resolved(row: dict, metric: str) -> bool:
     return bool(row.get(f"{metric}_resolved", True))
 
 
-def _method(r: dict) -> str:
+def method_label(r: dict) -> str:
+    """The method cell: quantizer plus what tells jobs of one bit-width apart (control strength,
+    per-layer overrides, matched references), e.g. ``obc (last 4)``; the bit policy has its own column."""
     method = "FP" if r["quant"] == "fp" else str(r["quant"])
     if r.get("control"):
         method += f" ({r['control']})"
+    if r.get("layers"):  # per-layer overrides tell jobs of one bit-width apart, e.g. "obc (last 4)"
+        method += f" ({r['layers']})"
     if r.get("reference") == "matched":
         method += " [matched refs]"
     return method
@@ -299,7 +305,7 @@ def _cells(r: dict, metric: str) -> dict[str, str]:
         priv = _pct(r.get(metric)) + ci(r.get(f"{metric}_ci_lo"), r.get(f"{metric}_ci_hi"), _pct)
     else:
         priv = "–" if r.get(metric) is None else f"{r[metric]:.4f}"
-    return {"method": _method(r), "bits": fmt_bits(r["bits"]),
+    return {"method": method_label(r), "bits": fmt_bits(r["bits"]),
             "policy": "–" if r["quant"] == "fp" else policy_label(r.get("policy")),
             "targets": "–" if r.get("n_targets") is None else str(r["n_targets"]),
             "train": _pct(r.get("train_acc")), "test": _pct(r.get("test_acc")), "auc": auc, "priv": priv,

@@ -76,6 +76,16 @@ def _settings(online: bool):
     return wandb.Settings(init_timeout=30) if online else wandb.Settings(quiet=True)
 
 
+def _layers_label(node) -> str | None:
+    """``last 4``-style label of the job's ``bitwidth`` overrides (None: none, or unreadable)."""
+    from src.quant.policy import Overrides
+
+    try:
+        return Overrides.of(node).describe()
+    except (ValueError, TypeError, AttributeError):
+        return None
+
+
 def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {' '.join(str(e).split())}"[:500]
 
@@ -289,11 +299,13 @@ class WandbSink:
         bits = sel("bits")
         bits_s = f"{float(bits):g}" if bits is not None else "?"
         fp = quant.lower() in ("none", "fp")
-        name = self._name or opts["name"] or ("fp" if fp else f"{quant}-{bits_s}bit")
+        layers = None if fp else _layers_label(sel("bitwidth"))
+        default_name = "fp" if fp else f"{quant}-{bits_s}bit" + (f" ({layers})" if layers else "")
+        name = self._name or opts["name"] or default_name
         tags = self._tags
         if tags is None:
             tags = [str(sel("dataset.name", "")), str(sel("model.name", "")), quant,
-                    "32bit" if fp else f"{bits_s}bit"]
+                    "32bit" if fp else f"{bits_s}bit"] + ([f"layers: {layers}"] if layers else [])
         tags = list(dict.fromkeys(t[:64] for t in list(tags) + opts["tags"] if t))
         exp = sel("experiment_name") or f"{sel('dataset.name', 'run')}-{sel('model.name', '')}"
         group = self._group or opts["group"] or f"{exp}-{sweep_stamp(self.job_dir)}"
@@ -443,7 +455,8 @@ class WandbSink:
         from src.report.summary import METRICS
 
         job = results.get("job") or {}
-        meta = {k: job.get(k) for k in ("dataset", "model", "quant", "bits", "policy", "reference", "targets")}
+        meta = {k: job.get(k) for k in ("dataset", "model", "quant", "bits", "policy", "layers", "reference",
+                                         "targets")}
         meta["test_acc"] = (results.get("utility") or {}).get("test_acc")
         for attack, m in (results.get("attacks") or {}).items():
             meta.update({f"{attack}/{k}": m.get(k) for k in METRICS if m.get(k) is not None})
