@@ -361,3 +361,15 @@ def test_callback_logs_summary_run(wandb_env, sweep):
     assert len(files) == 1
     data = _read_run_file(files[0], b"summary_md")
     assert b"summary_md" in data and sweep_dir.name.encode() in data  # job_type + group
+
+
+def test_summary_lists_job_warnings_once_with_their_jobs(tmp_path):
+    """A warning a job wrote into results.json reaches summary.md once, naming every job with it."""
+    from src.report.summary import warnings_section
+
+    w = "lira_online: per-example variance is unreliable with n_models=4 < 16"
+    res = [{"job_dir": str(tmp_path / "0"), "warnings": [w]}, {"job_dir": str(tmp_path / "1"), "warnings": [w]},
+           {"job_dir": str(tmp_path / "2")}]
+    text = warnings_section(res)
+    assert text.count(w) == 1 and "(jobs: 0, 1)" in text and "### Warnings" in text
+    assert warnings_section(res[2:]) == ""

@@ -411,6 +411,18 @@ def write_csv(rows: list[dict], path: Path) -> None:
             w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in COLUMNS})
 
 
+def warnings_section(results: list[dict]) -> str:
+    """The jobs' warnings (results.json ``warnings``), each once with the jobs that raised it."""
+    seen: dict[str, list[str]] = {}
+    for r in results:
+        for w in r.get("warnings") or []:
+            seen.setdefault(str(w), []).append(Path(str(r.get("job_dir", "?"))).name)
+    if not seen:
+        return ""
+    lines = [f"- {w} (jobs: {', '.join(jobs)})" for w, jobs in seen.items()]
+    return "\n### Warnings\n\n" + "\n".join(lines) + "\n"
+
+
 def write_summary(sweep_dir: str | Path, quiet: bool = False, attack: str | None = None,
                   metric: str | None = None) -> dict[str, Path]:
     """Write summary.csv, summary.md, summary.tex, privacy_utility.png, privacy_utility_delta.png and
@@ -438,7 +450,7 @@ def write_summary(sweep_dir: str | Path, quiet: bool = False, attack: str | None
         "privacy_utility_delta": sweep / "privacy_utility_delta.png",
     }
     write_csv(rows, paths["csv"])
-    md = markdown_table(rows, attack, metric)
+    md = markdown_table(rows, attack, metric) + warnings_section(results)
     paths["md"].write_text(md)
     paths["tex"].write_text(latex_table(rows, attack, metric))
     # one point per job and method: FP-reference rows (matched-reference jobs and rows are in the tables)
