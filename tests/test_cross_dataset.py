@@ -60,7 +60,7 @@ def test_one_log_panel_per_dataset_fp_star_and_zero_tpr_drawn(tmp_path, monkeypa
     from src.report import plots
 
     figs = []
-    monkeypatch.setattr(plots, "_save", lambda fig, path: figs.append(fig) or Path(path))
+    monkeypatch.setattr(plots, "_finish", lambda fig, path, *a, **k: figs.append(fig) or Path(path))
     sweeps = [make_sweep(tmp_path, "digits", fp_tpr=0.0), make_sweep(tmp_path, "synthetic")]
     X.write(sweeps, tmp_path / "out", attack="loss")
     axes = figs[0].axes

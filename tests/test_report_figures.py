@@ -97,8 +97,8 @@ def test_console_marks_unresolved_tprs_and_explains_auc_ci_and_delta(capsys):
     out = capsys.readouterr().out
     row = next(line for line in out.splitlines() if "lira_online" in line and "quantized" in line)
     cells = [c.strip() for c in row.split("│") if c.strip()]
-    assert cells[-2:] == ["—", "—"]  # TPR@1e-3, TPR@1e-4: 1/740 > 1e-3
-    assert cells[-3] == f"{0.05 + 0.01:.4f}"  # TPR@1e-2 resolved (7 false positives)
+    assert cells[-3:-1] == ["—", "—"]  # TPR@1e-3, TPR@1e-4 (before the ε column): 1/740 > 1e-3
+    assert cells[-4] == f"{0.05 + 0.01:.4f}"  # TPR@1e-2 resolved (7 false positives)
     assert f"{-0.031:+.4f} [{-0.05:+.4f}, {-0.01:+.4f}]*" in row  # paired ΔAUC with its CI
     assert "below resolution: FPR < 1/N_nonmembers" in out and "N = 740" in out
     assert "P(member score > non-member score)" in out and "Student-t over the k = 2 targets" in out

@@ -83,6 +83,7 @@ def figure(rows: list[dict], attack: str | None, path: Path) -> Path:
     FP a black star. A TPR of 0 cannot sit on a log axis: it is drawn hollow at half of the smallest
     non-zero TPR the attack could show (one member out of the largest member count)."""
     from src.report import plots
+    from src.report.labels import series_style
 
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
     methods = [m for m in dict.fromkeys(r["quant"] for r in rows) if m != "fp"]
@@ -98,17 +99,15 @@ def figure(rows: list[dict], attack: str | None, path: Path) -> Path:
                 style = dict(marker="*", color="black", markersize=15, label="FP (32 bit)", zorder=3)
             else:
                 i = methods.index(r["quant"])
-                style = dict(marker=plots.MARKERS[i % len(plots.MARKERS)], color=f"C{i % 10}", markersize=8,
-                             label=str(r["quant"]))
+                style = dict(**series_style(i), markersize=8, label=str(r["quant"]))
             if hollow:
                 style["markerfacecolor"] = "none"
             ax.plot(r["test_acc"], y, linestyle="none", **style)
             ax.annotate(f"{S.fmt_bits(r['bits'])}b" if r["quant"] != "fp" else "FP", (r["test_acc"], y),
                         textcoords="offset points", xytext=(5, 4), fontsize=8)
         ax.set_yscale("log")
-        plots._label_panel(ax, "TPR @ 0.1% FPR (log; hollow = 0)", ds, None, attack)
-        ax.set_title(f"{ds} — {attack}")
-    return plots._save(fig, path)
+        plots._label_panel(ax, "TPR @ 0.1% FPR (log; hollow = 0)", f"{ds} — {attack}")
+    return plots._finish(fig, path)
 
 
 def write(sweeps: list[str | Path], out: str | Path, attack: str | None = None) -> dict[str, Path]:
