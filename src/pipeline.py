@@ -22,6 +22,7 @@ from src.data import ImageData, data_digest, keep_matrix
 from src.data.membership import independent_rows
 from src.models import build_model
 from src.quant import CONTROLS, FULL_PRECISION, NEEDS_CALIBRATION, QUANTIZERS, quantize
+from src.quant.activation import restore as restore_act_quant
 from src.quant.bn_fold import fold_batchnorm
 from src.quant.policy import Overrides
 from src.quant.policy import layer_bits as resolve_layer_bits
@@ -56,6 +57,7 @@ class QuantTarget:
     seconds: float
     calib_idx: np.ndarray
     export: dict
+    act: dict = field(default_factory=dict)   # input quantizers with quant.act_bits: {layer: {bits, signed, step}}
 
 
 def _plain(node):
@@ -270,8 +272,10 @@ def quant_key(cfg, pool_model_key: dict, layer_bits: dict | None = None) -> dict
     ignored = {"progress", *spec.speed_keys}
     if not spec.iterative:
         ignored.add("iters")
-    if not spec.needs_calibration:
-        ignored.update(("calibration", "n_calib"))
+    if cfg.quant.get("act_bits") is None:  # weights only: the keys every job had before activations
+        ignored.update(("act_bits", "act_input", "act_learn", "act_lr"))
+        if not spec.needs_calibration:
+            ignored.update(("calibration", "n_calib"))
     qcfg = {k: v for k, v in _plain(cfg.quant).items() if k not in ignored}
     control = cfg.quant.name in CONTROLS  # noise / prune: bits and bit policy do not apply
     key = {"kind": "quantized", "model": cache_key(pool_model_key), "quant": qcfg,
@@ -300,7 +304,7 @@ def quantize_pool_model(cfg, data: ImageData, keep: np.ndarray, index: int, stor
         from src.data import normalize
 
         source, idx, calib_x = None, np.array([], dtype=np.int64), None
-        if cfg.quant.name in NEEDS_CALIBRATION:
+        if cfg.quant.name in NEEDS_CALIBRATION or cfg.quant.get("act_bits") is not None:
             source, idx = calibration_indices(cfg, data, keep, index)
             x_src = data.x_test if source == "test" else data.x_train
             calib_x = normalize(x_src[torch.from_numpy(idx)], data.mean, data.std)
@@ -317,6 +321,7 @@ def quantize_pool_model(cfg, data: ImageData, keep: np.ndarray, index: int, stor
         bn_idx = bn_tune(cfg, data, keep, index, res.model, augment, device)
         members = torch.from_numpy(np.flatnonzero(keep[index]))
         return {"state_dict": res.model.state_dict(), "layer_bits": res.layer_bits, "export": res.export,
+                "act": res.act,
                 "seconds": res.seconds, "calib_idx": idx, "calib_source": source, "bn_tune_idx": bn_idx,
                 "fold_bn": bool(cfg.quant.get("fold_bn", True)),
                 "test_acc": evaluate_accuracy(res.model, data.x_test, data.y_test, data.mean, data.std, device),
@@ -327,11 +332,12 @@ def quantize_pool_model(cfg, data: ImageData, keep: np.ndarray, index: int, stor
     qmodel = build_model(cfg.model, data.num_classes, data.in_channels)
     if art["fold_bn"]:
         fold_batchnorm(qmodel)
+    restore_act_quant(qmodel, art.get("act"))
     qmodel.load_state_dict(art["state_dict"])
     qmodel.eval()
     phi = get_scores(cfg, data, key, lambda: qmodel, store, device)
     return QuantTarget(index, qmodel, phi, art["test_acc"], art["train_acc"], art["layer_bits"], art["seconds"],
-                       art["calib_idx"], art["export"])
+                       art["calib_idx"], art["export"], art.get("act") or {})
 
 
 def _target_list(cfg) -> list[int]:

@@ -14,6 +14,7 @@ from src.data.augment import check_query
 from src.data.datasets import DATASETS
 from src.models import MODELS
 from src.quant import CONTROLS, FULL_PRECISION, METHODS, NEEDS_CALIBRATION
+from src.quant.activation import check_act_bits, check_act_input
 from src.quant.grid import INIT_METHODS, check_bits
 from src.quant.policy import POLICIES, Overrides, check_names
 from src.training.precision import PRECISIONS
@@ -341,6 +342,13 @@ def validate(cfg) -> None:
         _need(cal in ("members", "nonmembers", "test"),
               f"quant.calibration={cal}: allowed: members, nonmembers, test")
         _int(cfg, _quant_key(cfg, "n_calib"), q.get("n_calib", 1024), 1)
+        try:
+            check_act_bits(q.get("act_bits"))
+            check_act_input(q.get("act_input", 8))
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if "act_lr" in q:
+            _float("quant.act_lr", q.act_lr, 0.0)
     _validate_attack(cfg, m)
     check_node_keys(cfg)  # after the checks above, whose messages are more specific where they apply
     check_cache_dir(str(cfg.paths.cache_dir))

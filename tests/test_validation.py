@@ -65,6 +65,10 @@ IN_PROCESS = [
     ("n_calib_zero", ["quant=brecq", "quant.n_calib=0"], ["quant.n_calib=0"]),
     # the experiment's shared budget is named as the user set it
     ("budget_n_calib_zero", ["quant=gptq", "budget.n_calib=0"], ["budget.n_calib=0"]),
+    # activation quantization: the allowed bit-widths and first-layer choices are named
+    ("act_bits_five", ["quant=obc", "quant.act_bits=5"], ["quant.act_bits=5", "8, 6, 4, 3, 2"]),
+    ("act_bits_ternary", ["quant=brecq", "quant.act_bits=1.58"], ["quant.act_bits=1.58", "null"]),
+    ("act_input_bad", ["quant=rtn", "quant.act_bits=4", "quant.act_input=16"], ["quant.act_input=16", "fp", "act"]),
     ("budget_iters_negative", ["quant=brecq", "budget.iters=-5"], ["budget.iters=-5"]),
     ("budget_n_calib_too_large", ["quant=obc", "budget.n_calib=100000"], ["budget.n_calib=100000", "at most"]),
     ("n_calib_too_large_obc", ["quant=obc", "quant.n_calib=100000"], ["quant.n_calib=100000"]),

@@ -185,7 +185,7 @@ def quantize_brecq(model: nn.Module, layer_bits: dict[str, float], cfg, calib_x,
         raise ValueError(f"quant.loss={loss}: its weights belong to fixed calibration images; "
                          f"allowed with quant.calib_augment=crop_flip: mse")
     return reconstruct(model, layer_bits, cfg, calib_x, device, lambda m: block_units(m, names), "BRECQ", weight_fn,
-                       augment)
+                       augment, learn_act_steps=bool(cfg.get("act_learn", True)))
 
 
 class FisherWeights:

@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import activation
 from .calibration import make_fabric
 from .grid import ChannelGrid, init_grid, is_ternary
 
@@ -364,6 +365,10 @@ def quantize_with_hessians(model: nn.Module, layer_bits: dict[str, float], cfg, 
     prefix; otherwise all Hessians come from the FP model first (the OBC paper). With ``augment``
     (``quant.calib_augment=crop_flip``) H accumulates over ``quant.calib_passes`` randomly cropped and
     flipped copies of the calibration set (the study's code: 10 passes).
+
+    With input quantizers (``quant.act_bits``) the loop is always sequential: each layer's input
+    quantizer gets its MSE step on the quantized prefix, and H = 2X̂X̂ᵀ is built from the quantized
+    inputs (X̂ after the quantizer); G, with ``fp_target``, from the FP model without quantizers.
     """
     if calib_x is None or len(calib_x) == 0:
         raise ValueError(f"{label} needs calibration images (calib_x)")
@@ -376,13 +381,15 @@ def quantize_with_hessians(model: nn.Module, layer_bits: dict[str, float], cfg, 
         x = torch.cat([augment(x, gen) for _ in range(max(1, int(cfg.get("calib_passes", 1))))])
     x = x.to(dev)
     modules = dict(model.named_modules())
-    sequential = bool(cfg.get("sequential", False))
+    act_q = activation.quantizers(model)
+    # with input quantizers every Hessian comes from the inputs the quantized network feeds the layer
+    sequential = bool(cfg.get("sequential", False)) or bool(act_q)
     bs = int(cfg.get("calib_batch", 128))
     symmetric, p = bool(cfg.get("symmetric", False)), float(cfg.get("p", 2.4))
     init = cfg.get("init", "lp")
 
     fp_target = sequential and bool(cfg.get("fp_target", True))
-    fp_model = copy.deepcopy(model).eval() if fp_target else None
+    fp_model = activation.remove(copy.deepcopy(model)).eval() if fp_target else None
     fp_modules = dict(fp_model.named_modules()) if fp_target else {}
     hessians: dict[str, torch.Tensor] = {}
     if not sequential:
@@ -400,6 +407,8 @@ def quantize_with_hessians(model: nn.Module, layer_bits: dict[str, float], cfg, 
             method = init if not (init in ("absmean", "twn") and not is_ternary(bits)) else "lp"
             grid = init_grid(W, bits, symmetric, method, p, ternary=cfg.get("ternary", "symmetric")).to(dev)
             G = None
+            if name in act_q:  # its MSE step on the quantized prefix; H then sees the quantized input
+                activation.calibrate(model, [name], x, dev, bs)
             if not sequential:
                 H = hessians.pop(name)
             elif fp_target:

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from . import activation
 from .calibration import capture, make_fabric
 from .grid import ChannelGrid, init_grid, is_ternary
 
@@ -151,7 +152,8 @@ def _batched(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, bs: in
 
 def reconstruct(model: nn.Module, layer_bits: dict[str, float], cfg, calib_x: torch.Tensor, device,
                 build_units: Callable[[nn.Module], list[Unit]], title: str,
-                weight_fn: Callable | None = None, augment: Callable | None = None) -> dict:
+                weight_fn: Callable | None = None, augment: Callable | None = None,
+                learn_act_steps: bool = False) -> dict:
     """Quantize ``model`` in place, unit by unit in forward order (see AdaRound / BRECQ docstrings).
 
     Per unit: x̂ = unit input in the already-quantized model, y = unit output of the FP model on
@@ -164,6 +166,12 @@ def reconstruct(model: nn.Module, layer_bits: dict[str, float], cfg, calib_x: to
     With ``augment`` (``quant.calib_augment=crop_flip``, the study's code) every step draws a fresh
     random crop + flip of its calibration batch, and the unit's inputs and FP target are recomputed
     for it through both models, instead of being captured once on the fixed images.
+
+    With input quantizers (``quant.act_bits``, src/quant/activation.py) the unit's own quantizers get
+    their MSE steps on the quantized prefix before the unit is captured, x̂ is the raw input (the unit
+    quantizes it itself, through its layers' hooks) and the FP target comes from a copy without
+    quantizers. ``learn_act_steps`` (BRECQ): their steps are learned jointly with V, by Adam at
+    ``quant.act_lr`` with cosine decay to 0 (the BRECQ reference setting).
     """
     if calib_x is None or len(calib_x) == 0:
         raise ValueError(f"quant.name={cfg.get('name')}: needs calibration images (calib_x is empty)")
@@ -177,7 +185,7 @@ def reconstruct(model: nn.Module, layer_bits: dict[str, float], cfg, calib_x: to
 
     grad_flags = {n: p.requires_grad for n, p in model.named_parameters()}
     model.requires_grad_(False).eval()
-    fp_model = copy.deepcopy(model).eval()
+    fp_model = activation.remove(copy.deepcopy(model)).eval()
     model.to(dev)
     fp_model.to(dev)
     calib_x = calib_x.float()
@@ -199,12 +207,16 @@ def reconstruct(model: nn.Module, layer_bits: dict[str, float], cfg, calib_x: to
             names = {k: q for k, q in qu.params.items() if q in layer_bits}
             if not names:
                 continue
-            def unit_io(x, fu=fu, qu=qu):
+            act_q = activation.quantizers(model, names.values())
+            activation.calibrate(model, act_q, calib_x, dev)
+
+            def unit_io(x, fu=fu, qu=qu, act_q=act_q):
                 """(quantized-prefix input, FP target) of this unit for images ``x``."""
                 x_fp = x.to(dev) if fu.entry is None else capture(fp_model, fp_model.get_submodule(fu.entry), x,
                                                                   device=dev, keep_output=False)[0]
-                x_q = x.to(dev) if qu.entry is None else capture(model, model.get_submodule(qu.entry), x,
-                                                                 device=dev, keep_output=False)[0]
+                with activation.bypassed(act_q.values()):  # the unit quantizes its own inputs
+                    x_q = x.to(dev) if qu.entry is None else capture(model, model.get_submodule(qu.entry), x,
+                                                                     device=dev, keep_output=False)[0]
                 return x_q, _batched(fu.module, x_fp)
 
             x_q, target = unit_io(calib_x) if augment is None else (None, None)
@@ -214,6 +226,12 @@ def reconstruct(model: nn.Module, layer_bits: dict[str, float], cfg, calib_x: to
             core = _Rounders({k: AdaRoundWeight(modules[q].weight, grids[q]) for k, q in names.items()})
             opt = torch.optim.Adam(core.parameters(), lr=lr)
             rounders, opt = fabric.setup(core, opt)
+            steps = [q.step for q in act_q.values()] if learn_act_steps and iters > 0 else []
+            for p_ in steps:
+                p_.requires_grad_(True)
+            act_opt = torch.optim.Adam(steps, lr=float(cfg.get("act_lr", 4e-5))) if steps else None
+            act_sched = torch.optim.lr_scheduler.CosineAnnealingLR(act_opt, T_max=iters, eta_min=0.0) \
+                if act_opt else None
             task = progress.add_task(f"{title} {qu.name}", total=iters, loss=float("nan"))
             every = max(1, iters // 50)
             n = len(calib_x)
@@ -237,8 +255,13 @@ def reconstruct(model: nn.Module, layer_bits: dict[str, float], cfg, calib_x: to
                 rec = err.sum(1).mean()
                 loss = rec + lam * reg if reg is not None else rec
                 opt.zero_grad(set_to_none=True)
+                if act_opt is not None:
+                    act_opt.zero_grad(set_to_none=True)
                 fabric.backward(loss)
                 opt.step()
+                if act_opt is not None:
+                    act_opt.step()
+                    act_sched.step()
                 if (t + 1) % every == 0 or t + 1 == iters:  # host sync only every `every` steps
                     rec_value = float(rec.detach())
                     if not math.isfinite(rec_value):
@@ -251,6 +274,8 @@ def reconstruct(model: nn.Module, layer_bits: dict[str, float], cfg, calib_x: to
                     codes = r.hard_codes()
                     modules[q].weight.copy_(grids[q].dequantize(codes).to(modules[q].weight))
                     export[q] = grids[q].export(codes)
+            for p_ in steps:
+                p_.requires_grad_(False)
             del x_q, target, omega
     for n_, p in model.named_parameters():
         p.requires_grad_(grad_flags.get(n_, True))

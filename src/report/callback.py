@@ -53,7 +53,7 @@ def sweep_config(config: DictConfig, sweep_dir: Path, results: list[dict]) -> di
         jobs.append({
             "num": int(d.name) if d.name.isdigit() else d.name,
             "overrides": _overrides(d / ".hydra" / "overrides.yaml"),
-            **{k: job.get(k) for k in ("dataset", "model", "quant", "bits", "policy", "layers", "reference",
+            **{k: job.get(k) for k in ("dataset", "model", "quant", "bits", "policy", "layers", "act_bits", "reference",
                                        "targets")},
             **({"control": job["control"]} if job.get("control") else {}),
         })

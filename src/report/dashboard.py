@@ -62,6 +62,8 @@ def series_label(row: dict, multi_combo: bool) -> str:
             label += f" ({row['policy']})"
         if row.get("layers"):
             label += f" ({row['layers']})"
+        if row.get("act_bits") is not None:
+            label += f" A{int(row['act_bits'])}"
         if row.get("secondary"):
             label += " [matched refs]"
     if multi_combo:

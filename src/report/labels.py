@@ -79,3 +79,11 @@ def pct_text(x: float) -> str:
         return "0 %"
     digits = max(0, -int(math.floor(math.log10(abs(v))))) if abs(v) < 1 else 0
     return f"{v:.{digits}f} %"
+
+
+def wa_label(bits: Any, act_bits: Any) -> str:
+    """``W4A8``: weight bits and activation bits of a W/A job ("" for weight-only jobs)."""
+    if act_bits is None:
+        return ""
+    w = f"{float(bits):g}" if bits is not None else "?"
+    return f"W{w}A{int(act_bits)}"

@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 from matplotlib.transforms import Bbox  # noqa: E402
 
-from src.report.labels import dataset_display, metric_label, pct_text, series_style  # noqa: E402
+from src.report.labels import dataset_display, metric_label, pct_text, series_style, wa_label  # noqa: E402
 
 FP_STYLE = {"color": "black", "marker": "*"}
 ROC_MIN = 1e-5  # results.json ROCs are downsampled down to this FPR
@@ -156,7 +156,8 @@ def point_label(r: dict) -> str:
     if r["quant"] == "fp":
         return "FP"
     label = r.get("control") or (f"{r['bits']:g} bit" if r.get("bits") is not None else "?")
-    return label + (f" ({r['layers']})" if r.get("layers") else "")
+    label += f" ({r['layers']})" if r.get("layers") else ""
+    return label + (f" A{int(r['act_bits'])}" if r.get("act_bits") is not None else "")
 
 
 def privacy_utility(rows: list[dict], attack: str | None, path: str | Path,
@@ -329,6 +330,8 @@ def series_label(result: dict) -> str:
         parts.append(policy_label(job["policy"]))
     if job.get("layers"):
         parts.append(job["layers"])
+    if job.get("act_bits") is not None:
+        parts.append(wa_label(job.get("bits"), job["act_bits"]))
     if job.get("reference") == "matched":
         parts.append("matched refs")
     return ", ".join(parts)

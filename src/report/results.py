@@ -125,6 +125,8 @@ def build_results(cfg, data, pool, quantized, scores, fp_scores, refs, ref_out=N
 
     if cfg.quant.name not in FULL_PRECISION:  # per-layer overrides: part of the job's identity ("last 4")
         job["layers"] = Overrides.of(cfg.get("bitwidth")).describe()
+        if cfg.quant.get("act_bits") is not None:  # W/A: activations quantized too ("W4A8")
+            job["act_bits"] = int(cfg.quant.act_bits)
 
     if cfg.quant.name in CONTROLS:  # a float perturbation, not a quantizer: its strength replaces bits
         key = CONTROLS[cfg.quant.name]
@@ -139,6 +141,8 @@ def build_results(cfg, data, pool, quantized, scores, fp_scores, refs, ref_out=N
         "pool": {"data": pool.model_keys[0]["data"] if pool.model_keys else None,
                  "model_keys": [cache_key(k) for k in pool.model_keys]},
         "quant": {"layer_bits": quantized[0].layer_bits if quantized else {},
+                  # input quantizers per target: {target: {layer: {bits, signed, step}}}
+                  **({"act": {str(q.index): q.act for q in quantized}} if any(q.act for q in quantized) else {}),
                   "seconds": [q.seconds for q in quantized],
                   "calib_idx": {str(q.index): [int(i) for i in q.calib_idx] for q in quantized}},
     }

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from src.report.labels import (BELOW_RESOLUTION, RESOLUTION_NOTE, dataset_display, metric_label, policy_label,
-                               resolved)
+                               resolved, wa_label)
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ METRICS = (
     "tpr_at_fpr_1e-3",
     "tpr_at_fpr_1e-4",
 )
-ID_COLUMNS = ("dataset", "model", "quant", "bits", "policy", "layers", "reference", "attack")
+ID_COLUMNS = ("dataset", "model", "quant", "bits", "policy", "layers", "act_bits", "reference", "attack")
 UTILITY_COLUMNS = ("test_acc", "fp_test_acc", "accuracy_drop", "train_acc", "n_targets")
 TPR_METRICS = tuple(m for m in METRICS if m.startswith("tpr_at_fpr_"))
 # False where the TPR's FPR is below 1/N non-members (src/report/labels.py, resolved)
@@ -191,6 +191,7 @@ def job_rows(result: dict, fp: bool = False, matched: bool = False) -> list[dict
             quant=job.get("quant"),
             bits=_float(job.get("bits")),
             layers=job.get("layers"),
+            act_bits=job.get("act_bits"),
             control=_control(job),
             test_acc=_float(util.get("test_acc")),
             train_acc=_float(util.get("train_acc")),
@@ -234,6 +235,7 @@ def rows_from_results(results: list[dict]) -> list[dict]:
             _control_value(row),
             str(row.get("policy")),
             str(row.get("layers") or ""),
+            -(row.get("act_bits") or 99),
             str(row.get("reference")),
             attack_order[row["attack"]],
         )
@@ -288,6 +290,8 @@ def method_label(r: dict) -> str:
         method += f" ({r['control']})"
     if r.get("layers"):  # per-layer overrides tell jobs of one bit-width apart, e.g. "obc (last 4)"
         method += f" ({r['layers']})"
+    if r.get("act_bits") is not None:  # activations quantized too, e.g. "obc W2A8"
+        method += f" {wa_label(r.get('bits'), r['act_bits'])}"
     if r.get("reference") == "matched":
         method += " [matched refs]"
     return method

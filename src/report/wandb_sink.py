@@ -455,7 +455,7 @@ class WandbSink:
         from src.report.summary import METRICS
 
         job = results.get("job") or {}
-        meta = {k: job.get(k) for k in ("dataset", "model", "quant", "bits", "policy", "layers", "reference",
+        meta = {k: job.get(k) for k in ("dataset", "model", "quant", "bits", "policy", "layers", "act_bits", "reference",
                                          "targets")}
         meta["test_acc"] = (results.get("utility") or {}).get("test_acc")
         for attack, m in (results.get("attacks") or {}).items():
