@@ -11,11 +11,15 @@ MATCHED ?= adaround
 # demo-cifar10 runs two multiruns into one sweep dir (one summary): default a fresh stamped dir
 DEMO_CIFAR10_DIR := $(or $(SWEEP_DIR),outputs/multirun/demo-cifar10-$(shell date +%Y-%m-%d_%H-%M-%S))
 DEMO_TIN_DIR := $(or $(SWEEP_DIR),outputs/multirun/demo-tinyimagenet-$(shell date +%Y-%m-%d_%H-%M-%S))
+ACT_DIR := $(or $(SWEEP_DIR),outputs/multirun/activations-$(shell date +%Y-%m-%d_%H-%M-%S))
+ACT_QUANTS ?= adaround,brecq,obc
+ACT_WBITS  ?= 4,2
+ACT_ABITS  ?= 8,4
 SWEEPS  ?=
 OUT     ?= outputs/cross-dataset/$(shell date +%Y-%m-%d_%H-%M-%S)
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-portable test-all demo demo-cifar10 demo-tinyimagenet cross-dataset controls quant-table bench gpu-wheels gpu-check report sync wandb-report clean-cache \
+.PHONY: help install test test-portable test-all demo demo-cifar10 demo-tinyimagenet activations cross-dataset controls quant-table bench gpu-wheels gpu-check report sync wandb-report clean-cache \
         paper-cifar10 paper-cifar100 paper-tinyimagenet ablation-last-layer layer-attribution
 
 help:  ## list the targets
@@ -54,6 +58,13 @@ demo-cifar10:  ## CIFAR-10 on a CPU (experiment=cifar10_cpu): 9-job sweep + matc
 demo-tinyimagenet:  ## TinyImageNet on a CPU (experiment=tinyimagenet_cpu): the 9-job sweep; DATA=DIR holding tiny-imagenet-200/, CACHE=, SWEEP_DIR=
 	$(PY) -m src.main -m experiment=tinyimagenet_cpu $(if $(DATA),paths.data_dir=$(DATA)) \
 	  paths.cache_dir=$(CACHE) hydra.sweep.dir=$(DEMO_TIN_DIR) quant=$(QUANTS) bits=$(BITS)
+
+activations:  ## W/A vs weight-only on the CPU CIFAR-10 protocol, one summary: ACT_QUANTS x ACT_WBITS x quant.act_bits=ACT_ABITS, then the weight-only rows (cached after demo-cifar10 with the same CACHE); DATA=, CACHE=, SWEEP_DIR=
+	$(PY) -m src.main -m experiment=cifar10_cpu $(if $(DATA),dataset=imagefolder dataset.root=$(DATA)) \
+	  paths.cache_dir=$(CACHE) hydra.sweep.dir=$(ACT_DIR) quant=$(ACT_QUANTS) bits=$(ACT_WBITS) quant.act_bits=$(ACT_ABITS)
+	$(PY) -m src.main -m experiment=cifar10_cpu $(if $(DATA),dataset=imagefolder dataset.root=$(DATA)) \
+	  paths.cache_dir=$(CACHE) hydra.sweep.dir=$(ACT_DIR) 'hydra.sweep.subdir=w$${hydra.job.num}' \
+	  quant=$(ACT_QUANTS) bits=$(ACT_WBITS)
 
 cross-dataset:  ## one table + figure across sweeps of several datasets: make cross-dataset SWEEPS="DIR1 DIR2" [OUT=DIR]
 	@test -n "$(SWEEPS)" || (echo "error: SWEEPS=\"<multirun dir> ...\" is required" >&2; exit 2)

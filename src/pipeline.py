@@ -114,13 +114,34 @@ def _train_pool_models(cfg, data: ImageData, keep: np.ndarray, indices: list[int
     members = [torch.from_numpy(np.flatnonzero(keep[m])) for m in indices]
     for m, mem in zip(indices, members):
         log.info("pool: training model %d of %d (%d examples)", m + 1, keep.shape[0], len(mem))
-    models = train_models(Recipe.of(cfg), data, members, [model_seed(cfg, m) for m in indices], device,
-                          [f"pool model {m}" for m in indices], logger, on_epoch)
+    return _train_artifacts(Recipe.of(cfg), data, members, [model_seed(cfg, m) for m in indices], device,
+                            [f"pool model {m}" for m in indices], logger, on_epoch)
+
+
+def _train_artifacts(recipe: Recipe, data: ImageData, members: list[torch.Tensor], seeds: list[int], device: str,
+                     names: list[str], logger=None, on_epoch=None, threads: int | None = None) -> list[dict]:
+    if threads:  # a worker process (pool_workers): the job's intra-op thread count
+        torch.set_num_threads(threads)
+    models = train_models(recipe, data, members, seeds, device, names, logger, on_epoch)
     return [{"state_dict": model.state_dict(),
              "test_acc": evaluate_accuracy(model, data.x_test, data.y_test, data.mean, data.std, device),
              "train_acc": evaluate_accuracy(model, data.x_train[mem], data.y_train[mem], data.mean, data.std,
                                             device)}
             for model, mem in zip(models, members)]
+
+
+def pool_workers(cfg, device: str, n_todo: int) -> int:
+    """Processes that train pool models side by side (``pool_workers``): on a CPU's plain path only,
+    where one small model cannot fill the cores; ``auto`` = the usable cores / ``num_threads``."""
+    value = cfg.get("pool_workers", 1)
+    if str(device).startswith("cuda") or use_fast_path(cfg.train, device) or n_todo < 2:
+        return 1
+    if str(value) == "auto":
+        import os
+
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        value = max(1, cores // max(1, int(cfg.get("num_threads") or torch.get_num_threads())))
+    return max(1, min(int(value), n_todo))
 
 
 def get_pool_model(cfg, data: ImageData, keep: np.ndarray, index: int, store: ArtifactStore, device: str,
@@ -162,8 +183,12 @@ def train_pool(cfg, data: ImageData, keep: np.ndarray, store: ArtifactStore, dev
         log.info("pool: %d of %d models loaded from the cache, %d to train", len(indices) - len(todo), len(indices),
                  len(todo))
     k = max(1, int(cfg.train.get("models_per_step", 4))) if use_fast_path(cfg.train, device) else 1
+    workers = pool_workers(cfg, device, len(todo))
     with _pool_bar(cfg, len(todo)) as on_epoch:
-        _train_missing(cfg, data, keep, store, device, todo, keys, digest, k, logger, on_epoch)
+        if workers > 1:
+            _train_missing_parallel(cfg, data, keep, store, device, todo, keys, digest, workers, on_epoch)
+        else:
+            _train_missing(cfg, data, keep, store, device, todo, keys, digest, k, logger, on_epoch)
     phis, test_acc, train_acc, keys_out = [], [], [], []
     for m in indices:
         model, info = get_pool_model(cfg, data, keep, m, store, device, digest, logger)
@@ -188,6 +213,41 @@ def _pool_bar(cfg, n_models: int):
               unit="epoch", disable=not bool(cfg.get("progress", True)), dynamic_ncols=True) as bar, \
             logging_redirect_tqdm():  # log lines above the bar, not through it
         yield bar.update
+
+
+def _train_missing_parallel(cfg, data, keep, store, device, todo, keys, digest, workers: int, on_epoch) -> None:
+    """``workers`` spawned processes train one model each at a time, with the job's thread count
+    (so each model is the one the job would train alone); this process holds each group's cache
+    locks and saves the artifacts. Per-epoch curves stay in the workers (not logged)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from omegaconf import OmegaConf
+
+    def plain(node):  # resolved here, inside the job: the workers have no Hydra context
+        return OmegaConf.create(OmegaConf.to_container(node, resolve=True))
+
+    base = Recipe.of(cfg)
+    recipe = Recipe(plain(cfg.train), plain(cfg.model), base.pad, base.flip, 0, False, base.pool_size)
+    threads = int(cfg.get("num_threads") or torch.get_num_threads())
+    log.info("pool: %d models in %d worker processes, %d thread(s) each", len(todo), workers, threads)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as ex:
+        for g in range(0, len(todo), workers):
+            with contextlib.ExitStack() as locks:
+                for m in todo[g:g + workers]:
+                    locks.enter_context(store.lock("models", keys[m]))
+                group = [m for m in todo[g:g + workers] if not store.exists("models", keys[m])]
+                futures = {}
+                for m in group:
+                    mem = torch.from_numpy(np.flatnonzero(keep[m]))
+                    log.info("pool: training model %d of %d (%d examples)", m + 1, keep.shape[0], len(mem))
+                    futures[m] = ex.submit(_train_artifacts, recipe, data, [mem], [model_seed(cfg, m)], device,
+                                           [f"pool model {m}"], None, None, threads)
+                for m in group:
+                    art = futures[m].result()[0]
+                    store.save("models", keys[m], art, model_key(cfg, digest, m, device))
+                if on_epoch:
+                    on_epoch(len(todo[g:g + workers]) * int(cfg.train.epochs))
 
 
 def _train_missing(cfg, data, keep, store, device, todo, keys, digest, k, logger, on_epoch) -> None:

@@ -140,13 +140,16 @@ def test_quant_key_unchanged_without_act_bits(tiny_cfg):
 
 def test_job_with_activations_round_trips_the_cache(tiny_cfg, run_job):
     """A tiny W/A job records its steps and W4A8 label, and a second run loads the cached quantized
-    model with its quantizers rebuilt: the same scores, hence the same attack numbers."""
+    model with its quantizers rebuilt (scores deleted, so it scores that model again): the same
+    scores bit for bit, hence the same attack numbers."""
     cfg = tiny_cfg("quant=obc", "bits=4", "quant.act_bits=8")
     first, job = run_job(cfg, "a")
     results = json.loads((job / "results.json").read_text())
     assert results["job"]["act_bits"] == 8
     act = results["quant"]["act"]
     assert act and all(e["step"] > 0 for t in act.values() for e in t.values())
+    import shutil
+    shutil.rmtree(cfg.paths.cache_dir + "/scores")   # the second job must score the reloaded model itself
     second, _ = run_job(cfg, "b")
     a = np.load(job / "scores.npz")["target_phi"]
     b = np.load(job.parent / "b" / "scores.npz")["target_phi"]

@@ -156,8 +156,12 @@ def point_label(r: dict) -> str:
     if r["quant"] == "fp":
         return "FP"
     label = r.get("control") or (f"{r['bits']:g} bit" if r.get("bits") is not None else "?")
-    label += f" ({r['layers']})" if r.get("layers") else ""
-    return label + (f" A{int(r['act_bits'])}" if r.get("act_bits") is not None else "")
+    return label + (f" ({r['layers']})" if r.get("layers") else "")
+
+
+def series_of(r: dict) -> str:
+    """The method a point belongs to: the quantizer, with its activation bits for W/A jobs (``obc A8``)."""
+    return str(r["quant"]) + (f" A{int(r['act_bits'])}" if r.get("act_bits") is not None else "")
 
 
 def privacy_utility(rows: list[dict], attack: str | None, path: str | Path,
@@ -168,7 +172,7 @@ def privacy_utility(rows: list[dict], attack: str | None, path: str | Path,
     rows (:func:`src.report.summary.rows_from_results`); one panel per (dataset, model)."""
     rows = [r for r in rows if r["attack"] == attack and r.get("test_acc") is not None]
     combos = _combos(rows, lambda r: (r["dataset"], r["model"])) or [(None, None)]
-    methods = [m for m in _combos(rows, lambda r: r["quant"]) if m != "fp"]
+    methods = [m for m in _combos(rows, series_of) if m != "fp"]
     fig, axes = _axes(len(combos))
     labels, bars = {}, {}
     rate = metric != "auc"
@@ -184,12 +188,12 @@ def privacy_utility(rows: list[dict], attack: str | None, path: str | Path,
             if r["quant"] == "fp":
                 style = dict(**FP_STYLE, markersize=14, label="FP (32 bit)", zorder=3)
             else:
-                style = dict(**series_style(methods.index(r["quant"])), markersize=8, label=str(r["quant"]),
+                style = dict(**series_style(methods.index(series_of(r))), markersize=8, label=series_of(r),
                              linestyle="none")
             ax.errorbar(r["test_acc"], y, yerr=yerr, capsize=3, **style)
             if yerr:
                 bars.setdefault(ax, []).append((r["test_acc"], lo, hi))
-            labels[ax].append((r["test_acc"], y, point_label(r), "FP" if r["quant"] == "fp" else r["quant"]))
+            labels[ax].append((r["test_acc"], y, point_label(r), "FP" if r["quant"] == "fp" else series_of(r)))
         _control_curves(ax, shown, methods, metric)
         ys = [r[metric] for r in shown]
         log = bool(rate and ys and min(ys) > 0 and max(ys) / min(ys) > 20)
@@ -231,22 +235,22 @@ def privacy_utility_delta(rows: list[dict], attack: str | None, path: str | Path
     rows = [r for r in rows if r["attack"] == attack and r["quant"] != "fp"
             and r.get("test_acc") is not None and r.get("delta_auc") is not None]
     combos = _combos(rows, lambda r: (r["dataset"], r["model"])) or [(None, None)]
-    methods = _combos(rows, lambda r: r["quant"])
+    methods = _combos(rows, series_of)
     fig, axes = _axes(len(combos))
     labels, bars = {}, {}
     for ax, (ds, model) in zip(axes, combos):
         sub = [r for r in rows if (r["dataset"], r["model"]) == (ds, model)]
         labels[ax] = []
         for r in sub:
-            st = series_style(methods.index(r["quant"]))
+            st = series_style(methods.index(series_of(r)))
             lo, hi, d = r.get("delta_auc_ci_lo"), r.get("delta_auc_ci_hi"), r["delta_auc"]
             yerr = [[max(d - lo, 0.0)], [max(hi - d, 0.0)]] if lo is not None and hi is not None else None
-            ax.errorbar(r["test_acc"], d, yerr=yerr, capsize=3, markersize=8, label=str(r["quant"]),
+            ax.errorbar(r["test_acc"], d, yerr=yerr, capsize=3, markersize=8, label=series_of(r),
                         linestyle="none", **st,
                         markerfacecolor=st["color"] if r.get("delta_auc_significant") else "white")
             if yerr:
                 bars.setdefault(ax, []).append((r["test_acc"], lo, hi))
-            labels[ax].append((r["test_acc"], d, point_label(r), r["quant"]))
+            labels[ax].append((r["test_acc"], d, point_label(r), series_of(r)))
         _control_curves(ax, sub, methods, "delta_auc")
         ax.axhline(0.0, color="black", linewidth=0.8)
         _label_panel(ax, "ΔAUC vs FP (filled: 95 % CI excludes 0)", _title(sub, ds, model, attack),
