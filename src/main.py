@@ -100,7 +100,7 @@ def _run(cfg, data, keep, targets, device, store, warnings) -> dict | None:
                      store.saved["models"])
             return None
         pool = P.train_pool(cfg, data, keep, store, device, logger=sink.lightning_logger())
-        quantized = [P.quantize_pool_model(cfg, data, keep, t, store, device) for t in targets]
+        quantized = P.quantize_targets(cfg, data, keep, targets, store, device)
         refs = P.reference_phi(cfg, data, keep, pool, store, device)  # {"fp"|"matched": φ of the references}
         scores = {kind: {t.index: P.attack_target(cfg, keep, phi, t.index, t.phi) for t in quantized}
                   for kind, phi in refs.items()}

@@ -120,7 +120,7 @@ def _train_pool_models(cfg, data: ImageData, keep: np.ndarray, indices: list[int
 
 def _train_artifacts(recipe: Recipe, data: ImageData, members: list[torch.Tensor], seeds: list[int], device: str,
                      names: list[str], logger=None, on_epoch=None, threads: int | None = None) -> list[dict]:
-    if threads:  # a worker process (pool_workers): the job's intra-op thread count
+    if threads:  # a worker process (cpu_workers): the job's intra-op thread count
         torch.set_num_threads(threads)
     models = train_models(recipe, data, members, seeds, device, names, logger, on_epoch)
     return [{"state_dict": model.state_dict(),
@@ -130,11 +130,12 @@ def _train_artifacts(recipe: Recipe, data: ImageData, members: list[torch.Tensor
             for model, mem in zip(models, members)]
 
 
-def pool_workers(cfg, device: str, n_todo: int) -> int:
-    """Processes that train pool models side by side (``pool_workers``): on a CPU's plain path only,
-    where one small model cannot fill the cores; ``auto`` = the usable cores / ``num_threads``."""
-    value = cfg.get("pool_workers", 1)
-    if str(device).startswith("cuda") or use_fast_path(cfg.train, device) or n_todo < 2:
+def cpu_workers(cfg, device: str, n_todo: int, fast_path_counts: bool = True) -> int:
+    """Processes that train pool models or quantize targets side by side (``cpu_workers``), on a CPU
+    only, where one small model cannot fill the cores (and, for training, on the plain path only: the
+    fast path trains several models in one process); ``auto`` = the usable cores / ``num_threads``."""
+    value = cfg.get("cpu_workers", 1)
+    if str(device).startswith("cuda") or (fast_path_counts and use_fast_path(cfg.train, device)) or n_todo < 2:
         return 1
     if str(value) == "auto":
         import os
@@ -183,7 +184,7 @@ def train_pool(cfg, data: ImageData, keep: np.ndarray, store: ArtifactStore, dev
         log.info("pool: %d of %d models loaded from the cache, %d to train", len(indices) - len(todo), len(indices),
                  len(todo))
     k = max(1, int(cfg.train.get("models_per_step", 4))) if use_fast_path(cfg.train, device) else 1
-    workers = pool_workers(cfg, device, len(todo))
+    workers = cpu_workers(cfg, device, len(todo))
     with _pool_bar(cfg, len(todo)) as on_epoch:
         if workers > 1:
             _train_missing_parallel(cfg, data, keep, store, device, todo, keys, digest, workers, on_epoch)
@@ -219,19 +220,11 @@ def _train_missing_parallel(cfg, data, keep, store, device, todo, keys, digest, 
     """``workers`` spawned processes train one model each at a time, with the job's thread count
     (so each model is the one the job would train alone); this process holds each group's cache
     locks and saves the artifacts. Per-epoch curves stay in the workers (not logged)."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    from omegaconf import OmegaConf
-
-    def plain(node):  # resolved here, inside the job: the workers have no Hydra context
-        return OmegaConf.create(OmegaConf.to_container(node, resolve=True))
-
     base = Recipe.of(cfg)
-    recipe = Recipe(plain(cfg.train), plain(cfg.model), base.pad, base.flip, 0, False, base.pool_size)
+    recipe = Recipe(_resolved(cfg.train), _resolved(cfg.model), base.pad, base.flip, 0, False, base.pool_size)
     threads = int(cfg.get("num_threads") or torch.get_num_threads())
     log.info("pool: %d models in %d worker processes, %d thread(s) each", len(todo), workers, threads)
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as ex:
+    with _spawn_pool(workers) as ex:
         for g in range(0, len(todo), workers):
             with contextlib.ExitStack() as locks:
                 for m in todo[g:g + workers]:
@@ -348,6 +341,97 @@ def quant_key(cfg, pool_model_key: dict, layer_bits: dict | None = None) -> dict
     return versioned(key, spec.version)
 
 
+def _quantized_artifact(cfg, data: ImageData, keep: np.ndarray, index: int, fp_model: nn.Module, device: str,
+                        overrides: Overrides) -> dict:
+    """The cache artifact of pool model ``index`` quantized as the job says (weights, export, utility)."""
+    from src.data import normalize
+
+    source, idx, calib_x = None, np.array([], dtype=np.int64), None
+    if cfg.quant.name in NEEDS_CALIBRATION or cfg.quant.get("act_bits") is not None:
+        source, idx = calibration_indices(cfg, data, keep, index)
+        x_src = data.x_test if source == "test" else data.x_train
+        calib_x = normalize(x_src[torch.from_numpy(idx)], data.mean, data.std)
+    qcfg = OmegaConf.create(_plain(cfg.quant))
+    qcfg.seed, qcfg.progress = int(cfg.seed) + index, bool(cfg.get("progress", True))
+    how = (f"{CONTROLS[cfg.quant.name]}={cfg.quant[CONTROLS[cfg.quant.name]]}" if cfg.quant.name in CONTROLS
+           else f"{cfg.bits} bits ({cfg.bitwidth.policy} policy"
+           + (f"; {overrides.describe()})" if overrides.active() else ")"))
+    log.info("quantize: model %d with %s at %s, %s", index, cfg.quant.name, how,
+             f"{len(idx)} {source} calibration images" if source else "no calibration images")
+    augment = calibration_augment(cfg, data)
+    res = quantize(fp_model, float(cfg.bits), qcfg, cfg.bitwidth.policy, calib_x, cfg.dataset.name, device,
+                   augment, overrides)
+    bn_idx = bn_tune(cfg, data, keep, index, res.model, augment, device)
+    members = torch.from_numpy(np.flatnonzero(keep[index]))
+    return {"state_dict": res.model.state_dict(), "layer_bits": res.layer_bits, "export": res.export,
+            "act": res.act,
+            "seconds": res.seconds, "calib_idx": idx, "calib_source": source, "bn_tune_idx": bn_idx,
+            "fold_bn": bool(cfg.quant.get("fold_bn", True)),
+            "test_acc": evaluate_accuracy(res.model, data.x_test, data.y_test, data.mean, data.std, device),
+            "train_acc": evaluate_accuracy(res.model, data.x_train[members], data.y_train[members], data.mean,
+                                           data.std, device)}
+
+
+def quantize_targets(cfg, data: ImageData, keep: np.ndarray, targets: list[int], store: ArtifactStore,
+                     device: str) -> list[QuantTarget]:
+    """:func:`quantize_pool_model` for every target. With ``cpu_workers`` > 1 (a CPU) the targets not
+    cached yet are first quantized side by side, one per spawned worker process with the job's thread
+    count (the same artifacts as in this process), each saved here under its cache lock."""
+    if cfg.quant.name not in FULL_PRECISION and len(targets) > 1:
+        digest = data_digest(data)
+        todo = {}
+        for t in targets:
+            fp_model, info = get_pool_model(cfg, data, keep, t, store, device, digest)
+            resolved = resolve_layer_bits(fp_model, float(cfg.bits), cfg.bitwidth.policy, cfg.dataset.name,
+                                          bit_overrides(cfg))
+            key = quant_key(cfg, info["key"], resolved)
+            if not store.exists("quantized", cache_key(key)):
+                todo[t] = key
+        workers = cpu_workers(cfg, device, len(todo), fast_path_counts=False)
+        if workers > 1:
+            _quantize_parallel(cfg, data, keep, todo, store, device, workers)
+    return [quantize_pool_model(cfg, data, keep, t, store, device) for t in targets]
+
+
+def _spawn_pool(workers: int):
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+
+
+def _resolved(node):
+    """A config node resolved here, inside the job: worker processes have no Hydra context."""
+    return OmegaConf.create(OmegaConf.to_container(node, resolve=True))
+
+
+def _quantize_parallel(cfg, data, keep, todo: dict, store: ArtifactStore, device: str, workers: int) -> None:
+    threads = int(cfg.get("num_threads") or torch.get_num_threads())
+    job = _resolved(cfg)
+    job.progress = False
+    log.info("quantize: targets %s with %s in %d worker processes, %d thread(s) each", list(todo), cfg.quant.name,
+             workers, threads)
+    items = list(todo.items())
+    with _spawn_pool(workers) as ex:
+        for g in range(0, len(items), workers):
+            with contextlib.ExitStack() as locks:
+                group = items[g:g + workers]
+                for _, key in group:
+                    locks.enter_context(store.lock("quantized", cache_key(key)))
+                futures = {t: ex.submit(_quantize_worker, job, data, keep, t, device, threads)
+                           for t, key in group if not store.exists("quantized", cache_key(key))}
+                for t, key in group:
+                    if t in futures:
+                        store.save("quantized", cache_key(key), futures[t].result(), key)
+
+
+def _quantize_worker(cfg, data, keep, index: int, device: str, threads: int) -> dict:
+    torch.set_num_threads(threads)
+    store = ArtifactStore(cfg.paths.cache_dir, lock=cfg.get("cache_lock", "soft"), device=device)
+    fp_model, _ = get_pool_model(cfg, data, keep, index, store, device)  # trained and cached by the job
+    return _quantized_artifact(cfg, data, keep, index, fp_model, device, bit_overrides(cfg))
+
+
 def quantize_pool_model(cfg, data: ImageData, keep: np.ndarray, index: int, store: ArtifactStore, device: str,
                         digest: str | None = None) -> QuantTarget:
     """Quantize pool model ``index`` with (quant, bits, policy), calibrating on its members; cached."""
@@ -360,35 +444,8 @@ def quantize_pool_model(cfg, data: ImageData, keep: np.ndarray, index: int, stor
     resolved = resolve_layer_bits(fp_model, float(cfg.bits), cfg.bitwidth.policy, cfg.dataset.name, overrides)
     key = quant_key(cfg, info["key"], resolved)
 
-    def build():
-        from src.data import normalize
-
-        source, idx, calib_x = None, np.array([], dtype=np.int64), None
-        if cfg.quant.name in NEEDS_CALIBRATION or cfg.quant.get("act_bits") is not None:
-            source, idx = calibration_indices(cfg, data, keep, index)
-            x_src = data.x_test if source == "test" else data.x_train
-            calib_x = normalize(x_src[torch.from_numpy(idx)], data.mean, data.std)
-        qcfg = OmegaConf.create(_plain(cfg.quant))
-        qcfg.seed, qcfg.progress = int(cfg.seed) + index, bool(cfg.get("progress", True))
-        how = (f"{CONTROLS[cfg.quant.name]}={cfg.quant[CONTROLS[cfg.quant.name]]}" if cfg.quant.name in CONTROLS
-               else f"{cfg.bits} bits ({cfg.bitwidth.policy} policy"
-               + (f"; {overrides.describe()})" if overrides.active() else ")"))
-        log.info("quantize: model %d with %s at %s, %s", index, cfg.quant.name, how,
-                 f"{len(idx)} {source} calibration images" if source else "no calibration images")
-        augment = calibration_augment(cfg, data)
-        res = quantize(fp_model, float(cfg.bits), qcfg, cfg.bitwidth.policy, calib_x, cfg.dataset.name, device,
-                       augment, overrides)
-        bn_idx = bn_tune(cfg, data, keep, index, res.model, augment, device)
-        members = torch.from_numpy(np.flatnonzero(keep[index]))
-        return {"state_dict": res.model.state_dict(), "layer_bits": res.layer_bits, "export": res.export,
-                "act": res.act,
-                "seconds": res.seconds, "calib_idx": idx, "calib_source": source, "bn_tune_idx": bn_idx,
-                "fold_bn": bool(cfg.quant.get("fold_bn", True)),
-                "test_acc": evaluate_accuracy(res.model, data.x_test, data.y_test, data.mean, data.std, device),
-                "train_acc": evaluate_accuracy(res.model, data.x_train[members], data.y_train[members], data.mean,
-                                               data.std, device)}
-
-    art, _ = store.get_or_create("quantized", key, build)
+    art, _ = store.get_or_create("quantized", key,
+                                 lambda: _quantized_artifact(cfg, data, keep, index, fp_model, device, overrides))
     qmodel = build_model(cfg.model, data.num_classes, data.in_channels)
     if art["fold_bn"]:
         fold_batchnorm(qmodel)

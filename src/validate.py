@@ -253,8 +253,8 @@ def validate(cfg) -> None:
     _int(cfg, "num_workers", cfg.get("num_workers", 0), 0)
     if cfg.get("num_threads") is not None:
         _int(cfg, "num_threads", cfg.num_threads, 1)
-    if str(cfg.get("pool_workers", 1)) != "auto":
-        _int(cfg, "pool_workers", cfg.get("pool_workers", 1), 1, " or auto")
+    if str(cfg.get("cpu_workers", 1)) != "auto":
+        _int(cfg, "cpu_workers", cfg.get("cpu_workers", 1), 1, " or auto")
     _validate_dataset(cfg)
     if cfg.dataset.get("image_size") is not None and cfg.dataset.name in ("cifar10", "cifar100", "synthetic",
                                                                            "imagefolder"):

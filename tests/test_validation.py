@@ -65,7 +65,7 @@ IN_PROCESS = [
     ("n_calib_zero", ["quant=brecq", "quant.n_calib=0"], ["quant.n_calib=0"]),
     # the experiment's shared budget is named as the user set it
     ("budget_n_calib_zero", ["quant=gptq", "budget.n_calib=0"], ["budget.n_calib=0"]),
-    ("pool_workers_zero", ["pool_workers=0"], ["pool_workers=0", "or auto"]),
+    ("cpu_workers_zero", ["cpu_workers=0"], ["cpu_workers=0", "or auto"]),
     # activation quantization: the allowed bit-widths and first-layer choices are named
     ("act_bits_five", ["quant=obc", "quant.act_bits=5"], ["quant.act_bits=5", "8, 6, 4, 3, 2"]),
     ("act_bits_ternary", ["quant=brecq", "quant.act_bits=1.58"], ["quant.act_bits=1.58", "null"]),
