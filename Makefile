@@ -11,6 +11,7 @@ MATCHED ?= adaround
 # demo-cifar10 runs two multiruns into one sweep dir (one summary): default a fresh stamped dir
 DEMO_CIFAR10_DIR := $(or $(SWEEP_DIR),outputs/multirun/demo-cifar10-$(shell date +%Y-%m-%d_%H-%M-%S))
 DEMO_TIN_DIR := $(or $(SWEEP_DIR),outputs/multirun/demo-tinyimagenet-$(shell date +%Y-%m-%d_%H-%M-%S))
+DEMO_RN18_DIR := $(or $(SWEEP_DIR),outputs/multirun/demo-cifar10-resnet18-$(shell date +%Y-%m-%d_%H-%M-%S))
 ACT_DIR := $(or $(SWEEP_DIR),outputs/multirun/activations-$(shell date +%Y-%m-%d_%H-%M-%S))
 ACT_QUANTS ?= adaround,brecq,obc
 ACT_WBITS  ?= 4,2
@@ -19,7 +20,7 @@ SWEEPS  ?=
 OUT     ?= outputs/cross-dataset/$(shell date +%Y-%m-%d_%H-%M-%S)
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-portable test-all demo demo-cifar10 demo-tinyimagenet activations cross-dataset controls quant-table bench gpu-wheels gpu-check report sync wandb-report clean-cache \
+.PHONY: help install test test-portable test-all demo demo-cifar10 demo-tinyimagenet demo-cifar10-resnet18 activations cross-dataset controls quant-table bench gpu-wheels gpu-check report sync wandb-report clean-cache \
         paper-cifar10 paper-cifar100 paper-tinyimagenet ablation-last-layer layer-attribution
 
 help:  ## list the targets
@@ -54,6 +55,10 @@ demo-cifar10:  ## CIFAR-10 on a CPU (experiment=cifar10_cpu): 9-job sweep + matc
 	$(PY) -m src.main -m experiment=cifar10_cpu $(if $(DATA),dataset=imagefolder dataset.root=$(DATA)) \
 	  paths.cache_dir=$(CACHE) hydra.sweep.dir=$(DEMO_CIFAR10_DIR) 'hydra.sweep.subdir=matched$${hydra.job.num}' \
 	  quant=$(MATCHED) bits=$(BITS) attack.reference=matched
+
+demo-cifar10-resnet18:  ## ResNet-18 (width 16) on CIFAR-10 on a CPU (experiment=cifar10_cpu_resnet18): the 9-job sweep; DATA=DIR (image folder), CACHE=, SWEEP_DIR=
+	$(PY) -m src.main -m experiment=cifar10_cpu_resnet18 $(if $(DATA),dataset=imagefolder dataset.root=$(DATA)) \
+	  paths.cache_dir=$(CACHE) hydra.sweep.dir=$(DEMO_RN18_DIR) quant=$(QUANTS) bits=$(BITS)
 
 demo-tinyimagenet:  ## TinyImageNet on a CPU (experiment=tinyimagenet_cpu): the 9-job sweep; DATA=DIR holding tiny-imagenet-200/, CACHE=, SWEEP_DIR=
 	$(PY) -m src.main -m experiment=tinyimagenet_cpu $(if $(DATA),paths.data_dir=$(DATA)) \
