@@ -46,7 +46,10 @@ def dataset_display(job: dict, config: dict | None = None) -> str:
     return _DATASET_NAMES.get(name, name)
 
 
-def policy_label(policy: Any) -> str:
+def policy_label(policy: Any, dataset: Any = None) -> str:
+    """The bit policy in words; ``paper`` on TinyImageNet keeps the last layer at 8 bits at every width."""
+    if str(policy) == "paper" and str(dataset).lower() == "tinyimagenet":
+        return "last layer 8-bit (TinyImageNet: every width)"
     return POLICY_LABELS.get(str(policy), str(policy)) if policy is not None else "–"
 
 

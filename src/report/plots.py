@@ -331,7 +331,7 @@ def series_label(result: dict) -> str:
         head = f"{job.get('quant')} {float(bits):g} bit" if bits is not None else f"{job.get('quant')} ?"
     parts = [head]
     if job.get("policy") not in (None, "uniform"):
-        parts.append(policy_label(job["policy"]))
+        parts.append(policy_label(job["policy"], job.get("dataset")))
     if job.get("layers"):
         parts.append(job["layers"])
     if job.get("act_bits") is not None:

@@ -265,7 +265,7 @@ def print_results(results: dict) -> None:
     if job.get("control"):
         bits = f"{job['control']['key']}={job['control']['value']:g}"
     if job.get("policy") not in (None, "uniform", "fp") and job["quant"] not in ("none", "fp"):
-        bits += f" ({policy_label(job['policy'])})"
+        bits += f" ({policy_label(job['policy'], job.get('dataset'))})"
     title = (f"{dataset_display(job, results.get('config'))} / {job['model']} / {job['quant']} {bits}  "
              f"targets {job['targets']}  reference={job['reference']}")
     console = Console(width=160)

@@ -310,7 +310,7 @@ def _cells(r: dict, metric: str) -> dict[str, str]:
     else:
         priv = "–" if r.get(metric) is None else f"{r[metric]:.4f}"
     return {"method": method_label(r), "bits": fmt_bits(r["bits"]),
-            "policy": "–" if r["quant"] == "fp" else policy_label(r.get("policy")),
+            "policy": "–" if r["quant"] == "fp" else policy_label(r.get("policy"), r.get("dataset")),
             "targets": "–" if r.get("n_targets") is None else str(r["n_targets"]),
             "train": _pct(r.get("train_acc")), "test": _pct(r.get("test_acc")), "auc": auc, "priv": priv,
             "delta": _delta(r, "auc")}
