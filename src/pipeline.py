@@ -478,9 +478,7 @@ def reference_phi(cfg, data: ImageData, keep: np.ndarray, pool: Pool, store: Art
     ref = cfg.attack.get("reference", "fp")
     if ref == "fp" or cfg.quant.name in FULL_PRECISION:
         return {"fp": pool.phi}
-    digest = data_digest(data)
-    matched = np.stack([quantize_pool_model(cfg, data, keep, m, store, device, digest).phi
-                        for m in range(keep.shape[0])])
+    matched = np.stack([q.phi for q in quantize_targets(cfg, data, keep, list(range(keep.shape[0])), store, device)])
     return {"matched": matched} if ref == "matched" else {"fp": pool.phi, "matched": matched}
 
 

@@ -394,7 +394,7 @@ def validate_layers(cfg, num_classes: int, in_channels: int) -> None:
 def validate_with_data(cfg, keep, n_test: int, indices) -> None:
     """Checks that need the dataset and membership split (run after loading, before any training)."""
     q = cfg.quant
-    if q.name not in NEEDS_CALIBRATION:
+    if q.name not in NEEDS_CALIBRATION and q.get("act_bits") is None:  # RTN calibrates activations only
         return
     if cfg.attack.get("reference", "fp") in ("matched", "both"):  # every pool model gets quantized
         indices = range(keep.shape[0])
