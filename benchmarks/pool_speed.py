@@ -86,7 +86,11 @@ def main(argv=None) -> None:
     for _ in range(args.rounds):
         for name, ov in VARIANTS.items():
             best[name] = min(best[name], run_variant(ov, args.models, args.epochs, args.model, args.width))
-    cpu = platform.processor() or platform.machine()
+    cpu = platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
     print(f"pool training, {args.model} w{args.width}, {args.models} models x {args.epochs} epochs, ~2,000 images "
           f"each; CPU {cpu}, native bf16: {native_bf16_cpu()}, torch {torch.__version__}")
     base = best["fp32 NCHW, 1 process"]
