@@ -82,6 +82,8 @@ def figure(rows: list[dict], attack: str | None, path: Path) -> Path:
     """A panel per dataset: TPR@0.1 % FPR (log y) vs test accuracy; a marker per method with its bits,
     FP a black star. A TPR of 0 cannot sit on a log axis: it is drawn hollow at half of the smallest
     non-zero TPR the attack could show (one member out of the largest member count)."""
+    from matplotlib.ticker import LogLocator
+
     from src.report import plots
     from src.report.labels import series_style
 
@@ -106,7 +108,11 @@ def figure(rows: list[dict], attack: str | None, path: Path) -> Path:
             ax.annotate(f"{S.fmt_bits(r['bits'])}b" if r["quant"] != "fp" else "FP", (r["test_acc"], y),
                         textcoords="offset points", xytext=(5, 4), fontsize=8)
         ax.set_yscale("log")
-        plots._label_panel(ax, "TPR @ 0.1% FPR (log; hollow = 0)", f"{ds} — {attack}")
+        plots._label_panel(ax, "TPR @ 0.1% FPR (%, log; hollow = 0)", f"{ds} — {attack}")
+        plots._pct_axis(ax.yaxis, True)
+        # a panel often spans less than a decade: label 2, 3 and 5 × 10^k too
+        ax.yaxis.set_minor_locator(LogLocator(subs=(2.0, 3.0, 5.0)))
+        ax.yaxis.set_minor_formatter(ax.yaxis.get_major_formatter())
     return plots._finish(fig, path)
 
 
