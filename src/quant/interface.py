@@ -21,7 +21,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from . import activation
+from .activation import attach as attach_act_quant
+from .activation import calibrate as calibrate_act
+from .activation import check_act_bits, check_act_input
+from .activation import describe as describe_act
+from .activation import quantizers as act_quantizers
 from .bn_fold import fold_batchnorm
 from .grid import check_bits
 from .policy import Overrides
@@ -113,22 +117,22 @@ def quantize(model: nn.Module, bits: float, qcfg, policy: str = "uniform", calib
         bits_per_layer = {n: 32.0 for n in bits_per_layer}
     method = QUANTIZERS[name].load()
     layers = quantized_layers(bits_per_layer)
-    act_bits = activation.check_act_bits(qcfg.get("act_bits"))
+    act_bits = check_act_bits(qcfg.get("act_bits"))
     if act_bits is not None:
         if name in CONTROLS:
             raise ValueError(f"quant.act_bits: applies to quantizers only, not to the control quant={name}")
         if calib_x is None or len(calib_x) == 0:
             raise ValueError("quant.act_bits: activation ranges need calibration images (calib_x is empty)")
         # the layer that reads the image: the first of the model in forward order
-        activation.attach(qmodel, layers, act_bits, activation.check_act_input(qcfg.get("act_input", "8")),
+        attach_act_quant(qmodel, layers, act_bits, check_act_input(qcfg.get("act_input", "8")),
                           first_layer=next(iter(bits_per_layer), None))
     export = method(qmodel, layers, qcfg, calib_x, device, **({"augment": augment} if augment else {}))
     if act_bits is not None:  # methods that do not calibrate activations themselves (RTN): ranges on the result
-        pending = [n for n, q in activation.quantizers(qmodel).items() if not q.calibrated]
-        activation.calibrate(qmodel, pending, calib_x.float(), "cpu")
+        pending = [n for n, q in act_quantizers(qmodel).items() if not q.calibrated]
+        calibrate_act(qmodel, pending, calib_x.float(), "cpu")
     qmodel = qmodel.cpu().eval()
     modules = dict(qmodel.named_modules())
     for name, entry in export.items():  # float bias (BN folded in) so each layer can be rebuilt from the export
         bias = modules[name].bias
         entry["bias"] = None if bias is None else bias.detach().float().cpu().clone()
-    return QuantResult(qmodel, bits_per_layer, export, time.perf_counter() - t0, activation.describe(qmodel))
+    return QuantResult(qmodel, bits_per_layer, export, time.perf_counter() - t0, describe_act(qmodel))

@@ -40,7 +40,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import activation
+from .activation import calibrate as calibrate_act
+from .activation import quantizers as act_quantizers
+from .activation import remove as without_act_quant
 from .calibration import make_fabric
 from .grid import ChannelGrid, init_grid, is_ternary
 
@@ -381,7 +383,7 @@ def quantize_with_hessians(model: nn.Module, layer_bits: dict[str, float], cfg, 
         x = torch.cat([augment(x, gen) for _ in range(max(1, int(cfg.get("calib_passes", 1))))])
     x = x.to(dev)
     modules = dict(model.named_modules())
-    act_q = activation.quantizers(model)
+    act_q = act_quantizers(model)
     # with input quantizers every Hessian comes from the inputs the quantized network feeds the layer
     sequential = bool(cfg.get("sequential", False)) or bool(act_q)
     bs = int(cfg.get("calib_batch", 128))
@@ -389,7 +391,7 @@ def quantize_with_hessians(model: nn.Module, layer_bits: dict[str, float], cfg, 
     init = cfg.get("init", "lp")
 
     fp_target = sequential and bool(cfg.get("fp_target", True))
-    fp_model = activation.remove(copy.deepcopy(model)).eval() if fp_target else None
+    fp_model = without_act_quant(copy.deepcopy(model)).eval() if fp_target else None
     fp_modules = dict(fp_model.named_modules()) if fp_target else {}
     hessians: dict[str, torch.Tensor] = {}
     if not sequential:
@@ -408,7 +410,7 @@ def quantize_with_hessians(model: nn.Module, layer_bits: dict[str, float], cfg, 
             grid = init_grid(W, bits, symmetric, method, p, ternary=cfg.get("ternary", "symmetric")).to(dev)
             G = None
             if name in act_q:  # its MSE step on the quantized prefix; H then sees the quantized input
-                activation.calibrate(model, [name], x, dev, bs)
+                calibrate_act(model, [name], x, dev, bs)
             if not sequential:
                 H = hessians.pop(name)
             elif fp_target:

@@ -23,7 +23,10 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from . import activation
+from .activation import bypassed
+from .activation import calibrate as calibrate_act
+from .activation import quantizers as act_quantizers
+from .activation import remove as without_act_quant
 from .calibration import capture, make_fabric
 from .grid import ChannelGrid, init_grid, is_ternary
 
@@ -185,7 +188,7 @@ def reconstruct(model: nn.Module, layer_bits: dict[str, float], cfg, calib_x: to
 
     grad_flags = {n: p.requires_grad for n, p in model.named_parameters()}
     model.requires_grad_(False).eval()
-    fp_model = activation.remove(copy.deepcopy(model)).eval()
+    fp_model = without_act_quant(copy.deepcopy(model)).eval()
     model.to(dev)
     fp_model.to(dev)
     calib_x = calib_x.float()
@@ -207,14 +210,14 @@ def reconstruct(model: nn.Module, layer_bits: dict[str, float], cfg, calib_x: to
             names = {k: q for k, q in qu.params.items() if q in layer_bits}
             if not names:
                 continue
-            act_q = activation.quantizers(model, names.values())
-            activation.calibrate(model, act_q, calib_x, dev)
+            act_q = act_quantizers(model, names.values())
+            calibrate_act(model, act_q, calib_x, dev)
 
             def unit_io(x, fu=fu, qu=qu, act_q=act_q):
                 """(quantized-prefix input, FP target) of this unit for images ``x``."""
                 x_fp = x.to(dev) if fu.entry is None else capture(fp_model, fp_model.get_submodule(fu.entry), x,
                                                                   device=dev, keep_output=False)[0]
-                with activation.bypassed(act_q.values()):  # the unit quantizes its own inputs
+                with bypassed(act_q.values()):  # the unit quantizes its own inputs
                     x_q = x.to(dev) if qu.entry is None else capture(model, model.get_submodule(qu.entry), x,
                                                                      device=dev, keep_output=False)[0]
                 return x_q, _batched(fu.module, x_fp)
