@@ -65,12 +65,16 @@ demo-tinyimagenet:  ## TinyImageNet on a CPU (experiment=tinyimagenet_cpu): the 
 	$(PY) -m src.main -m experiment=tinyimagenet_cpu $(if $(DATA),paths.data_dir=$(DATA)) \
 	  paths.cache_dir=$(CACHE) hydra.sweep.dir=$(DEMO_TIN_DIR) quant=$(QUANTS) bits=$(BITS)
 
-activations:  ## W/A vs weight-only on the CPU CIFAR-10 protocol, one summary: ACT_QUANTS x ACT_WBITS x quant.act_bits=ACT_ABITS, then the weight-only rows (cached after demo-cifar10 with the same CACHE); DATA=, CACHE=, SWEEP_DIR=
+activations:  ## W/A vs weight-only on the CPU CIFAR-10 protocol, one summary + activations.md/.png: ACT_QUANTS x ACT_WBITS x quant.act_bits=ACT_ABITS, the weight-only rows (cached after demo-cifar10 with the same CACHE) and OBC with quantized-prefix Hessians; DATA=, CACHE=, SWEEP_DIR=
 	$(PY) -m src.main -m experiment=cifar10_cpu $(if $(DATA),dataset=imagefolder dataset.root=$(DATA)) \
 	  paths.cache_dir=$(CACHE) hydra.sweep.dir=$(ACT_DIR) quant=$(ACT_QUANTS) bits=$(ACT_WBITS) quant.act_bits=$(ACT_ABITS)
 	$(PY) -m src.main -m experiment=cifar10_cpu $(if $(DATA),dataset=imagefolder dataset.root=$(DATA)) \
 	  paths.cache_dir=$(CACHE) hydra.sweep.dir=$(ACT_DIR) 'hydra.sweep.subdir=w$${hydra.job.num}' \
 	  quant=$(ACT_QUANTS) bits=$(ACT_WBITS)
+	$(PY) -m src.main -m experiment=cifar10_cpu $(if $(DATA),dataset=imagefolder dataset.root=$(DATA)) \
+	  paths.cache_dir=$(CACHE) hydra.sweep.dir=$(ACT_DIR) 'hydra.sweep.subdir=s$${hydra.job.num}' \
+	  quant=obc bits=$(ACT_WBITS) quant.sequential=true
+	$(PY) -m src.report.activations $(ACT_DIR) --attack lira_online_fixed
 
 cross-dataset:  ## one table + figure across sweeps of several datasets: make cross-dataset SWEEPS="DIR1 DIR2" [OUT=DIR]
 	@test -n "$(SWEEPS)" || (echo "error: SWEEPS=\"<multirun dir> ...\" is required" >&2; exit 2)
