@@ -218,29 +218,41 @@ def _pool_bar(cfg, n_models: int):
 
 def _train_missing_parallel(cfg, data, keep, store, device, todo, keys, digest, workers: int, on_epoch) -> None:
     """``workers`` spawned processes train one model each at a time, with the job's thread count
-    (so each model is the one the job would train alone); this process holds each group's cache
-    locks and saves the artifacts. Per-epoch curves stay in the workers (not logged)."""
+    (so each model is the one the job would train alone). Per-epoch curves stay in the workers."""
     base = Recipe.of(cfg)
     recipe = Recipe(_resolved(cfg.train), _resolved(cfg.model), base.pad, base.flip, 0, False, base.pool_size)
     threads = int(cfg.get("num_threads") or torch.get_num_threads())
     log.info("pool: %d models in %d worker processes, %d thread(s) each", len(todo), workers, threads)
+
+    def task(m):
+        mem = torch.from_numpy(np.flatnonzero(keep[m]))
+        log.info("pool: training model %d of %d (%d examples)", m + 1, keep.shape[0], len(mem))
+        return (_train_artifacts, recipe, data, [mem], [model_seed(cfg, m)], device, [f"pool model {m}"], None,
+                None, threads)
+
+    jobs = [(keys[m], model_key(cfg, digest, m, device), task, m) for m in todo]
+    _fill_in_workers(store, "models", jobs, workers, lambda art: art[0],
+                     (lambda n: on_epoch(n * int(cfg.train.epochs))) if on_epoch else None)
+
+
+def _fill_in_workers(store: ArtifactStore, kind: str, jobs: list[tuple], workers: int, unpack=lambda art: art,
+                     on_group=None) -> None:
+    """Build the missing artifacts of ``jobs`` = [(cache key, key dict, task, item)] in ``workers``
+    spawned processes, ``workers`` at a time: this process holds each group's cache locks (so parallel
+    jobs never build one twice), submits ``task(item)`` = (fn, *args) for those still missing and saves
+    ``unpack(result)``. ``on_group(n)`` after each group of n."""
     with _spawn_pool(workers) as ex:
-        for g in range(0, len(todo), workers):
+        for g in range(0, len(jobs), workers):
+            group = jobs[g:g + workers]
             with contextlib.ExitStack() as locks:
-                for m in todo[g:g + workers]:
-                    locks.enter_context(store.lock("models", keys[m]))
-                group = [m for m in todo[g:g + workers] if not store.exists("models", keys[m])]
-                futures = {}
-                for m in group:
-                    mem = torch.from_numpy(np.flatnonzero(keep[m]))
-                    log.info("pool: training model %d of %d (%d examples)", m + 1, keep.shape[0], len(mem))
-                    futures[m] = ex.submit(_train_artifacts, recipe, data, [mem], [model_seed(cfg, m)], device,
-                                           [f"pool model {m}"], None, None, threads)
-                for m in group:
-                    art = futures[m].result()[0]
-                    store.save("models", keys[m], art, model_key(cfg, digest, m, device))
-                if on_epoch:
-                    on_epoch(len(todo[g:g + workers]) * int(cfg.train.epochs))
+                for ck, *_ in group:
+                    locks.enter_context(store.lock(kind, ck))
+                futures = {ck: ex.submit(*task(item)) for ck, _, task, item in group if not store.exists(kind, ck)}
+                for ck, key, _, _ in group:
+                    if ck in futures:
+                        store.save(kind, ck, unpack(futures[ck].result()), key)
+            if on_group:
+                on_group(len(group))
 
 
 def _train_missing(cfg, data, keep, store, device, todo, keys, digest, k, logger, on_epoch) -> None:
@@ -411,18 +423,9 @@ def _quantize_parallel(cfg, data, keep, todo: dict, store: ArtifactStore, device
     job.progress = False
     log.info("quantize: targets %s with %s in %d worker processes, %d thread(s) each", list(todo), cfg.quant.name,
              workers, threads)
-    items = list(todo.items())
-    with _spawn_pool(workers) as ex:
-        for g in range(0, len(items), workers):
-            with contextlib.ExitStack() as locks:
-                group = items[g:g + workers]
-                for _, key in group:
-                    locks.enter_context(store.lock("quantized", cache_key(key)))
-                futures = {t: ex.submit(_quantize_worker, job, data, keep, t, device, threads)
-                           for t, key in group if not store.exists("quantized", cache_key(key))}
-                for t, key in group:
-                    if t in futures:
-                        store.save("quantized", cache_key(key), futures[t].result(), key)
+    jobs = [(cache_key(key), key, lambda t: (_quantize_worker, job, data, keep, t, device, threads), t)
+            for t, key in todo.items()]
+    _fill_in_workers(store, "quantized", jobs, workers)
 
 
 def _quantize_worker(cfg, data, keep, index: int, device: str, threads: int) -> dict:
