@@ -109,7 +109,9 @@ def _run(cfg, data, keep, targets, device, store, warnings) -> dict | None:
         ref_out = {kind: {t: P.reference_out_scores(cfg, keep, phi, t) for t in targets}
                    for kind, phi in {"fp": pool.phi, **refs}.items()}
         results, arrays = build_results(cfg, data, pool, quantized, scores, fp_scores, refs, ref_out)
-        results["warnings"] = warnings
+        results["warnings"] = warnings + P.result_warnings(results)
+        for w in results["warnings"][len(warnings):]:
+            log.warning(w)
         results["provenance"] = provenance(device)
         write_job(job_dir(), results, arrays, {q.index: q.export for q in quantized})
         with _tee_to_log():

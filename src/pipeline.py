@@ -58,6 +58,7 @@ class QuantTarget:
     calib_idx: np.ndarray
     export: dict
     act: dict = field(default_factory=dict)   # input quantizers with quant.act_bits: {layer: {bits, signed, step}}
+    convergence: list = field(default_factory=list)  # learned rounding: per unit (src/quant/rounding.py)
 
 
 def _plain(node):
@@ -376,7 +377,7 @@ def _quantized_artifact(cfg, data: ImageData, keep: np.ndarray, index: int, fp_m
     bn_idx = bn_tune(cfg, data, keep, index, res.model, augment, device)
     members = torch.from_numpy(np.flatnonzero(keep[index]))
     return {"state_dict": res.model.state_dict(), "layer_bits": res.layer_bits, "export": res.export,
-            "act": res.act,
+            "act": res.act, "convergence": res.convergence,
             "seconds": res.seconds, "calib_idx": idx, "calib_source": source, "bn_tune_idx": bn_idx,
             "fold_bn": bool(cfg.quant.get("fold_bn", True)),
             "test_acc": evaluate_accuracy(res.model, data.x_test, data.y_test, data.mean, data.std, device),
@@ -457,7 +458,7 @@ def quantize_pool_model(cfg, data: ImageData, keep: np.ndarray, index: int, stor
     qmodel.eval()
     phi = get_scores(cfg, data, key, lambda: qmodel, store, device)
     return QuantTarget(index, qmodel, phi, art["test_acc"], art["train_acc"], art["layer_bits"], art["seconds"],
-                       art["calib_idx"], art["export"], art.get("act") or {})
+                       art["calib_idx"], art["export"], art.get("act") or {}, art.get("convergence") or [])
 
 
 def _target_list(cfg) -> list[int]:
@@ -511,3 +512,11 @@ def reference_out_scores(cfg, keep: np.ndarray, ref_phi: np.ndarray, target: int
         for name, v in s.items():
             out[name].append(v[~keep[r]])
     return {name: np.concatenate(v) for name, v in out.items()} if refs else None
+
+
+def result_warnings(results: dict) -> list[str]:
+    """Warnings that only the finished computation can raise (unsettled learned rounding)."""
+    from src.quant.rounding import convergence_warning
+
+    line = convergence_warning(((results.get("quant") or {}).get("convergence") or {}).get("summary") or {})
+    return [line] if line else []

@@ -303,6 +303,10 @@ def validate(cfg) -> None:
         _float("quant.lr", q.lr, 0.0, lo_open=True)
     if "warmup" in q:
         _float("quant.warmup", q.warmup, 0.0, 1.0)
+    if "settle" in q:  # the settling phase follows the warm-up and the β annealing
+        _float("quant.settle", q.settle, 0.0, 1.0 - float(q.get("warmup", 0.2)))
+    if "settle_gain" in q:
+        _float("quant.settle_gain", q.settle_gain, 1.0)
     for k in ("reg_lambda", "damp"):
         if k in q:
             _float(f"quant.{k}", q[k], 0.0)

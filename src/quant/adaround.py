@@ -40,8 +40,9 @@ def layer_units(model: nn.Module, layer_names: list[str], activation_in_loss: bo
     return units
 
 
-def quantize_adaround(model: nn.Module, layer_bits: dict[str, float], cfg, calib_x, device=None, augment=None) -> dict:
+def quantize_adaround(model: nn.Module, layer_bits: dict[str, float], cfg, calib_x, device=None, augment=None,
+                      diagnostics: dict | None = None) -> dict:
     names = list(layer_bits)
     act = bool(cfg.get("activation_in_loss", True))
     return reconstruct(model, layer_bits, cfg, calib_x, device, lambda m: layer_units(m, names, act), "AdaRound",
-                       augment=augment)
+                       augment=augment, diagnostics=diagnostics)

@@ -171,7 +171,8 @@ def kl_grad_weights(qmodel: nn.Module, fp_model: nn.Module, calib_x: torch.Tenso
     return w / mean
 
 
-def quantize_brecq(model: nn.Module, layer_bits: dict[str, float], cfg, calib_x, device=None, augment=None) -> dict:
+def quantize_brecq(model: nn.Module, layer_bits: dict[str, float], cfg, calib_x, device=None, augment=None,
+                   diagnostics: dict | None = None) -> dict:
     loss = cfg.get("loss", "mse")
     if loss not in LOSSES:
         raise ValueError(f"quant.loss={loss!r}: allowed: {', '.join(LOSSES)}")
@@ -185,7 +186,7 @@ def quantize_brecq(model: nn.Module, layer_bits: dict[str, float], cfg, calib_x,
         raise ValueError(f"quant.loss={loss}: its weights belong to fixed calibration images; "
                          f"allowed with quant.calib_augment=crop_flip: mse")
     return reconstruct(model, layer_bits, cfg, calib_x, device, lambda m: block_units(m, names), "BRECQ", weight_fn,
-                       augment, learn_act_steps=bool(cfg.get("act_learn", True)))
+                       augment, learn_act_steps=bool(cfg.get("act_learn", True)), diagnostics=diagnostics)
 
 
 class FisherWeights:

@@ -45,6 +45,7 @@ class Quantizer:
     speed_keys: tuple[str, ...] = ()  # config keys that change speed or display only: not in the cache key
     strength_key: str | None = None   # matched-utility controls: the key that sets their strength (bits do not apply)
     iterative: bool = True            # has an iteration budget (``iters``); OBC/GPTQ are one-shot
+    reports_convergence: bool = False  # takes ``diagnostics`` and records per-unit rounding convergence
     version: int = 1                  # raised whenever the method's output changes: in the cache key
 
     def load(self):
@@ -53,8 +54,8 @@ class Quantizer:
 
 QUANTIZERS: dict[str, Quantizer] = {
     "rtn": Quantizer("src.quant.rtn", "quantize_rtn", needs_calibration=False, iterative=False),
-    "adaround": Quantizer("src.quant.adaround", "quantize_adaround"),
-    "brecq": Quantizer("src.quant.brecq", "quantize_brecq"),
+    "adaround": Quantizer("src.quant.adaround", "quantize_adaround", reports_convergence=True),
+    "brecq": Quantizer("src.quant.brecq", "quantize_brecq", reports_convergence=True),
     "obc": Quantizer("src.quant.obc", "quantize_obc", speed_keys=_HESSIAN_SPEED, iterative=False),
     "gptq": Quantizer("src.quant.gptq", "quantize_gptq", speed_keys=_HESSIAN_SPEED, iterative=False),
     "noise": Quantizer("src.quant.noise", "perturb_noise", needs_calibration=False, strength_key="sigma",
@@ -94,6 +95,7 @@ class QuantResult:
     export: dict = field(default_factory=dict)
     seconds: float = 0.0
     act: dict = field(default_factory=dict)   # input quantizers (``quant.act_bits``): {layer: {bits, signed, step}}
+    convergence: list = field(default_factory=list)  # learned rounding: per unit, see rounding.unit_convergence
 
 
 def quantize(model: nn.Module, bits: float, qcfg, policy: str = "uniform", calib_x: torch.Tensor | None = None,
@@ -126,7 +128,11 @@ def quantize(model: nn.Module, bits: float, qcfg, policy: str = "uniform", calib
         # the layer that reads the image: the first of the model in forward order
         attach_act_quant(qmodel, layers, act_bits, check_act_input(qcfg.get("act_input", "8")),
                           first_layer=next(iter(bits_per_layer), None))
-    export = method(qmodel, layers, qcfg, calib_x, device, **({"augment": augment} if augment else {}))
+    diagnostics: dict = {}
+    kwargs = {"augment": augment} if augment else {}
+    if QUANTIZERS[name].reports_convergence:
+        kwargs["diagnostics"] = diagnostics
+    export = method(qmodel, layers, qcfg, calib_x, device, **kwargs)
     if act_bits is not None:  # methods that do not calibrate activations themselves (RTN): ranges on the result
         pending = [n for n, q in act_quantizers(qmodel).items() if not q.calibrated]
         calibrate_act(qmodel, pending, calib_x.float(), "cpu")
@@ -135,4 +141,5 @@ def quantize(model: nn.Module, bits: float, qcfg, policy: str = "uniform", calib
     for name, entry in export.items():  # float bias (BN folded in) so each layer can be rebuilt from the export
         bias = modules[name].bias
         entry["bias"] = None if bias is None else bias.detach().float().cpu().clone()
-    return QuantResult(qmodel, bits_per_layer, export, time.perf_counter() - t0, describe_act(qmodel))
+    return QuantResult(qmodel, bits_per_layer, export, time.perf_counter() - t0, describe_act(qmodel),
+                       diagnostics.get("convergence", []))

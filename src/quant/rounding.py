@@ -83,16 +83,28 @@ class AdaRoundWeight(nn.Module):
 @dataclass
 class BetaSchedule:
     """β of the rounding regulariser: off during the first ``warmup``·iters iterations, then linear
-    from ``b_start`` to ``b_end`` over the rest (AdaRound Sec. 4 / appendix, reference setting)."""
+    from ``b_start`` to ``b_end`` (AdaRound Sec. 4 / appendix, reference setting).
+
+    ``settle`` (0 in the papers) reserves the last ``settle``·iters iterations for a settling phase:
+    β stays at ``b_end`` and λ grows geometrically to ``settle_gain``·λ, so that the regulariser
+    finally outweighs the reconstruction term and every h(V) reaches 0 or 1 while the other
+    variables of the unit can still adapt; the hard rounding that follows then keeps the network
+    that was optimised (:func:`unit_convergence` measures it)."""
 
     iters: int
     warmup: float = 0.2
     b_start: float = 20.0
     b_end: float = 2.0
+    settle: float = 0.0
+    settle_gain: float = 1.0
 
     @property
     def start(self) -> int:
         return int(self.warmup * self.iters)
+
+    @property
+    def settle_start(self) -> int:
+        return self.iters - int(round(self.settle * self.iters))
 
     def active(self, t: int) -> bool:
         return t >= self.start
@@ -100,8 +112,14 @@ class BetaSchedule:
     def __call__(self, t: int) -> float:
         if t < self.start:
             return self.b_start
-        rel = (t - self.start) / max(self.iters - self.start, 1)
+        rel = (t - self.start) / max(self.settle_start - self.start, 1)
         return self.b_end + (self.b_start - self.b_end) * max(0.0, 1.0 - rel)
+
+    def lambda_scale(self, t: int) -> float:
+        """λ's factor at iteration t: 1, then up to ``settle_gain`` over the settling phase."""
+        if t < self.settle_start:
+            return 1.0
+        return float(self.settle_gain) ** ((t - self.settle_start + 1) / max(self.iters - self.settle_start, 1))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -153,10 +171,85 @@ def _batched(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, bs: in
     return torch.cat([fn(x[i:i + bs]) for i in range(0, len(x), bs)])
 
 
+SETTLED_EPS = 0.01   # h within this of 0 or 1: hardening moves the weight by at most 1 % of a grid step
+
+
+def unsettled_count(h: torch.Tensor, eps: float = SETTLED_EPS) -> int:
+    """How many rounding variables h(V) are still strictly inside (eps, 1 − eps): the ones whose hard
+    rounding at the end changes the weight the optimisation saw by more than eps of a step."""
+    return int(((h > eps) & (h < 1.0 - eps)).sum())
+
+
+@torch.no_grad()
+def reconstruction_loss(module: nn.Module, weights: dict, x: torch.Tensor, y: torch.Tensor,
+                        omega: torch.Tensor | None = None, bs: int = 256) -> float:
+    """The reconstruction term of the objective (channel sum, mean over the rest) over all of ``x``."""
+    total, count = 0.0, 0
+    for i in range(0, len(x), bs):
+        err = (functional_call(module, weights, (x[i:i + bs],)) - y[i:i + bs]).pow(2)
+        if omega is not None:
+            err = err * omega[i:i + bs]
+        e = err.sum(1)
+        total += float(e.sum())
+        count += e.numel()
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def unit_convergence(core: "_Rounders", module: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                     omega: torch.Tensor | None, iters: int) -> dict:
+    """Did the rounding settle before it was hardened? The share of h(V) not yet at 0 or 1, and the
+    reconstruction loss on the calibration set with the soft weights that were optimised and with the
+    hard weights that are kept (AdaRound Sec. 4: the regulariser drives h to {0, 1} by the end of the
+    schedule; where it has not, the kept network is not the optimised one)."""
+    n_total = sum(r.V.numel() for r in core.r)
+    n_unsettled = sum(unsettled_count(r.h()) for r in core.r)
+    soft = {k: r.soft_weight() for k, r in zip(core.keys, core.r)}
+    hard = {k: r.hard_weight() for k, r in zip(core.keys, core.r)}
+    return {"iters": int(iters), "n_vars": int(n_total), "unsettled": n_unsettled / max(n_total, 1),
+            "soft_loss": reconstruction_loss(module, soft, x, y, omega),
+            "hard_loss": reconstruction_loss(module, hard, x, y, omega)}
+
+
+# A unit counts as converged when at most UNSETTLED_MAX of its h(V) are unsettled and hardening raises
+# its reconstruction loss by at most HARD_SOFT_MAX: then the network that is kept is, to within 10 % of
+# the optimised objective, the one that was optimised (the AdaRound paper's own end state: h ≈ 0 or 1).
+UNSETTLED_MAX = 0.01
+HARD_SOFT_MAX = 1.1
+
+
+def convergence_summary(per_target: dict) -> dict:
+    """The worst unit over all targets: ``{"units", "max_unsettled", "max_hard_over_soft",
+    "converged", "worst"}`` from ``{target: [unit_convergence records]}``; empty when none were recorded."""
+    units = [(t, u) for t, recs in per_target.items() for u in recs or []]
+    if not units:
+        return {}
+
+    def ratio(u):
+        return u["hard_loss"] / u["soft_loss"] if u["soft_loss"] > 0 else (1.0 if u["hard_loss"] == 0 else math.inf)
+
+    t_u, u_u = max(units, key=lambda tu: tu[1]["unsettled"])
+    t_r, u_r = max(units, key=lambda tu: ratio(tu[1]))
+    max_unsettled, max_ratio = float(u_u["unsettled"]), float(ratio(u_r))
+    return {"units": len(units), "max_unsettled": max_unsettled, "max_hard_over_soft": max_ratio,
+            "converged": bool(max_unsettled <= UNSETTLED_MAX and max_ratio <= HARD_SOFT_MAX),
+            "worst": {"unsettled": f"target {t_u} {u_u['unit']}", "hard_over_soft": f"target {t_r} {u_r['unit']}"}}
+
+
+def convergence_warning(summary: dict) -> str | None:
+    """One line when the learned rounding did not settle (None when it did or was not recorded)."""
+    if not summary or summary["converged"]:
+        return None
+    return (f"rounding not settled: up to {100 * summary['max_unsettled']:.1f} % of h(V) unsettled "
+            f"({summary['worst']['unsettled']}; limit {100 * UNSETTLED_MAX:g} %), hard/soft reconstruction loss up "
+            f"to {summary['max_hard_over_soft']:.2f}x ({summary['worst']['hard_over_soft']}; limit {HARD_SOFT_MAX:g}x); "
+            f"raise quant.iters or quant.lr (docs/quantizers.md, 'Convergence')")
+
+
 def reconstruct(model: nn.Module, layer_bits: dict[str, float], cfg, calib_x: torch.Tensor, device,
                 build_units: Callable[[nn.Module], list[Unit]], title: str,
                 weight_fn: Callable | None = None, augment: Callable | None = None,
-                learn_act_steps: bool = False) -> dict:
+                learn_act_steps: bool = False, diagnostics: dict | None = None) -> dict:
     """Quantize ``model`` in place, unit by unit in forward order (see AdaRound / BRECQ docstrings).
 
     Per unit: x̂ = unit input in the already-quantized model, y = unit output of the FP model on
@@ -175,6 +268,9 @@ def reconstruct(model: nn.Module, layer_bits: dict[str, float], cfg, calib_x: to
     quantizes it itself, through its layers' hooks) and the FP target comes from a copy without
     quantizers. ``learn_act_steps`` (BRECQ): their steps are learned jointly with V, by Adam at
     ``quant.act_lr`` with cosine decay to 0 (the BRECQ reference setting).
+
+    ``diagnostics``: if given, ``diagnostics["convergence"]`` receives one :func:`unit_convergence`
+    record per unit (plus its name and layers), measured just before hardening.
     """
     if calib_x is None or len(calib_x) == 0:
         raise ValueError(f"quant.name={cfg.get('name')}: needs calibration images (calib_x is empty)")
@@ -183,7 +279,9 @@ def reconstruct(model: nn.Module, layer_bits: dict[str, float], cfg, calib_x: to
     iters, bs = int(cfg.get("iters", 20000)), int(cfg.get("batch_size", 32))
     lam, lr = float(cfg.get("reg_lambda", 0.01)), float(cfg.get("lr", 1e-3))
     sched = BetaSchedule(iters, float(cfg.get("warmup", 0.2)), float(cfg.get("b_start", 20)),
-                         float(cfg.get("b_end", 2)))
+                         float(cfg.get("b_end", 2)), float(cfg.get("settle", 0.0)), float(cfg.get("settle_gain", 1.0)))
+    if not 0.0 <= sched.settle <= 1.0 - sched.warmup:
+        raise ValueError(f"quant.settle={sched.settle}: allowed: a fraction in [0, 1 - quant.warmup]")
     gen = torch.Generator().manual_seed(int(cfg.get("seed", 0)))
 
     grad_flags = {n: p.requires_grad for n, p in model.named_parameters()}
@@ -256,7 +354,7 @@ def reconstruct(model: nn.Module, layer_bits: dict[str, float], cfg, calib_x: to
                 if omega is not None:
                     err = err * omega[idx]
                 rec = err.sum(1).mean()
-                loss = rec + lam * reg if reg is not None else rec
+                loss = rec + lam * sched.lambda_scale(t) * reg if reg is not None else rec
                 opt.zero_grad(set_to_none=True)
                 if act_opt is not None:
                     act_opt.zero_grad(set_to_none=True)
@@ -271,6 +369,12 @@ def reconstruct(model: nn.Module, layer_bits: dict[str, float], cfg, calib_x: to
                         raise FloatingPointError(f"{title} {qu.name}: non-finite reconstruction loss at "
                                                  f"iteration {t + 1}")
                     progress.update(task, completed=t + 1, loss=rec_value)
+            if diagnostics is not None:
+                if x_q is None:  # augmented draws: measure on the fixed calibration images
+                    x_q, target = unit_io(calib_x)
+                rec = unit_convergence(core, qu.module, x_q, target, omega, iters)
+                diagnostics.setdefault("convergence", []).append({"unit": qu.name, "layers": list(names.values()),
+                                                                  **rec})
             with torch.no_grad():
                 for k, r in zip(core.keys, core.r):
                     q = names[k]

@@ -144,6 +144,7 @@ def build_results(cfg, data, pool, quantized, scores, fp_scores, refs, ref_out=N
                   # input quantizers per target: {target: {layer: {bits, signed, step}}}
                   **({"act": {str(q.index): q.act for q in quantized}} if any(q.act for q in quantized) else {}),
                   "seconds": [q.seconds for q in quantized],
+                  **_convergence(quantized),
                   "calib_idx": {str(q.index): [int(i) for i in q.calib_idx] for q in quantized}},
     }
     arrays = {"phi": pool.phi.astype(np.float32), "keep": keep.astype(bool),
@@ -160,6 +161,17 @@ def build_results(cfg, data, pool, quantized, scores, fp_scores, refs, ref_out=N
             arrays[f"matched_attack_{name}"] = np.stack([scores["matched"][t][name] for t in tids]).astype(np.float64)
         arrays[f"fp_attack_{name}"] = np.stack([fp_scores[t][name] for t in tids]).astype(np.float64)
     return _clean(results), arrays
+
+
+def _convergence(quantized) -> dict:
+    """Learned rounding (AdaRound, BRECQ): per target and unit, the unsettled share of h(V) and the
+    soft and hard reconstruction losses, and the worst unit (src/quant/rounding.py)."""
+    from src.quant.rounding import convergence_summary
+
+    per_target = {str(q.index): q.convergence for q in quantized if q.convergence}
+    if not per_target:
+        return {}
+    return {"convergence": {"summary": convergence_summary(per_target), "per_target": per_target}}
 
 
 def _add_evidence(cfg, keep, quantized, results, scores, fp_scores, ref_out) -> None:
@@ -272,6 +284,11 @@ def print_results(results: dict) -> None:
     console.print(f"[bold]{title}[/bold]")
     console.print(f"test accuracy {u['test_acc']:.4f} (full precision {u['fp_test_acc']:.4f}, drop "
                   f"{u['accuracy_drop']:+.4f}); train accuracy {u['train_acc']:.4f} (fp {u['fp_train_acc']:.4f})")
+    conv = ((results.get("quant") or {}).get("convergence") or {}).get("summary")
+    if conv:
+        state = "settled" if conv["converged"] else "[bold red]NOT settled[/bold red]"
+        console.print(f"rounding {state}: max {100 * conv['max_unsettled']:.2f} % of h(V) unsettled, "
+                      f"hard/soft reconstruction loss ≤ {conv['max_hard_over_soft']:.3f}x over {conv['units']} units")
     first = next(iter(results["attacks"].values()), {})
     tprs = [k for k in first if k.startswith("tpr_at_fpr_")] or list(METRIC_KEYS[2:])
     table = Table("attack", "target", "AUC [95% CI]", "ΔAUC vs FP [95% CI]", "bal. acc",

@@ -196,6 +196,7 @@ def job_rows(result: dict, fp: bool = False, matched: bool = False) -> list[dict
             test_acc=_float(util.get("test_acc")),
             train_acc=_float(util.get("train_acc")),
             accuracy_drop=_float(util.get("accuracy_drop")),
+            converged=((result.get("quant") or {}).get("convergence") or {}).get("summary", {}).get("converged"),
         )
     rows = [_metric_row(base, a, m) for a, m in (attacks or {}).items()]
     for r in rows:
@@ -294,6 +295,8 @@ def method_label(r: dict) -> str:
         method += f" {wa_label(r.get('bits'), r['act_bits'])}"
     if r.get("reference") == "matched":
         method += " [matched refs]"
+    if r.get("converged") is False:  # learned rounding hardened before it settled (see the warnings)
+        method += " (unsettled)"
     return method
 
 

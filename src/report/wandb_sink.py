@@ -210,6 +210,10 @@ def summary_values(results: dict) -> dict[str, float]:
             out.update({f"{prefix}{attack}/{k}": v for k, v in evidence_values(m).items()})
     if (results.get("quant") or {}).get("seconds") is not None:
         out["quant_seconds"] = results["quant"]["seconds"]
+    conv = ((results.get("quant") or {}).get("convergence") or {}).get("summary")
+    if conv:  # learned rounding: did it settle before hardening (src/quant/rounding.py)
+        out.update({"quant/max_unsettled": conv["max_unsettled"], "quant/max_hard_over_soft": conv["max_hard_over_soft"],
+                    "quant/converged": int(conv["converged"])})
     return out
 
 
