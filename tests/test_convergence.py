@@ -157,3 +157,17 @@ def test_brecq_classifier_precision_is_no_longer_inverted(tmp_path):
         acc[last] = art["test_acc"]
     assert acc["fp"] >= acc["1.58"] - 0.01, acc
     assert acc["8"] >= acc["1.58"] - 0.01, acc
+
+
+def test_unsettled_jobs_are_marked_in_the_summary_and_wandb():
+    """The sweep summary's method cell and the W&B summary carry the convergence state."""
+    from src.report.summary import method_label
+    from src.report.wandb_sink import summary_values
+
+    assert method_label({"quant": "brecq", "converged": False}) == "brecq (unsettled)"
+    assert method_label({"quant": "brecq", "converged": True}) == "brecq"
+    assert method_label({"quant": "obc"}) == "obc"  # one-shot methods record nothing
+    conv = {"summary": convergence_summary({"0": [_unit("stem", 0.3, 1.0, 2.0)]}), "per_target": {}}
+    out = summary_values({"quant": {"seconds": [1.0], "convergence": conv}, "attacks": {}, "fp_attacks": {}})
+    assert out["quant/max_unsettled"] == pytest.approx(0.3)
+    assert out["quant/max_hard_over_soft"] == pytest.approx(2.0) and out["quant/converged"] == 0
