@@ -55,6 +55,7 @@ QUANTIZERS: dict[str, Quantizer] = {
     "rtn": Quantizer("src.quant.rtn", "quantize_rtn", needs_calibration=False, iterative=False),
     "adaround": Quantizer("src.quant.adaround", "quantize_adaround"),
     "brecq": Quantizer("src.quant.brecq", "quantize_brecq"),
+    "qdrop": Quantizer("src.quant.qdrop", "quantize_qdrop"),
     "obc": Quantizer("src.quant.obc", "quantize_obc", speed_keys=_HESSIAN_SPEED, iterative=False),
     "gptq": Quantizer("src.quant.gptq", "quantize_gptq", speed_keys=_HESSIAN_SPEED, iterative=False),
     "noise": Quantizer("src.quant.noise", "perturb_noise", needs_calibration=False, strength_key="sigma",
