@@ -73,8 +73,9 @@ def fake_quant(x: torch.Tensor, step: torch.Tensor | float, qmin: int, qmax: int
 
 
 def scale_grad(t: torch.Tensor, g: float) -> torch.Tensor:
-    """``t`` in the forward pass, its gradient multiplied by ``g`` in the backward pass (LSQ)."""
-    return (t - t * g).detach() + t * g
+    """``t`` in the forward pass (exactly: t + (a − a)), its gradient multiplied by ``g`` (LSQ)."""
+    a = t * g
+    return t.detach() + (a - a.detach())
 
 
 class ActQuantizer(nn.Module):
