@@ -80,8 +80,9 @@ def _record_drops(monkeypatch):
         with torch.no_grad():
             xq = activation.fake_quant(x, q.step.abs(), *q.levels)
         inner = x.requires_grad
-        records.append((q.name_, current["t"], inner, x.detach(), out.detach(), xq,
-                        None if inner else _fp_candidate(self_=None, x=x, current=current)))
+        x_fp = current["x_fp"]  # the FP model's block input: the candidate where the block input is read
+        fp = None if inner or x_fp.shape != x.shape else x_fp.detach()
+        records.append((q.name_, current["t"], inner, x.detach(), out.detach(), xq, fp))
 
     def on_attach(self, qs, fp_model):
         attach(self, qs, fp_model)
@@ -94,10 +95,6 @@ def _record_drops(monkeypatch):
     monkeypatch.setattr(ActivationDrop, "step", on_step)
     monkeypatch.setattr(ActivationDrop, "attach", on_attach)
     return records
-
-
-def _fp_candidate(self_, x, current):
-    return current["x_fp"].detach() if current["x_fp"].shape == x.shape else None
 
 
 def test_drop_is_per_element_with_rate_p_and_never_at_eval(monkeypatch):
