@@ -23,7 +23,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 REPO = Path(__file__).resolve().parents[1]
-NAMES = {"none": "FP", "rtn": "RTN", "adaround": "AdaRound", "brecq": "BRECQ", "obc": "OBC", "gptq": "GPTQ"}
+NAMES = {"none": "FP", "rtn": "RTN", "adaround": "AdaRound", "brecq": "BRECQ", "qdrop": "QDrop", "obc": "OBC", "gptq": "GPTQ"}
 
 
 def compose_cfg(overrides: list[str]):

@@ -339,7 +339,7 @@ def quant_key(cfg, pool_model_key: dict, layer_bits: dict | None = None) -> dict
     if not spec.iterative:
         ignored.add("iters")
     if cfg.quant.get("act_bits") is None:  # weights only: the keys every job had before activations
-        ignored.update(("act_bits", "act_input", "act_learn", "act_lr"))
+        ignored.update(("act_bits", "act_input", "act_learn", "act_lr", "act_grad_scale", "drop_prob"))
         if not spec.needs_calibration:
             ignored.update(("calibration", "n_calib"))
     qcfg = {k: v for k, v in _plain(cfg.quant).items() if k not in ignored}

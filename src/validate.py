@@ -15,6 +15,7 @@ from src.data.datasets import DATASETS
 from src.models import MODELS
 from src.quant import CONTROLS, FULL_PRECISION, METHODS, NEEDS_CALIBRATION
 from src.quant.activation import check_act_bits, check_act_input
+from src.quant.qdrop import check_drop_prob
 from src.quant.grid import INIT_METHODS, check_bits
 from src.quant.policy import POLICIES, Overrides, check_names
 from src.training.precision import PRECISIONS
@@ -355,6 +356,11 @@ def validate(cfg) -> None:
             raise ConfigError(str(e)) from None
         if "act_lr" in q:
             _float("quant.act_lr", q.act_lr, 0.0)
+        if "drop_prob" in q:
+            try:
+                check_drop_prob(q.drop_prob)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
     _validate_attack(cfg, m)
     check_node_keys(cfg)  # after the checks above, whose messages are more specific where they apply
     check_cache_dir(str(cfg.paths.cache_dir))
@@ -372,6 +378,12 @@ def config_warnings(cfg, overrides: list[str] | None = None) -> list[str]:
     if q in FULL_PRECISION + tuple(CONTROLS) and ({"bits", "bitwidth"} & set_keys):
         what = "full precision" if q in FULL_PRECISION else f"a float control ({CONTROLS[q]} sets its strength)"
         out.append(f"bits={cfg.bits}: has no effect with quant={q}, {what}; its results are reported as 32-bit")
+    if q == "qdrop" and cfg.quant.get("act_bits") is None:
+        out.append("quant=qdrop without quant.act_bits: no activation is quantized, so there is nothing to drop; "
+                   "this runs BRECQ's weight-only reconstruction")
+    if q == "qdrop" and "quant.p" in set_keys:
+        out.append(f"quant.p={cfg.quant.p}: the L_p norm of the weight clipping-range search; QDrop's drop "
+                   f"probability is quant.drop_prob (now {cfg.quant.get('drop_prob')})")
     m = int(cfg.n_models)
     for name in cfg.attack.names:
         if name in PER_EXAMPLE_VARIANCE and m < MIN_MODELS_PER_EXAMPLE_VARIANCE:

@@ -111,11 +111,13 @@ MIXED_BITS = {"conv1": 4.0, "layer1.0.conv1": FP, "layer1.0.conv2": 1.58, "layer
 @pytest.fixture(scope="module")
 def mixed_results(trained):
     model, calib = trained
-    return {m: quantize(model, 1.58, qcfg(m), "uniform", calib, device="cpu", overrides=Overrides.of(MIXED))
-            for m in ("rtn", "adaround", "brecq", "obc", "gptq")}
+    # qdrop with 4-bit activations: its drop runs through a block with an fp conv inside
+    return {m: quantize(model, 1.58, qcfg(m, **({"act_bits": 4} if m == "qdrop" else {})), "uniform", calib,
+                        device="cpu", overrides=Overrides.of(MIXED))
+            for m in ("rtn", "adaround", "brecq", "qdrop", "obc", "gptq")}
 
 
-@pytest.mark.parametrize("method", ["rtn", "adaround", "brecq", "obc", "gptq"])
+@pytest.mark.parametrize("method", ["rtn", "adaround", "brecq", "qdrop", "obc", "gptq"])
 def test_every_quantizer_honours_mixed_precision(trained, mixed_results, method):
     model, _ = trained
     res = mixed_results[method]

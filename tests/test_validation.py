@@ -70,6 +70,7 @@ IN_PROCESS = [
     ("act_bits_five", ["quant=obc", "quant.act_bits=5"], ["quant.act_bits=5", "8, 6, 4, 3, 2"]),
     ("act_bits_ternary", ["quant=brecq", "quant.act_bits=1.58"], ["quant.act_bits=1.58", "null"]),
     ("act_input_bad", ["quant=rtn", "quant.act_bits=4", "quant.act_input=16"], ["quant.act_input=16", "fp", "act"]),
+    ("qdrop_drop_prob", ["quant=qdrop", "quant.act_bits=4", "quant.drop_prob=1.5"], ["quant.drop_prob=1.5", "[0, 1]"]),
     ("budget_iters_negative", ["quant=brecq", "budget.iters=-5"], ["budget.iters=-5"]),
     ("budget_n_calib_too_large", ["quant=obc", "budget.n_calib=100000"], ["budget.n_calib=100000", "at most"]),
     ("n_calib_too_large_obc", ["quant=obc", "quant.n_calib=100000"], ["quant.n_calib=100000"]),

@@ -18,12 +18,17 @@ keeping the α with the smallest ‖x − x̂‖² on the calibration inputs (:f
 
 BRECQ learns s with the rounding, by the straight-through estimator of LSQ (Esser et al. 2020): the
 gradient of x̂ w.r.t. s is round(x/s) − x/s inside the range and q_min or q_max outside; the other
-methods keep the calibrated s.
+methods keep the calibrated s. ``ActQuantizer.grad_scale`` multiplies that gradient by LSQ's
+g = 1/√(N·q_max) (N: elements of the quantized tensor), as QDrop's reference setting does.
+
+During a QDrop reconstruction (src/quant/qdrop.py) a quantizer's ``drop`` receives (x, x̂) and
+returns, per element, x or x̂; it is set only for the reconstruction loop and None otherwise.
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Iterable
+import math
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
@@ -67,6 +72,12 @@ def fake_quant(x: torch.Tensor, step: torch.Tensor | float, qmin: int, qmax: int
     return torch.clamp(_round_ste(x / step), qmin, qmax) * step
 
 
+def scale_grad(t: torch.Tensor, g: float) -> torch.Tensor:
+    """``t`` in the forward pass (exactly: t + (a − a)), its gradient multiplied by ``g`` (LSQ)."""
+    a = t * g
+    return t.detach() + (a - a.detach())
+
+
 class ActQuantizer(nn.Module):
     """Per-tensor uniform fake quantizer of a layer input; ``step`` is a parameter (learned by BRECQ)."""
 
@@ -77,6 +88,8 @@ class ActQuantizer(nn.Module):
         self.step = nn.Parameter(torch.tensor(float(step)), requires_grad=False)
         self.enabled = True
         self.calibrated = False
+        self.grad_scale = False   # LSQ's gradient scale 1/√(N·q_max) on the step (QDrop)
+        self.drop: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None  # QDrop, while reconstructing
 
     @property
     def levels(self) -> tuple[int, int]:
@@ -86,7 +99,11 @@ class ActQuantizer(nn.Module):
         if not self.enabled:
             return x
         qmin, qmax = self.levels
-        return fake_quant(x, self.step.abs().clamp_min(1e-12), qmin, qmax)
+        step = self.step.abs().clamp_min(1e-12)
+        if self.grad_scale and step.requires_grad:
+            step = scale_grad(step, 1.0 / math.sqrt(x.numel() * qmax))
+        xq = fake_quant(x, step, qmin, qmax)
+        return xq if self.drop is None else self.drop(x, xq)
 
     def describe(self) -> dict:
         return {"bits": self.bits, "signed": self.signed, "step": float(self.step.detach().abs())}

@@ -56,6 +56,7 @@ QUANTIZERS: dict[str, Quantizer] = {
     "rtn": Quantizer("src.quant.rtn", "quantize_rtn", needs_calibration=False, iterative=False),
     "adaround": Quantizer("src.quant.adaround", "quantize_adaround", reports_convergence=True),
     "brecq": Quantizer("src.quant.brecq", "quantize_brecq", reports_convergence=True),
+    "qdrop": Quantizer("src.quant.qdrop", "quantize_qdrop", reports_convergence=True),
     "obc": Quantizer("src.quant.obc", "quantize_obc", speed_keys=_HESSIAN_SPEED, iterative=False),
     "gptq": Quantizer("src.quant.gptq", "quantize_gptq", speed_keys=_HESSIAN_SPEED, iterative=False),
     "noise": Quantizer("src.quant.noise", "perturb_noise", needs_calibration=False, strength_key="sigma",

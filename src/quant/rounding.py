@@ -249,7 +249,7 @@ def convergence_warning(summary: dict) -> str | None:
 def reconstruct(model: nn.Module, layer_bits: dict[str, float], cfg, calib_x: torch.Tensor, device,
                 build_units: Callable[[nn.Module], list[Unit]], title: str,
                 weight_fn: Callable | None = None, augment: Callable | None = None,
-                learn_act_steps: bool = False, diagnostics: dict | None = None) -> dict:
+                learn_act_steps: bool = False, act_drop=None, diagnostics: dict | None = None) -> dict:
     """Quantize ``model`` in place, unit by unit in forward order (see AdaRound / BRECQ docstrings).
 
     Per unit: x̂ = unit input in the already-quantized model, y = unit output of the FP model on
@@ -267,7 +267,9 @@ def reconstruct(model: nn.Module, layer_bits: dict[str, float], cfg, calib_x: to
     their MSE steps on the quantized prefix before the unit is captured, x̂ is the raw input (the unit
     quantizes it itself, through its layers' hooks) and the FP target comes from a copy without
     quantizers. ``learn_act_steps`` (BRECQ): their steps are learned jointly with V, by Adam at
-    ``quant.act_lr`` with cosine decay to 0 (the BRECQ reference setting).
+    ``quant.act_lr`` with cosine decay to 0 (the BRECQ reference setting). ``act_drop`` (QDrop,
+    src/quant/qdrop.py) is attached to the unit's quantizers for its loop and told each step's
+    quantized-prefix and FP inputs.
 
     ``diagnostics``: if given, ``diagnostics["convergence"]`` receives one :func:`unit_convergence`
     record per unit (plus its name and layers), measured just before hardening.
@@ -318,9 +320,10 @@ def reconstruct(model: nn.Module, layer_bits: dict[str, float], cfg, calib_x: to
                 with bypassed(act_q.values()):  # the unit quantizes its own inputs
                     x_q = x.to(dev) if qu.entry is None else capture(model, model.get_submodule(qu.entry), x,
                                                                      device=dev, keep_output=False)[0]
-                return x_q, _batched(fu.module, x_fp)
+                return x_q, _batched(fu.module, x_fp), x_fp
 
-            x_q, target = unit_io(calib_x) if augment is None else (None, None)
+            x_q, target, x_fp = unit_io(calib_x) if augment is None else (None, None, None)
+            x_fp = x_fp if act_drop is not None else None
             grids = {q: layer_grid(modules[q].weight, layer_bits[q], cfg) for q in names.values()}
             omega = weight_fn(model, fp_model, qu, grids, calib_x) if weight_fn is not None else None
 
@@ -333,6 +336,8 @@ def reconstruct(model: nn.Module, layer_bits: dict[str, float], cfg, calib_x: to
             act_opt = torch.optim.Adam(steps, lr=float(cfg.get("act_lr", 4e-5))) if steps else None
             act_sched = torch.optim.lr_scheduler.CosineAnnealingLR(act_opt, T_max=iters, eta_min=0.0) \
                 if act_opt else None
+            if act_drop is not None:
+                act_drop.attach(act_q, fp_model)
             task = progress.add_task(f"{title} {qu.name}", total=iters, loss=float("nan"))
             every = max(1, iters // 50)
             n = len(calib_x)
@@ -346,8 +351,11 @@ def reconstruct(model: nn.Module, layer_bits: dict[str, float], cfg, calib_x: to
                 beta = sched(t) if sched.active(t) else None
                 if augment is None:
                     xb, yb = x_q[idx], target[idx]
+                    xf = x_fp[idx] if x_fp is not None else None
                 else:  # a fresh augmented batch, pushed through the (partly quantized) prefix and the FP model
-                    xb, yb = unit_io(augment(calib_x[idx.cpu()], aug_gen))
+                    xb, yb, xf = unit_io(augment(calib_x[idx.cpu()], aug_gen))
+                if act_drop is not None:
+                    act_drop.step(xb, xf, fu.module)
                 weights, reg = rounders(beta)
                 out = functional_call(qu.module, weights, (xb,))
                 err = (out - yb).pow(2)
@@ -369,9 +377,11 @@ def reconstruct(model: nn.Module, layer_bits: dict[str, float], cfg, calib_x: to
                         raise FloatingPointError(f"{title} {qu.name}: non-finite reconstruction loss at "
                                                  f"iteration {t + 1}")
                     progress.update(task, completed=t + 1, loss=rec_value)
+            if act_drop is not None:  # measured and kept as evaluated: every activation quantized
+                act_drop.detach()
             if diagnostics is not None:
                 if x_q is None:  # augmented draws: measure on the fixed calibration images
-                    x_q, target = unit_io(calib_x)
+                    x_q, target, _ = unit_io(calib_x)
                 rec = unit_convergence(core, qu.module, x_q, target, omega, iters)
                 diagnostics.setdefault("convergence", []).append({"unit": qu.name, "layers": list(names.values()),
                                                                   **rec})
@@ -383,7 +393,7 @@ def reconstruct(model: nn.Module, layer_bits: dict[str, float], cfg, calib_x: to
                     export[q] = grids[q].export(codes)
             for p_ in steps:
                 p_.requires_grad_(False)
-            del x_q, target, omega
+            del x_q, target, omega, x_fp
     for n_, p in model.named_parameters():
         p.requires_grad_(grad_flags.get(n_, True))
     model.cpu().eval()
