@@ -473,6 +473,8 @@ class _StepTimer:
 
 
 def _precision_cfg(model: str, width: int, batch: int, precision: str, channels_last: bool, fast: bool):
+    from omegaconf import OmegaConf
+
     return OmegaConf.create({
         "model": {"name": model, "width": width},
         "train": {"epochs": 1, "batch_size": batch, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4,

@@ -27,6 +27,7 @@ from src.quant.bn_fold import fold_batchnorm
 from src.quant.policy import Overrides
 from src.quant.policy import layer_bits as resolve_layer_bits
 from src.training import TRAINER_VERSION, Recipe, evaluate_accuracy, resolve_precision, train_models, use_fast_path
+from src.workers import spawn_pool
 
 log = logging.getLogger(__name__)
 TRAIN_KEYS_IGNORED = ("models_per_step", "compile", "channels_last", "cuda_graphs")  # speed only
@@ -241,7 +242,7 @@ def _fill_in_workers(store: ArtifactStore, kind: str, jobs: list[tuple], workers
     spawned processes, ``workers`` at a time: this process holds each group's cache locks (so parallel
     jobs never build one twice), submits ``task(item)`` = (fn, *args) for those still missing and saves
     ``unpack(result)``. ``on_group(n)`` after each group of n."""
-    with _spawn_pool(workers) as ex:
+    with spawn_pool(workers) as ex:
         for g in range(0, len(jobs), workers):
             group = jobs[g:g + workers]
             with contextlib.ExitStack() as locks:
@@ -403,13 +404,6 @@ def quantize_targets(cfg, data: ImageData, keep: np.ndarray, targets: list[int],
         if workers > 1:
             _quantize_parallel(cfg, data, keep, todo, store, device, workers)
     return [quantize_pool_model(cfg, data, keep, t, store, device) for t in targets]
-
-
-def _spawn_pool(workers: int):
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
 
 
 def _resolved(node):
