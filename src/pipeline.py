@@ -27,6 +27,7 @@ from src.quant.bn_fold import fold_batchnorm
 from src.quant.policy import Overrides
 from src.quant.policy import layer_bits as resolve_layer_bits
 from src.training import TRAINER_VERSION, Recipe, evaluate_accuracy, resolve_precision, train_models, use_fast_path
+from src.training.fast import fast_precision
 from src.workers import spawn_pool
 
 log = logging.getLogger(__name__)
@@ -92,8 +93,8 @@ def model_key(cfg, digest: str, index: int, device: str) -> dict:
     train = {k: v for k, v in _plain(cfg.train).items() if k not in TRAIN_KEYS_IGNORED}
     # the fast (bf16, CUDA) and plain (Lightning Trainer) paths give different models: key the path
     train["path"] = "fast" if use_fast_path(cfg.train, device) else "plain"
-    # the precision that trains the model, decided for this device (`auto` is never a key)
-    train["precision"] = resolve_precision(cfg.train, device)
+    # the precision that trains the model, decided for this device and path (`auto` is never a key)
+    train["precision"] = (fast_precision if train["path"] == "fast" else resolve_precision)(cfg.train, device)
     if train["path"] == "plain":
         for k in ("fast", "bf16"):
             train.pop(k, None)
