@@ -795,8 +795,8 @@ def section_mini_protocol(ctx: Context, sec: dict, deadline):
         base.append(f"train.batch_size={p['batch']}")
     if width is not None:
         base.append(f"model.width={width}")
-    methods = quant_methods()
-    bits = [4, 2, 1.58]
+    methods = [m for m in quant_methods() if m in p.get("methods", (m,))]
+    bits = list(p.get("bits", (4, 2, 1.58)))
     cheap = [m for m in methods if m != "obc"]
     plan = [(m, b) for b in bits for m in cheap] + ([("obc", b) for b in bits] if "obc" in methods else [])
     sec.update(model=model, width=width, n_models=p["n_models"], epochs=p["epochs"], iters=p["iters"],
