@@ -17,10 +17,10 @@ ACT_QUANTS ?= adaround,brecq,obc
 ACT_WBITS  ?= 4,2
 ACT_ABITS  ?= 8,4
 SWEEPS  ?=
-OUT     ?= outputs/cross-dataset/$(shell date +%Y-%m-%d_%H-%M-%S)
+CROSS_OUT ?= outputs/cross-dataset/$(shell date +%Y-%m-%d_%H-%M-%S)
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-portable test-all demo demo-cifar10 demo-tinyimagenet demo-cifar10-resnet18 activations cross-dataset controls quant-table bench gpu-wheels gpu-check report sync wandb-report clean-cache \
+.PHONY: help install test test-portable test-all demo demo-cifar10 demo-tinyimagenet demo-cifar10-resnet18 activations cross-dataset controls quant-table bench gpu-bundle gpu-check report sync wandb-report clean-cache \
         paper-cifar10 paper-cifar100 paper-tinyimagenet ablation-last-layer layer-attribution
 
 help:  ## list the targets
@@ -76,9 +76,9 @@ activations:  ## W/A vs weight-only on the CPU CIFAR-10 protocol, one summary + 
 	  quant=obc bits=$(ACT_WBITS) quant.sequential=true
 	$(PY) -m src.report.activations $(ACT_DIR) --attack lira_online_fixed
 
-cross-dataset:  ## one table + figure across sweeps of several datasets: make cross-dataset SWEEPS="DIR1 DIR2" [OUT=DIR]
+cross-dataset:  ## one table + figure across sweeps of several datasets: make cross-dataset SWEEPS="DIR1 DIR2" [CROSS_OUT=DIR]
 	@test -n "$(SWEEPS)" || (echo "error: SWEEPS=\"<multirun dir> ...\" is required" >&2; exit 2)
-	$(PY) -m src.report.cross_dataset $(SWEEPS) --out $(OUT)
+	$(PY) -m src.report.cross_dataset $(SWEEPS) --out $(CROSS_OUT)
 
 SIGMAS     ?= 0.05,0.1,0.15,0.2,0.3
 SPARSITIES ?= 0.1,0.2,0.3,0.4,0.5
@@ -119,30 +119,26 @@ bench:  ## throughput benchmark (reference-style loop vs ours, scoring, quantize
 	$(PY) -m benchmarks.bench
 	$(PY) -m benchmarks.gptq_vs_obc
 
-# The GPU check on a machine that has torch, torchvision, lightning, torchmetrics and scikit-learn but
-# no registry: gpu-wheels (here, project venv) fills WHEELS with what else it imports (pure-python
-# wheels at the versions of the project venv, and the project's own); gpu-check installs them from
-# there when missing (pip --no-index) and writes everything under OUT. docs/gpu.md.
-WHEELS  ?= wheels/gpu
-OUT     ?= outputs/gpu_check
-GPU_REQS := hydra-core omegaconf antlr4-python3-runtime rich markdown-it-py mdurl pygments filelock
-gpu-wheels:  ## wheels for the GPU check's machine into WHEELS=DIR (run here, with registry access)
-	@mkdir -p "$(WHEELS)"
-	$(PY) -m pip wheel -q --no-deps -w "$(WHEELS)" $$($(PY) -c "import importlib.metadata as m; \
-	  print(' '.join(f'{n}=={m.version(n)}' for n in '$(GPU_REQS)'.split()))")
-	@tmp=$$(mktemp -d) && cp -r src pyproject.toml README.md "$$tmp" && \
-	  $(PY) -m pip wheel -q --no-deps -w "$(WHEELS)" "$$tmp" && rm -rf "$$tmp"
-	@$(PY) -c "import pathlib, sys; w = sorted(p.name for p in pathlib.Path('$(WHEELS)').glob('*.whl')); \
-	  bad = [n for n in w if not n.endswith('-none-any.whl')]; print(len(w), 'wheels in $(WHEELS):', ' '.join(w)); \
+# The GPU check travels as one folder (docs/gpu.md): the wheels of what it imports beyond torch,
+# torchvision, lightning, torchmetrics and scikit-learn (pure Python, at this venv's versions, so any
+# Python 3 takes them), a CIFAR-10 image folder as an archive, and the script that runs it.
+BUNDLE_REQS := hydra-core omegaconf antlr4-python3-runtime rich markdown-it-py mdurl pygments
+gpu-bundle:  ## fill DIR with what the GPU check needs on a machine without a registry: DIR=, DATA=CIFAR-10 image folder
+	@test -n "$(DIR)" || { echo "error: DIR=<bundle folder> is required" >&2; exit 2; }
+	@test -z "$(DATA)" || test -d "$(DATA)/train" -a -d "$(DATA)/test" || \
+	  { echo "error: DATA=$(DATA): need an image folder holding train/<class>/* and test/<class>/*" >&2; exit 2; }
+	@mkdir -p "$(DIR)"
+	$(PY) -m pip wheel -q --no-deps -w "$(DIR)" $$($(PY) -c "import importlib.metadata as m; \
+	  print(' '.join(f'{n}=={m.version(n)}' for n in '$(BUNDLE_REQS)'.split()))")
+	cp benchmarks/gpu_check.sh "$(DIR)/gpu_check.sh"
+	$(if $(DATA),tar -czf "$(DIR)/cifar10.tar.gz" -C "$(DATA)" train test)
+	@$(PY) -c "import pathlib, sys; w = sorted(p.name for p in pathlib.Path('$(DIR)').glob('*.whl')); \
+	  bad = [n for n in w if not n.endswith('-none-any.whl')]; print(len(w), 'wheels in $(DIR):', ' '.join(w)); \
 	  sys.exit(f'not pure-python: {bad}' if bad else 0)"
 
-gpu-check:  ## the paper path on one CUDA GPU in 8 min (docs/gpu.md); OUT=DIR for every file, DATA=DIR (image folder), WHEELS=DIR, ARGS=
-	@$(PY) -c "import hydra, omegaconf, rich, filelock" 2>/dev/null || { \
-	  test -d "$(WHEELS)" || { echo "error: hydra-core/omegaconf missing and no WHEELS=$(WHEELS) folder (make gpu-wheels)" >&2; exit 2; }; \
-	  echo "installing $(GPU_REQS) from $(WHEELS) (offline)"; \
-	  $(PY) -m pip install -q --no-index --find-links "$(WHEELS)" $(GPU_REQS) && \
-	  $(PY) -m pip install -q --no-index --no-deps --find-links "$(WHEELS)" ptq-mia; }
-	PYTHONUNBUFFERED=1 $(PY) -m benchmarks.gpu_check --out "$(OUT)" $(if $(DATA),--data "$(DATA)") $(ARGS)
+GPU_OUT ?= outputs/gpu_check
+gpu-check:  ## the GPU check with this venv (no bundle): results in GPU_OUT=DIR, DATA=DIR (image folder), ARGS=
+	PYTHONUNBUFFERED=1 $(PY) -m benchmarks.gpu_check --out "$(GPU_OUT)" $(if $(DATA),--data "$(DATA)") $(ARGS)
 
 ATTACK  ?=
 METRIC  ?=

@@ -283,12 +283,33 @@ def paper_quant_config(method: str):
     return quant_config(method, (f"experiment={PAPER_EXPERIMENT}",))
 
 
+def time_quantizer(model, calib, qcfg, quant_iters, device, bits: float = 2, policy: str = "uniform",
+                   overrides=None) -> dict:
+    """Seconds of ``quantize``. A method with an iteration budget is timed at the two budgets
+    ``quant_iters`` and projected linearly to ``qcfg.iters`` (the per-iteration cost is constant)."""
+    from src.quant import quantize
+
+    qcfg = qcfg.copy()
+    if "iters" not in qcfg:
+        _sync(device)
+        return {"seconds": quantize(model, bits, qcfg, policy, calib, "bench", device, overrides=overrides).seconds}
+    default_iters = int(qcfg.iters)
+    secs = []
+    for it in quant_iters:
+        qcfg.iters = it
+        _sync(device)
+        secs.append(quantize(model, bits, qcfg, policy, calib, "bench", device, overrides=overrides).seconds)
+    (i1, i2), (s1, s2) = quant_iters, secs
+    per_iter = max(0.0, (s2 - s1) / (i2 - i1))
+    return dict(seconds=s2, iters=i2, seconds_per_iter=per_iter,
+                projected_seconds=s2 + per_iter * (default_iters - i2), default_iters=default_iters)
+
+
 def bench_quant(data, spec, device, methods, out: dict | None = None, deadline: float | None = None,
                 on_row=None) -> dict:
     """Fills ``out`` (returned) method by method; ``on_row()`` after each (incremental JSON);
     methods that would start after ``deadline`` (perf_counter) are reported as skipped."""
     from src.data import normalize
-    from src.quant import quantize
 
     out = {} if out is None else out
     for m in methods:
@@ -311,21 +332,10 @@ def bench_quant(data, spec, device, methods, out: dict | None = None, deadline: 
             model = _calibrated_model(model_name, spec["width"] if model_name == spec["model"] else 16, data, device)
             calib = normalize(data.x_train[:n_calib], data.mean, data.std)
             row.update(model=model_name, n_calib=n_calib)
-            if "iters" in qcfg:  # time at two budgets, extrapolate linearly to the configured one
-                default_iters = int(qcfg.iters)
-                secs = []
-                for it in spec["quant_iters"]:
-                    qcfg.iters = it
-                    _sync(device)
-                    secs.append(quantize(model, 2, qcfg, "uniform", calib, "bench", device).seconds)
-                (i1, i2), (s1, s2) = spec["quant_iters"], secs
-                per_iter = max(0.0, (s2 - s1) / (i2 - i1))
-                row.update(seconds=s2, iters=i2, seconds_per_iter=per_iter,
-                           projected_seconds=s2 + per_iter * (default_iters - i2), default_iters=default_iters)
-                reduced.append(f"iters={i1},{i2} (default {default_iters}, projected)")
-            else:
-                _sync(device)
-                row["seconds"] = quantize(model, 2, qcfg, "uniform", calib, "bench", device).seconds
+            row.update(time_quantizer(model, calib, qcfg, spec["quant_iters"], device))
+            if "default_iters" in row:
+                i1, i2 = spec["quant_iters"]
+                reduced.append(f"iters={i1},{i2} (default {row['default_iters']}, projected)")
             if model_name != spec["model"]:
                 reduced.append(f"model={model_name}")
             row["reduced"] = ", ".join(reduced)
@@ -456,7 +466,7 @@ class _StepTimer:
     """Lightning callback: wall and process CPU time from the start of batch ``warm`` to the end of the
     last batch."""
 
-    def __init__(self, warm: int):
+    def __init__(self, warm: int, device: str = "cpu"):
         import lightning as L
 
         outer = self
@@ -464,24 +474,29 @@ class _StepTimer:
         class CB(L.Callback):
             def on_train_batch_start(self, trainer, module, batch, i):
                 if trainer.global_step == outer.warm:
+                    _sync(device)
                     outer.t0 = (time.perf_counter(), time.process_time())
 
             def on_train_batch_end(self, trainer, module, outputs, batch, i):
+                if i == trainer.num_training_batches - 1:   # one epoch: the clock stops after its last step
+                    _sync(device)
                 outer.steps, outer.t1 = trainer.global_step, (time.perf_counter(), time.process_time())
 
         self.warm, self.t0, self.t1, self.steps, self.callback = warm, None, None, 0, CB()
 
 
 def _precision_cfg(model: str, width: int, batch: int, precision: str, channels_last: bool, fast: bool):
+    from omegaconf import OmegaConf
+
     return OmegaConf.create({
         "model": {"name": model, "width": width},
         "train": {"epochs": 1, "batch_size": batch, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4,
                   "schedule": "cosine", "precision": precision, "channels_last": channels_last, "fast": fast,
-                  "models_per_step": 1},
+                  "models_per_step": 1, "bf16": precision == "bf16-mixed"},
         "dataset": {"augment": {"pad": 0, "flip": False}}, "progress": False})
 
 
-def bench_precision(spec, clock: str = "wall") -> dict:
+def bench_precision(spec, clock: str = "wall", device: str = "cpu") -> dict:
     """img/s of one model's training steps on each path (plain Lightning, fast trainer) for each
     precision x memory format, interleaved, best of ``prec_rounds``; ratios to that path's fp32 NCHW.
     ``clock``: wall time, or this process's CPU time (on a machine shared with other work it measures
@@ -504,15 +519,17 @@ def bench_precision(spec, clock: str = "wall") -> dict:
                 for prec, cl in PRECISION_CELLS:
                     cfg = _precision_cfg(name, width, batch, prec, cl, path == "fast")
                     if path == "plain":
-                        timer = _StepTimer(warm)
-                        train_model(Recipe.of(cfg), data, members, 0, "cpu", callbacks=[timer.callback])
+                        timer = _StepTimer(warm, device)
+                        train_model(Recipe.of(cfg), data, members, 0, device, callbacks=[timer.callback])
                         rate = (timer.steps - warm) * batch / (timer.t1[c] - timer.t0[c])
                     else:
                         tr = MultiModelTrainer(Recipe.of(cfg), data.x_train, data.y_train, data.mean, data.std,
-                                               data.num_classes, [members], [0], "cpu")
+                                               data.num_classes, [members], [0], device)
                         tr.steps(warm)
+                        _sync(device)
                         t0 = (time.perf_counter(), time.process_time())
                         tr.steps(steps)
+                        _sync(device)
                         rate = steps * batch / ((time.perf_counter(), time.process_time())[c] - t0[c])
                     key = (path, prec, cl)
                     best[key] = max(best.get(key, 0.0), rate)
@@ -524,7 +541,7 @@ def bench_precision(spec, clock: str = "wall") -> dict:
                                           for p, cl in PRECISION_CELLS},
                          "ratio": {f"{p}{' CL' if cl else ''}": best[(path, p, cl)] / base
                                    for p, cl in PRECISION_CELLS}})
-    return {"cpu": cpu_name(), "threads": torch.get_num_threads(), "clock": clock, "rounds": rounds, "rows": rows}
+    return {"device": device, "cpu": cpu_name(), "threads": torch.get_num_threads(), "clock": clock, "rounds": rounds, "rows": rows}
 
 
 def format_precision(p: dict) -> list[str]:

@@ -63,13 +63,13 @@ def simulate(n: int, eps: float, draws: int, seed: int = 0, chunk: int = 100, na
     return {k: (float(np.mean(np.concatenate(v) > eps)), float(np.mean(np.concatenate(v)))) for k, v in vals.items()}
 
 
-def main() -> None:
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--draws", type=int, default=1000)
     ap.add_argument("--n", type=int, nargs="+", default=list(NS), help="members (= non-members) per draw")
     ap.add_argument("--eps", type=float, nargs="+", default=list(EPS))
     ap.add_argument("--seed", type=int, default=0)
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     t0 = time.time()
     res = {(n, e): simulate(n, e, a.draws, a.seed) for n in a.n for e in a.eps}
     names = list(CANDIDATES)

@@ -1,23 +1,25 @@
 """The paper path on one CUDA GPU in one command: does it work, and how fast is it.
 
-    python -m benchmarks.gpu_check [--device cuda|cpu] [--tiny] [--data DIR] [--out DIR]
-                                   [--budget S] [--sections 1,2,3,4,5]
+    python3 -m benchmarks.gpu_check [--device cuda|cpu] [--tiny] [--data DIR] [--out DIR]
+                                    [--budget S] [--sections 1,2,3,4,5,6] [--workdir DIR]
 
-Everything is written under ``--out``: gpu_check.json and gpu_check.txt (the table) are rewritten
+``--out`` receives gpu_check.json and gpu_check.txt (the table) and nothing else; both are rewritten
 after every step and each row is printed as soon as it is measured, so a killed run keeps (and has
-shown) everything measured so far; the work dir (cache, jobs; removed at the end) and a dataset
-download also go there unless --workdir / --data say otherwise. docs/gpu.md: how to run it on a GPU.
+shown) everything measured so far. The work dir (cache, jobs, a dataset download) is --workdir or a
+new folder in the system's temp dir, removed at the end. Needs torch, torchvision, lightning,
+torchmetrics, scikit-learn, and hydra-core / omegaconf on PYTHONPATH; docs/gpu.md: how to run it on a GPU.
 
 Sections (each independent: a failure is recorded with its one-line reason and the next one runs):
 
 1. bench: the reference-style training loop vs our trainer (``benchmarks.bench``), their ratio and the
-   projected time of the paper protocol (65 ResNet-18 × 100 epochs × 25,000 images per model).
+   projected time of the paper protocol (65 ResNet-18 × 100 epochs × 25,000 images per model). Its
+   CUDA-graph variants run after every other section (a failed capture can poison the process).
 2. fast vs plain: K models with the same seeds and member sets, a short recipe, trained by the fast
    path (``train.fast=true``: K models per step, bf16 on CUDA) and by the plain Lightning path;
    test accuracy of each, their difference in points and img/s.
 3. mini paper protocol: ResNet-18, 8 pool models × a few epochs, AdaRound / BRECQ / OBC (and GPTQ when
    ``quant=gptq`` exists) at 4 / 2 / 1.58 bits with a reduced budget, ``attack=all``,
-   ``attack.reference=both``, run in-process through ``src.main.run`` (Hydra compose): the summary
+   ``attack.reference=both``, the fixed-variance online LiRA in the table, run in-process through ``src.main.run`` (Hydra compose): the summary
    table (test accuracy, LiRA AUC and TPR at 1 % FPR with FP and with matched references).
 4. seconds per quantizer with the paper preset's budget (``experiment=paper_cifar10``: 1,024
    calibration images and 20k iterations for AdaRound / BRECQ, 2,048 images for OBC), projected
@@ -26,9 +28,15 @@ Sections (each independent: a failure is recorded with its one-line reason and t
    from timed runs of ``obq_layer`` on each distinct layer width with a subset of the rows (two row
    counts, linear in the rows). Peak GPU memory of each (null on CPU).
 5. scoring throughput of ``compute_phi_fast`` (φ of K models × examples × 2 query views).
+6. newer paths: one model's training steps on each path in 32-true and bf16-mixed (projected to the
+   protocol's 65 × 100 epochs × 25,000 images), and quantizer rows with their config taken from the
+   presets: W/A (``quant.act_bits=8``) RTN and BRECQ, AdaRound with ``bitwidth.*`` overrides, AdaRound
+   and BRECQ at the CPU preset's reconstruction settings; seconds per model at the row's own budget
+   and hours per paper job (65 models: the target and its matched references).
 
-Sections run in the order 1, 5, 2, 4, 3: section 3 is the most elastic (it skips the jobs that no
-longer fit, predicted from a timed quantization of its target) and uses what is left of the budget.
+Sections run in the order 1, 5, 2, 4, 6, 3, then section 1's CUDA graphs: section 3 is the most
+elastic (it skips the jobs that no longer fit, predicted from a timed quantization of its target)
+and uses what is left of the budget.
 
 ``--tiny`` runs every section on CPU at tiny sizes (generated 16×16 data, ResNet-18 of base width 4
 and 8, bench's tiny sizes) in under 3 minutes; it checks the code paths, not the speed. Targets
@@ -57,10 +65,14 @@ import torch
 from benchmarks import bench
 
 REPO = Path(__file__).resolve().parents[1]
-SECTIONS = {1: "bench", 2: "fast_vs_plain", 3: "mini_protocol", 4: "quant_seconds", 5: "scoring"}
-RUN_ORDER = (1, 5, 2, 4, 3)
+SECTIONS = {1: "bench", 2: "fast_vs_plain", 3: "mini_protocol", 4: "quant_seconds", 5: "scoring", 6: "new_paths"}
+RUN_ORDER = (1, 5, 2, 4, 6, 3)
 PAPER_ITERS = 20_000
-ATTACK = "lira_online"
+PAPER_EXPERIMENT = bench.PAPER_EXPERIMENT
+# the paper protocol per job: the target and its 64 matched references, each quantized once
+PROTOCOL_MODELS = bench.PROTOCOL["models"]
+# fixed-variance online LiRA: the per-example variance of `lira_online` is unreliable below 16 references
+ATTACK = "lira_online_fixed"
 TPR_KEY = "tpr_at_fpr_1e-2"
 JSON_NAME, TABLE_NAME = "gpu_check.json", "gpu_check.txt"
 _NO_VALUE = re.compile(r"\s-(\s{3}\S|\s*$)")      # a table row whose figure is not measured yet
@@ -81,8 +93,12 @@ TARGETS = {
 PROFILES = {
     "gpu": dict(
         budget_s=450.0,
-        caps={1: 75.0, 5: 25.0, 2: 75.0, 4: 100.0},       # section 3 gets what is left
-        bench_size="cifar", variants=("eager", "graphs", "graphs_k8"),
+        caps={1: 45.0, 5: 25.0, 2: 75.0, 4: 90.0, 6: 75.0},   # section 3 gets what is left but graphs_cap
+        # CUDA graphs last of all: a sticky CUDA error in a capture cannot fail the other sections
+        bench_size="cifar", variants=("eager",), deferred_variants=("graphs", "graphs_k8"), graphs_cap=35.0,
+        # section 6: one ResNet-18 (width 64) on each training path, and the quantizer rows timed at two
+        # iteration budgets as in section 4
+        s6=dict(prec_models=[("resnet18", 64, 32, 128, 5, 30)], prec_rounds=1, quant_iters=[100, 300]),
         quant_iters=[100, 300], obc_row_cap=128, width=64,
         s2=dict(models=4, epochs=2, width=64, batch=None),
         # base width 16: OBC costs ∝ width⁴ (Σ rows·d_col³), and with matched references every job
@@ -92,7 +108,8 @@ PROFILES = {
     ),
     "tiny": dict(
         budget_s=None, caps={},
-        bench_size="tiny", variants=("eager",),
+        bench_size="tiny", variants=("eager",), deferred_variants=("graphs",), graphs_cap=0.0,
+        s6=dict(prec_models=[("smallcnn", 8, 8, 16, 1, 1)], prec_rounds=1, quant_iters=[2, 4]),
         quant_iters=None, obc_row_cap=None, width=None,   # bench's tiny spec
         # batch 16: a few steps per epoch on 64 members. Generated data (random class prototypes +
         # noise) at 16×16 without augmentation: ResNet-18 w4 reaches ~0.6 test accuracy in 8 epochs,
@@ -133,15 +150,20 @@ class Context:
         self.cuda = _cuda(device)
         self.prof = PROFILES["tiny" if tiny else "gpu"]
         self.data_dir = str(Path(data_dir).resolve()) if data_dir else None
-        self.download_dir = str((self.out / "data").resolve())
+        self.download_dir = str((Path(workdir) / "data").resolve())   # never under --out
         self.data_failed: str | None = None   # the one failed read of the dataset (not retried)
         self.echo, self._shown = echo, set()
         self.t_start = time.perf_counter()
         self.budget_s = budget_s
-        self.deadline = self.t_start + budget_s if budget_s else None
+        self.deadline = None
+        self.start_budget()
         self._memo: dict = {}
         self.obc_model = None        # OBC cost model from section 4 (used by section 3 to skip jobs)
         self.res: dict = {}
+
+    def start_budget(self):
+        """The budget counts from now: called again once start-up (imports, reading the dataset) is done."""
+        self.deadline = time.perf_counter() + self.budget_s if self.budget_s else None
 
     def until(self, deadline=None) -> float | None:
         """The earlier of the overall and a section's deadline (perf_counter), None = no limit."""
@@ -224,7 +246,7 @@ class Context:
                 raise
             self.data_failed = f"CIFAR-10 not readable and its download failed once ({_error(e)})"
             self.note(f"data: {self.data_failed}; not retried: generated CIFAR-sized images from here on "
-                      "(speeds are valid, accuracies are not); pass --data DIR (make gpu-check DATA=DIR)")
+                      "(speeds are valid, accuracies are not); pass --data DIR (an image folder)")
             raise RuntimeError(self.data_failed) from None
 
     def bench_data(self, spec, sec: dict):
@@ -352,6 +374,27 @@ def section_bench(ctx: Context, sec: dict, deadline):
     res["compile"] = "not run here (its cold compile takes minutes): see make bench"
     if "ratio" not in res:
         raise RuntimeError("no ratio: " + (res["reference"].get("error") or "every fast variant failed"))
+
+
+def section_bench_graphs(ctx: Context, sec: dict, deadline):
+    """Section 1's CUDA-graph variants, after every other section: a failed capture can leave a
+    sticky CUDA error that fails every later CUDA call of the process, so nothing may come after it."""
+    spec = ctx.bench_spec()
+    data = ctx.bench_data(spec, sec)
+    for v in ctx.prof["deferred_variants"]:
+        if ctx.left(deadline) <= 0:
+            row = {"error": "skipped: time budget"}
+        else:
+            try:
+                row = bench.bench_fast(data, spec, ctx.device, v)
+            except Exception as e:
+                row = {"error": _error(e)}
+        if "error" in row:
+            row.update(models_per_step=8 if v.endswith("_k8") else spec["k"], batch=spec["batch"])
+        sec.setdefault("fast", {"variants": {}})["variants"][v] = row
+        bench._free(ctx.device)
+        bench.summarise(sec)
+        ctx.checkpoint()
 
 
 # ------------------------------------------------------------------------------ 2. fast vs plain
@@ -625,6 +668,87 @@ def section_scoring(ctx: Context, sec: dict, deadline):
     sec.update(model=spec["model"], width=spec["width"], **bench.bench_scoring(data, spec, ctx.device))
 
 
+# ------------------------------------------------------------------------------ 6. newer paths
+# (label, method, experiment preset, overrides): the quantizer's config is what a job of that preset
+# composes (conf/quant/*.yaml under conf/experiment/*.yaml), so the rows follow the presets
+NEW_PATH_ROWS = (
+    ("rtn W2A8", "rtn", PAPER_EXPERIMENT, ("quant.act_bits=8",)),
+    ("brecq W2A8", "brecq", PAPER_EXPERIMENT, ("quant.act_bits=8",)),
+    ("adaround W2, bitwidth.first=4 last=fp", "adaround", PAPER_EXPERIMENT, ("bitwidth.first=4", "bitwidth.last=fp")),
+    ("adaround, cifar10_cpu preset", "adaround", "cifar10_cpu", ()),
+    ("brecq, cifar10_cpu preset", "brecq", "cifar10_cpu", ()),
+)
+
+
+def _preset_quant(method: str, preset: str, overrides=()):
+    """(quant config, bit-width policy, bitwidth overrides) as a job of ``experiment=preset`` composes them."""
+    from omegaconf import OmegaConf
+
+    from src.quant.policy import Overrides
+
+    cfg = compose([f"experiment={preset}", f"quant={method}", "logger=none", *overrides])
+    qcfg = OmegaConf.create(OmegaConf.to_container(cfg.quant, resolve=True))
+    qcfg.progress = False
+    return qcfg, str(cfg.bitwidth.policy), Overrides.of(cfg.bitwidth)
+
+
+def section_new_paths(ctx: Context, sec: dict, deadline):
+    """Training precision on both paths (bf16-mixed against 32-true) and quantizer rows that the other
+    sections do not time: W/A quantization, ``bitwidth.*`` overrides, AdaRound / BRECQ at the CPU
+    preset's reconstruction settings. Each with its projection to the paper protocol."""
+    from src.data import normalize
+
+    p = ctx.prof["s6"]
+    total = bench.PROTOCOL["models"] * bench.PROTOCOL["images"] * bench.PROTOCOL["epochs"]
+    sec.update(training={}, quant={})
+    try:
+        tr = bench.bench_precision({"prec_models": p["prec_models"], "prec_rounds": p["prec_rounds"]}, "wall",
+                                   ctx.device)
+        for r in tr["rows"]:
+            r["projected_protocol_h"] = {k: total / v / 3600 for k, v in r["images_per_s"].items()}
+        sec["training"] = tr
+    except Exception as e:
+        sec["training"] = {"error": _error(e)}
+    bench._free(ctx.device)
+    ctx.checkpoint()
+    spec = ctx.bench_spec()
+    data = ctx.bench_data(spec, sec)
+    model = bench._calibrated_model(spec["model"], spec["width"], data, ctx.device)
+    sec.update(model=spec["model"], width=spec["width"], bits=2)
+    weight_only = ctx.res["sections"].get("quant_seconds", {}).get("methods", {})
+    for label, method, preset, overrides in NEW_PATH_ROWS:
+        row: dict = {"method": method, "preset": preset, "overrides": list(overrides)}
+        sec["quant"][label] = row
+        if ctx.left(deadline) <= 0:
+            row["error"] = "skipped: time budget"
+            ctx.checkpoint()
+            continue
+        try:
+            qcfg, policy, ov = _preset_quant(method, preset, overrides)
+            n_calib = min(int(qcfg.get("n_calib", 1024)) if spec["quant_calib"] is None else spec["quant_calib"],
+                          len(data.y_train))
+            qcfg.n_calib = n_calib
+            if "calib_batch" in qcfg and spec["quant_calib_batch"] < int(qcfg.calib_batch):
+                qcfg.calib_batch = spec["quant_calib_batch"]
+            calib = normalize(data.x_train[:n_calib], data.mean, data.std)
+            _peak_reset(ctx.device)
+            row.update(n_calib=n_calib, policy=policy,
+                       **bench.time_quantizer(model, calib, qcfg, p["quant_iters"], ctx.device, 2, policy, ov))
+            row["peak_gib"] = _peak_gib(ctx.device)
+            per_model = row.get("projected_seconds", row["seconds"])
+            row["protocol_job_h"] = per_model * PROTOCOL_MODELS / 3600
+            w = weight_only.get(method, {}).get("seconds_per_iter")
+            if w and row.get("seconds_per_iter") and overrides and "act_bits" in overrides[0]:
+                row["per_iter_vs_weight_only"] = row["seconds_per_iter"] / w
+        except Exception as e:
+            row["error"] = _error(e)
+        bench._free(ctx.device)
+        ctx.checkpoint()
+    bad = [v for v in sec["quant"].values() if "error" in v]
+    if "error" in sec["training"] and len(bad) == len(sec["quant"]):
+        raise RuntimeError("every row failed: " + sec["training"]["error"])
+
+
 # ------------------------------------------------------------------------------ 3. mini protocol
 def _job(cfg, directory: Path, ctx: Context):
     """One job through ``src.main.run``, writing into ``directory`` (its outputs go to the cwd outside
@@ -671,8 +795,8 @@ def section_mini_protocol(ctx: Context, sec: dict, deadline):
         base.append(f"train.batch_size={p['batch']}")
     if width is not None:
         base.append(f"model.width={width}")
-    methods = quant_methods()
-    bits = [4, 2, 1.58]
+    methods = [m for m in quant_methods() if m in p.get("methods", (m,))]
+    bits = list(p.get("bits", (4, 2, 1.58)))
     cheap = [m for m in methods if m != "obc"]
     plan = [(m, b) for b in bits for m in cheap] + ([("obc", b) for b in bits] if "obc" in methods else [])
     sec.update(model=model, width=width, n_models=p["n_models"], epochs=p["epochs"], iters=p["iters"],
@@ -860,6 +984,28 @@ def format_table(res: dict) -> str:
         row(f"5 scoring phi: {sc.get('models')} models x {sc.get('examples')} x {sc.get('queries')} views",
             _num(sc.get("images_per_s"), "img/s"), "scoring_img_s")
         row("  compute_phi (1 model, fp32)", _num(sc.get("reference_images_per_s"), "img/s"))
+    npth = s.get("new_paths")
+    if npth is not None and not (failed("6 newer paths", npth) and not npth.get("quant")):
+        tr = npth.get("training", {})
+        if tr.get("error"):
+            lines.append(f"{'6 training precision':<58}{'failed':>18}   {tr['error']}")
+        for r in tr.get("rows", []):
+            for cell in ("32-true", "bf16-mixed"):
+                h = r.get("projected_protocol_h", {}).get(cell)
+                row(f"6 {r['path']} path {cell}: {r['model']}", _num(r["images_per_s"].get(cell), "img/s"))
+                if h is not None:
+                    row(f"    projected paper protocol at this rate (1 model/step)", _num(h, "h"))
+        for label, v in npth.get("quant", {}).items():
+            title = f"6 {label} ({v.get('preset')})"
+            if "error" in v:
+                lines.append(f"{title:<58}{'failed':>18}   {v['error']}")
+                continue
+            at = f" at {v['default_iters']} it" if "default_iters" in v else ""
+            vs = f", x{v['per_iter_vs_weight_only']:.2f} per it vs weight-only" if "per_iter_vs_weight_only" in v else ""
+            row(f"{title}: s/model{at}{vs}", _num(v.get("projected_seconds", v.get("seconds")), "s"))
+            row(f"    paper job (target + 64 matched references)", _num(v.get("protocol_job_h"), "h"))
+    if b is not None and b.get("graphs_error"):
+        lines.append(f"{'1 CUDA-graph variants':<58}{'failed':>18}   {b['graphs_error']}")
     mp = s.get("mini_protocol")
     if mp is not None:
         lines.append("")
@@ -893,17 +1039,19 @@ def format_table(res: dict) -> str:
 
 # ---------------------------------------------------------------------------------------- run
 RUNNERS = {1: section_bench, 2: section_fast_vs_plain, 3: section_mini_protocol, 4: section_quant_seconds,
-           5: section_scoring}
+           5: section_scoring, 6: section_new_paths}
 
 
 def run(device: str, tiny: bool, data_dir: str | None, out: str, budget_s: float | None = None,
         sections=None, workdir: str | None = None, keep: bool = False) -> dict:
-    """``out``: the folder every artifact goes to (JSON, table; the work dir too without ``workdir``)."""
+    """``out``: the folder of the results, gpu_check.json and gpu_check.txt, and nothing else. The
+    work dir (cache, jobs, a dataset download) is ``workdir`` or a new folder in the system's temp
+    dir, removed at the end unless ``keep``."""
     prof = PROFILES["tiny" if tiny else "gpu"]
     budget_s = prof["budget_s"] if budget_s is None else (budget_s if budget_s > 0 else None)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    wd = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="work_", dir=out_dir))
+    wd = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="gpu_check_work_"))
     wd.mkdir(parents=True, exist_ok=True)
     ctx = Context(device, tiny, data_dir, out_dir, wd, budget_s)
     res = ctx.res
@@ -923,7 +1071,9 @@ def run(device: str, tiny: bool, data_dir: str | None, out: str, budget_s: float
         except Exception as e:
             res["data_error"] = _error(e)
         res["data_seconds"] = time.perf_counter() - t0
+    ctx.start_budget()          # the budget is for the sections: start-up and reading the data are not in it
     ctx.checkpoint()
+    graphs = 1 in wanted and bool(prof["deferred_variants"])
     try:
         for i in wanted:
             name = SECTIONS[i]
@@ -932,7 +1082,9 @@ def run(device: str, tiny: bool, data_dir: str | None, out: str, budget_s: float
             cap = prof["caps"].get(i)
             t0 = time.perf_counter()
             deadline = t0 + cap if cap else None
-            if ctx.left() <= 0:
+            if i == 3 and graphs and ctx.deadline is not None:   # section 3 leaves the graphs their time
+                deadline = ctx.deadline - prof["graphs_cap"]
+            if ctx.left(deadline) <= 0:
                 sec["error"] = "skipped: time budget"
             else:
                 with _isolated(device):
@@ -941,6 +1093,16 @@ def run(device: str, tiny: bool, data_dir: str | None, out: str, budget_s: float
                     except Exception as e:
                         sec["error"] = _error(e)
             sec["section_seconds"] = time.perf_counter() - t0
+            ctx.checkpoint()
+        if graphs:
+            sec = res["sections"]["bench"]
+            t0 = time.perf_counter()
+            with _isolated(device):
+                try:
+                    section_bench_graphs(ctx, sec, None)
+                except Exception as e:
+                    sec["graphs_error"] = _error(e)
+            sec["graphs_seconds"] = time.perf_counter() - t0
             ctx.checkpoint()
     finally:
         if not keep:
@@ -966,20 +1128,22 @@ def main(argv=None) -> dict:
     p.add_argument("--data", default=None, help="image folder with train/<class>/* and test/<class>/* "
                    "(e.g. the CIFAR-10 JPEGs); default: torchvision's CIFAR-10 download (or generated with --tiny)")
     p.add_argument("--out", default="outputs/gpu_check",
-                   help=f"folder for everything the check writes ({JSON_NAME}, {TABLE_NAME}, work dir, downloads)")
+                   help=f"folder of the results: {JSON_NAME} and {TABLE_NAME}, nothing else")
     p.add_argument("--budget", type=float, default=None,
                    help="wall-clock budget in s after start-up: later work is skipped and reported "
                         f"(default {PROFILES['gpu']['budget_s']:.0f} on full sizes, none with --tiny; 0 = none)")
-    p.add_argument("--sections", default=None, help="comma-separated subset of 1..5 (default: all)")
+    p.add_argument("--sections", default=None, help="comma-separated subset of 1..6 (default: all)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: 1 with --tiny)")
-    p.add_argument("--workdir", default=None, help="cache and job outputs (default: a new folder under --out, removed)")
+    p.add_argument("--workdir", default=None,
+                   help="cache, job outputs, a dataset download (default: a new folder in the temp dir, removed)")
     p.add_argument("--keep", action="store_true", help="keep the work dir")
     a = p.parse_args(argv)
     missing = [m for m in ("hydra", "omegaconf") if importlib.util.find_spec(m) is None]
     if missing:
-        p.error(f"{' and '.join(missing)} not installed: make gpu-check WHEELS=DIR installs them offline (docs/gpu.md)")
+        p.error(f"{' and '.join(missing)} not importable: install the bundle's wheels into a folder of their own "
+                "and put it on PYTHONPATH (docs/gpu.md)")
     if Path(a.out).suffix == ".json":
-        p.error(f"--out {a.out}: a folder (the check writes {JSON_NAME}, {TABLE_NAME} and its work dir there)")
+        p.error(f"--out {a.out}: a folder (the check writes {JSON_NAME} and {TABLE_NAME} there)")
     if a.device == "cuda" and not cuda:
         p.error("--device cuda: CUDA is not available (use --device cpu --tiny)")
     if a.device == "cpu" and not a.tiny:
@@ -993,7 +1157,7 @@ def main(argv=None) -> dict:
         except ValueError:
             sections = {0}
         if not sections or not sections <= set(SECTIONS):
-            p.error(f"--sections {a.sections}: allowed: comma-separated numbers from 1..5")
+            p.error(f"--sections {a.sections}: allowed: comma-separated numbers from 1..6")
     if a.threads or a.tiny:
         torch.set_num_threads(a.threads or 1)
     os.environ.setdefault("WANDB_MODE", "disabled")

@@ -7,7 +7,7 @@ from it; each of ``--targets`` pool models is attacked by the others exactly as 
 (src.attacks.run_attacks), with per-example (``lira_online``) and fixed (``lira_online_fixed``)
 variance. Prints the mean AUC over targets and repetitions per pool size M.
 
-    python -m benchmarks.lira_reference_count [--n 2000] [--reps 5] [--targets 4]
+    python -m benchmarks.lira_reference_count [--n 2000] [--reps 5] [--targets 4] [--sizes 4 8 16]
 """
 from __future__ import annotations
 
@@ -51,15 +51,16 @@ def measure(sizes=SIZES, n: int = 2000, q: int = 4, reps: int = 5, targets: int 
     return out
 
 
-def main() -> None:
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--targets", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
-    a = ap.parse_args()
+    ap.add_argument("--sizes", type=int, nargs="+", default=list(SIZES), help="pool sizes M")
+    a = ap.parse_args(argv)
     print(f"{'n_models':>8}  {'AUC online':>10}  {'AUC fixed':>9}  online < fixed")
-    for m, (on, fx, worse) in measure(n=a.n, reps=a.reps, targets=a.targets, seed=a.seed).items():
+    for m, (on, fx, worse) in measure(sizes=a.sizes, n=a.n, reps=a.reps, targets=a.targets, seed=a.seed).items():
         print(f"{m:>8}  {on:>10.3f}  {fx:>9.3f}  {worse:>8.0%}")
 
 

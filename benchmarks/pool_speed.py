@@ -12,7 +12,7 @@ shape, three ways, each from an empty cache:
 and prints wall time, models per minute and the ratio to the first row. The variants run in turn,
 interleaved over ``--rounds`` rounds (best round per variant), so load on the machine hits all alike.
 
-    python -m benchmarks.pool_speed [--models 4] [--epochs 4] [--rounds 1] [--model smallcnn --width 32]
+    python -m benchmarks.pool_speed [--models 4] [--epochs 4] [--rounds 1] [--model smallcnn --width 32] [--tiny]
 """
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def _data(n_train: int, size: int):
     return ImageData("bench", x[:n_train], y[:n_train], x[n_train:], y[n_train:], (0.5,) * 3, (0.25,) * 3, 10)
 
 
-def run_variant(overrides: list[str], models: int, epochs: int, model: str, width: int) -> float:
+def run_variant(overrides: list[str], models: int, epochs: int, model: str, width: int, n_train: int = 4000) -> float:
     from hydra import compose, initialize_config_dir
 
     from src.cache import ArtifactStore
@@ -57,8 +57,8 @@ def run_variant(overrides: list[str], models: int, epochs: int, model: str, widt
                                            f"train.epochs={epochs}", "n_models=16", "progress=false",
                                            "logger=none", f"paths.cache_dir={tmp}", *overrides])
         torch.set_num_threads(int(cfg.num_threads))
-        data = _data(4000, int(cfg.dataset.image_size))
-        keep = keep_matrix(16, 4000, 0.5, 0)
+        data = _data(n_train, int(cfg.dataset.image_size))
+        keep = keep_matrix(16, n_train, 0.5, 0)
         store = ArtifactStore(tmp)
         digest = data_digest(data)
         todo = list(range(models))
@@ -79,13 +79,18 @@ def main(argv=None) -> None:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--model", default="smallcnn")
     ap.add_argument("--width", type=int, default=32)
+    ap.add_argument("--tiny", action="store_true",
+                    help="a check of the code paths in seconds: 2 models x 1 epoch, width 4, ~64 images each")
     args = ap.parse_args(argv)
+    n_train = 4000
+    if args.tiny:
+        args.models, args.epochs, args.rounds, args.width, n_train = 2, 1, 1, 4, 128
     from src.training import native_bf16_cpu
 
     best = {name: float("inf") for name in VARIANTS}
     for _ in range(args.rounds):
         for name, ov in VARIANTS.items():
-            best[name] = min(best[name], run_variant(ov, args.models, args.epochs, args.model, args.width))
+            best[name] = min(best[name], run_variant(ov, args.models, args.epochs, args.model, args.width, n_train))
     cpu = platform.machine()
     try:
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))

@@ -1,7 +1,7 @@
 """The effect of each difference from the study's code, one switch at a time
 (docs/study-differences.md).
 
-    python -m benchmarks.protocol_effects [--targets 0,1] [--out outputs/bench/protocol_effects.json] [overrides ...]
+    python -m benchmarks.protocol_effects [--targets 0,1] [--rows 0,4] [--tiny] [--out outputs/bench/protocol_effects.json] [overrides ...]
 
 Every row is one job on the same pool and seed (extra arguments are Hydra overrides, e.g. an
 ``experiment=``), differing from its baseline row in one switch only; printed: test accuracy, LiRA
@@ -19,6 +19,9 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+# --tiny: generated data, 4 pool models, 1 epoch, small calibration and budgets (seconds per row)
+TINY = ["dataset=synthetic", "n_models=4", "train.epochs=1", "budget.n_calib=32", "budget.iters=4",
+        "attack.bootstrap=10"]
 ROWS = [  # (row label, quantizer + bits, the one switch)
     ("AdaRound 2 bit (default)", ["quant=adaround", "bits=2"], []),
     ("  1 calibration augmented", ["quant=adaround", "bits=2"], ["quant.calib_augment=crop_flip"]),
@@ -57,12 +60,20 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.protocol_effects", description=__doc__.split("\n\n")[0])
     p.add_argument("--targets", default="0,1")
     p.add_argument("--out", default="outputs/bench/protocol_effects.json")
+    p.add_argument("--rows", default=None, help="comma-separated row numbers (0-based; default: all)")
+    p.add_argument("--tiny", action="store_true", help="a check of the code paths: tiny generated data and pool")
     p.add_argument("overrides", nargs="*")
     a = p.parse_args(argv)
-    common = [f"targets=[{a.targets}]", "logger=none", "progress=false", *a.overrides]
+    tiny = TINY if a.tiny else []
+    common = [f"targets=[{a.targets}]", "logger=none", "progress=false", *tiny, *a.overrides]
+    try:
+        picked = sorted({int(r) for r in a.rows.split(",")}) if a.rows else list(range(len(ROWS)))
+        assert all(0 <= r < len(ROWS) for r in picked)
+    except (ValueError, AssertionError):
+        p.error(f"--rows {a.rows}: allowed: comma-separated numbers from 0..{len(ROWS) - 1}")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for i, (label, base, switch) in enumerate(ROWS):
+        for i, (label, base, switch) in ((i, ROWS[i]) for i in picked):
             res = run_row([*base, *switch, *common], Path(tmp) / str(i))
             rows.append({"row": label, "overrides": base + switch, **res})
             q, f = res.get("quantized", {}), res.get("fp", {})

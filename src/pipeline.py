@@ -27,6 +27,8 @@ from src.quant.bn_fold import fold_batchnorm
 from src.quant.policy import Overrides
 from src.quant.policy import layer_bits as resolve_layer_bits
 from src.training import TRAINER_VERSION, Recipe, evaluate_accuracy, resolve_precision, train_models, use_fast_path
+from src.training.fast import fast_precision
+from src.workers import spawn_pool
 
 log = logging.getLogger(__name__)
 TRAIN_KEYS_IGNORED = ("models_per_step", "compile", "channels_last", "cuda_graphs")  # speed only
@@ -92,8 +94,8 @@ def model_key(cfg, digest: str, index: int, device: str) -> dict:
     train = {k: v for k, v in _plain(cfg.train).items() if k not in TRAIN_KEYS_IGNORED}
     # the fast (bf16, CUDA) and plain (Lightning Trainer) paths give different models: key the path
     train["path"] = "fast" if use_fast_path(cfg.train, device) else "plain"
-    # the precision that trains the model, decided for this device (`auto` is never a key)
-    train["precision"] = resolve_precision(cfg.train, device)
+    # the precision that trains the model, decided for this device and path (`auto` is never a key)
+    train["precision"] = (fast_precision if train["path"] == "fast" else resolve_precision)(cfg.train, device)
     if train["path"] == "plain":
         for k in ("fast", "bf16"):
             train.pop(k, None)
@@ -242,7 +244,7 @@ def _fill_in_workers(store: ArtifactStore, kind: str, jobs: list[tuple], workers
     spawned processes, ``workers`` at a time: this process holds each group's cache locks (so parallel
     jobs never build one twice), submits ``task(item)`` = (fn, *args) for those still missing and saves
     ``unpack(result)``. ``on_group(n)`` after each group of n."""
-    with _spawn_pool(workers) as ex:
+    with spawn_pool(workers) as ex:
         for g in range(0, len(jobs), workers):
             group = jobs[g:g + workers]
             with contextlib.ExitStack() as locks:
@@ -404,13 +406,6 @@ def quantize_targets(cfg, data: ImageData, keep: np.ndarray, targets: list[int],
         if workers > 1:
             _quantize_parallel(cfg, data, keep, todo, store, device, workers)
     return [quantize_pool_model(cfg, data, keep, t, store, device) for t in targets]
-
-
-def _spawn_pool(workers: int):
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
 
 
 def _resolved(node):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SECTIONS = ("bench", "fast_vs_plain", "mini_protocol", "quant_seconds", "scoring")
+SECTIONS = ("bench", "fast_vs_plain", "mini_protocol", "quant_seconds", "scoring", "new_paths")
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +134,7 @@ def test_bad_sections_one_line_error():
                        cwd=REPO, capture_output=True, text=True, timeout=120)
     lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
     assert p.returncode == 2 and len(lines) == 1
-    assert "--sections 7" in lines[0] and "1..5" in lines[0]
+    assert "--sections 7" in lines[0] and "1..6" in lines[0]
 
 
 def test_targets_pass_fail_only_on_cuda():
@@ -253,7 +253,7 @@ def test_dataset_read_once_then_generated(tmp_path, monkeypatch, capsys):
             ctx.full_data()
     sec = {}
     data = ctx.bench_data({}, sec)
-    assert len(calls) == 1 and str(tmp_path / "out") in calls[0]       # the download goes under --out
+    assert len(calls) == 1 and str(tmp_path / "wd") in calls[0]        # a download goes to the work dir, not --out
     assert data.x_train.shape[1:] == (3, 32, 32) and "generated" in sec["data_note"]
     assert "dataset=synthetic" in ctx.dataset_overrides()
     sub = G.compose(ctx.dataset_overrides({"max_train": 100, "max_test": 50}) + ctx.common_overrides()).dataset
@@ -269,3 +269,69 @@ def test_full_sizes_keep_torch_threads():
     full = G.compose(G.Context("cpu", False, None, "unused", REPO, None).common_overrides())
     tiny = G.compose(G.Context("cpu", True, None, "unused", REPO, None).common_overrides())
     assert full.num_threads is None and tiny.num_threads == 1
+
+
+def _docs_command() -> str:
+    """The command docs/gpu.md gives for the GPU machine (the indented line that runs the bundle)."""
+    text = (REPO / "docs" / "gpu.md").read_text()
+    cmds = [ln.strip() for ln in text.splitlines() if ln.startswith("    sh gpu_bundle/gpu_check.sh")]
+    assert len(cmds) == 1, cmds
+    return cmds[0]
+
+
+def _bare_python(tmp_path_factory) -> str:
+    """A Python with only torch, torchvision, lightning, torchmetrics and scikit-learn (and what they
+    require): PTQ_BARE_PYTHON, or a venv made here with ``python3 -m venv`` (no system site-packages)
+    and ``pip install torch==2.14.1 torchvision==0.29.1 lightning torchmetrics scikit-learn`` (from the
+    package index pip is configured with; several GB, minutes)."""
+    given = os.environ.get("PTQ_BARE_PYTHON")
+    if given:
+        return given
+    venv = tmp_path_factory.mktemp("bare") / "venv"
+    subprocess.run(["python3", "-m", "venv", str(venv)], check=True)
+    py = str(venv / "bin" / "python")
+    subprocess.run([py, "-m", "pip", "install", "-q", "torch==2.14.1", "torchvision==0.29.1", "lightning",
+                    "torchmetrics", "scikit-learn"], check=True, timeout=3600)
+    return py
+
+
+@pytest.mark.slow
+def test_docs_command_in_a_bare_venv(tmp_path, tmp_path_factory):
+    """docs/gpu.md's command with ``--device cpu --tiny``, as on the GPU machine: a Python without
+    hydra, omegaconf, rich or wandb (``_bare_python``), no make, the bundle of ``make gpu-bundle`` (its
+    wheels; a 10-class image folder of 16 + 4 generated JPEGs per class as its CIFAR-10), run from a
+    copy of the repository's tracked files. It must pass, write nothing but gpu_check.json and
+    gpu_check.txt under OUT, nothing into the repository copy, and leave its scratch folder removed."""
+    from PIL import Image
+
+    py = _bare_python(tmp_path_factory)
+    probe = subprocess.run([py, "-c", "import hydra"], capture_output=True)
+    assert probe.returncode != 0, "the bare Python must not have hydra"
+    data = tmp_path / "images"
+    for split, n in (("train", 16), ("test", 4)):   # 80 members per model: above --tiny's 32 calibration images
+        for c in range(10):
+            (data / split / f"c{c}").mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (32, 32), (25 * c, 10 * i, 128)).save(data / split / f"c{c}" / f"{i}.jpg")
+    repo = tmp_path / "repo"
+    files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    for f in files:
+        if (REPO / f).is_file():
+            (repo / f).parent.mkdir(parents=True, exist_ok=True)
+            (repo / f).write_bytes((REPO / f).read_bytes())
+    subprocess.run(["make", "gpu-bundle", f"PY={sys.executable}", "DIR=gpu_bundle", f"DATA={data}"], cwd=repo,
+                   check=True, capture_output=True, timeout=600)
+    before = sorted(str(p.relative_to(repo)) for p in repo.rglob("*"))
+    out, scratch = tmp_path / "OUT", tmp_path / "tmp"
+    scratch.mkdir()
+    env = {"PATH": f"{Path(py).parent}:/usr/bin:/bin", "HOME": str(tmp_path), "TMPDIR": str(scratch),
+           "OUT": str(out), "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1"}
+    p = subprocess.run(["sh", "-c", _docs_command() + " --device cpu --tiny"], cwd=repo, env=env,
+                       capture_output=True, text=True, timeout=1800)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    found = [q for q in out.rglob("*")]
+    assert sorted(q.name for q in found) == ["gpu_check.json", "gpu_check.txt"] and len(found) <= 8
+    js = json.loads((out / "gpu_check.json").read_text())
+    assert all("error" not in s for s in js["sections"].values()), {k: s.get("error") for k, s in js["sections"].items()}
+    assert sorted(str(q.relative_to(repo)) for q in repo.rglob("*")) == before
+    assert list(scratch.iterdir()) == []

@@ -438,11 +438,11 @@ def _read_images(paths: list[Path], size: int | None, what: str = "images", prog
                 results[i] = _decode_files(c, size)
                 bar.update(len(c))
         else:
-            import multiprocessing as mp
-            from concurrent.futures import ProcessPoolExecutor, as_completed
+            from concurrent.futures import as_completed
 
-            # spawn: the parent may hold threads (torch, loggers) that fork would copy mid-lock
-            with ProcessPoolExecutor(n_workers, mp_context=mp.get_context("spawn")) as ex:
+            from src.workers import spawn_pool
+
+            with spawn_pool(n_workers) as ex:
                 futs = {ex.submit(_decode_files, c, size): i for i, c in enumerate(chunks)}
                 for f in as_completed(futs):
                     results[futs[f]] = f.result()

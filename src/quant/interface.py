@@ -136,7 +136,8 @@ def quantize(model: nn.Module, bits: float, qcfg, policy: str = "uniform", calib
     export = method(qmodel, layers, qcfg, calib_x, device, **kwargs)
     if act_bits is not None:  # methods that do not calibrate activations themselves (RTN): ranges on the result
         pending = [n for n, q in act_quantizers(qmodel).items() if not q.calibrated]
-        calibrate_act(qmodel, pending, calib_x.float(), "cpu")
+        dev = torch.device(device) if device is not None else torch.device("cpu")
+        calibrate_act(qmodel.to(dev), pending, calib_x.float(), dev)
     qmodel = qmodel.cpu().eval()
     modules = dict(qmodel.named_modules())
     for name, entry in export.items():  # float bias (BN folded in) so each layer can be rebuilt from the export

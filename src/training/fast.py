@@ -69,6 +69,16 @@ def use_fast_path(train_cfg, device) -> bool:
     return _flag(fast, False)
 
 
+def fast_precision(train_cfg, device) -> str:
+    """The precision the fast path trains in: ``train.precision`` for ``device``, except on CUDA with
+    ``train.bf16`` (its default), which trains in bf16-mixed whatever ``precision`` says. What the
+    cache key records, so a key never names a precision that did not run."""
+    precision = resolve_precision(train_cfg, device)
+    if str(device).startswith("cuda") and _flag(train_cfg.get("bf16"), True):
+        return BF16
+    return precision
+
+
 @dataclass
 class FastOptions:
     models_per_step: int = 4
@@ -160,10 +170,10 @@ class MultiModelTrainer:
         self.fabric.launch()
         self.device = self.fabric.device if dev.type == "cuda" else dev
         self.cuda = self.device.type == "cuda"
-        self.precision = resolve_precision(recipe.train, self.device)
+        self.precision = fast_precision(recipe.train, self.device)
         if self.precision not in ("32-true", BF16):
             raise ValueError(f"train.precision={self.precision}: the fast path trains in 32-true or bf16-mixed")
-        self.bf16 = self.precision == BF16 or (self.opts.bf16 and self.cuda)
+        self.bf16 = self.precision == BF16
         self.channels_last = (self.cuda if self.opts.channels_last is None else self.opts.channels_last)
         self.graphs = self.opts.cuda_graphs
         tc = recipe.train

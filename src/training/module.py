@@ -47,7 +47,10 @@ class Classifier(L.LightningModule):
         self.pad, self.flip, self.schedule, self.name = pad, flip, schedule, name
         self.prefix = prefix or curve_prefix(name)
         # a metric only reads the logits: the optimisation (and so the trained model) is unchanged
-        self.train_acc = MulticlassAccuracy(num_classes=int(num_classes), average="micro") if num_classes else None
+        # validate_args=False: its checks of the labels would wait for the device at every step
+        self.train_acc = (MulticlassAccuracy(num_classes=int(num_classes), average="micro", validate_args=False)
+                          if num_classes else None)
+        self._finite: torch.Tensor | None = None   # all losses of the epoch finite, kept on the device
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -59,13 +62,19 @@ class Classifier(L.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         logits = self.model(x)
         loss = F.cross_entropy(logits, y)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"training {self.name}: non-finite loss at step {self.global_step}")
+        # checked once per epoch (on_train_epoch_end): a check here would wait for the device every step
+        finite = torch.isfinite(loss.detach())
+        self._finite = finite if self._finite is None else self._finite & finite
         self.log(f"{self.prefix}/train_loss", loss, prog_bar=True, on_step=False, on_epoch=True)
         if self.train_acc is not None:
             self.train_acc(logits.detach(), y)
             self.log(f"{self.prefix}/train_acc", self.train_acc, on_step=False, on_epoch=True)
         return loss
+
+    def on_train_epoch_end(self):
+        finite, self._finite = self._finite, None
+        if finite is not None and not bool(finite):
+            raise FloatingPointError(f"training {self.name}: non-finite loss in epoch {self.current_epoch}")
 
     def configure_optimizers(self):
         opt = torch.optim.SGD(self.model.parameters(), lr=self.lr, momentum=self.momentum,

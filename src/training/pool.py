@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import warnings
 
@@ -39,6 +40,24 @@ def _quiet_lightning():
         yield
     finally:
         lg.setLevel(level)
+
+
+@contextlib.contextmanager
+def _process_flags_kept():
+    """The Trainer switches deterministic algorithms on (and cuDNN's autotuner off) for the whole
+    process; they are put back after each model, so quantizers, scoring and the next stages run as
+    they would after a model read from the cache."""
+    det, warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    cudnn_benchmark, cublas = torch.backends.cudnn.benchmark, os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(det, warn_only=warn)
+        torch.backends.cudnn.benchmark = cudnn_benchmark
+        if cublas is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        else:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = cublas
 
 
 def train_models(recipe: Recipe, data: ImageData, members: list[torch.Tensor], seeds: list[int], device: str,
@@ -82,6 +101,13 @@ def train_model(recipe: Recipe, data: ImageData, member_idx: torch.Tensor, seed:
                         prefix=curve_prefix(name, recipe.pool_size),  # pool/mNN/train_loss|train_acc
                         channels_last=channels_last)
     accel = "gpu" if str(device).startswith("cuda") else "cpu"
+    with _process_flags_kept():
+        _fit(recipe, module, loader, accel, device, tc, logger, on_epoch, callbacks)
+    # bf16-mixed keeps fp32 weights; channels_last is undone so later stages see the usual layout
+    return to_memory_format(model, False).cpu().eval()
+
+
+def _fit(recipe, module, loader, accel, device, tc, logger, on_epoch, callbacks) -> None:
     with _quiet_lightning():  # the Trainer's device banner
         trainer = L.Trainer(max_epochs=int(tc.epochs), accelerator=accel, devices=1,
                             precision=resolve_precision(tc, device), logger=logger if logger else False,
@@ -101,8 +127,6 @@ def train_model(recipe: Recipe, data: ImageData, member_idx: torch.Tensor, seed:
                 raise
             signal.signal(signal.SIGINT, signal.default_int_handler)
             raise KeyboardInterrupt from None
-    # bf16-mixed keeps fp32 weights; channels_last is undone so later stages see the usual layout
-    return to_memory_format(model, False).cpu().eval()
 
 
 @torch.no_grad()
