@@ -271,8 +271,8 @@ def train_pool(cfg, data: ImageData, keep: np.ndarray, store: ArtifactStore, dev
     indices = list(range(keep.shape[0]) if indices is None else indices)
     keys = {m: cache_key(model_key(cfg, digest, m, device)) for m in indices if not is_external(cfg, m)}
     todo = [m for m in keys if not store.exists("models", keys[m])]
-    if len(todo) < len(indices):
-        log.info("pool: %d of %d models loaded from the cache, %d to train", len(indices) - len(todo), len(indices),
+    if len(todo) < len(keys):
+        log.info("pool: %d of %d models loaded from the cache, %d to train", len(keys) - len(todo), len(keys),
                  len(todo))
     k = max(1, int(cfg.train.get("models_per_step", 4))) if use_fast_path(cfg.train, device) else 1
     workers = cpu_workers(cfg, device, len(todo))
