@@ -146,7 +146,8 @@ def check_image_size(cfg, size: int, in_channels: int, source: str) -> None:
                       f"model={', '.join(fits) or '(none)'}")
 
 
-PATH_KEYS = ("paths.cache_dir", "paths.data_dir", "dataset.root", "dataset.decode_cache")
+PATH_KEYS = ("paths.cache_dir", "paths.data_dir", "dataset.root", "dataset.decode_cache", "target.checkpoint",
+             "target.members")
 
 
 def expand_paths(cfg) -> None:
@@ -373,7 +374,7 @@ def _validate_target(cfg, m: int, membership_mode: str) -> None:
         path = t.get(key)
         _need(path not in (None, ""), f"target.{key}: required with target=external; set target.{key}=PATH to "
                                       f"{what}")
-        _need(Path(str(path)).expanduser().is_file(), f"target.{key}={path}: no such file")
+        _need(Path(str(path)).is_file(), f"target.{key}={path}: no such file")
     _need(membership_mode == "pool", f"membership.target={membership_mode}: the external target brings its own "
                                      f"membership; allowed with target=external: pool")
     left = _as_list("target.leave_out", t.get("leave_out") or [])
