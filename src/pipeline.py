@@ -128,13 +128,12 @@ EXTERNAL_VERSION = 1
 def external_members(cfg, data: ImageData) -> np.ndarray:
     """The external target's members as a mask over the candidate set (``target.members``); a bad
     file raises ConfigError with one line, before any training."""
-    from src.data.datasets import _subset, train_files
+    from src.data.datasets import train_files
     from src.data.members import MembersError, read_members
     from src.validate import ConfigError
 
+    files = train_files(cfg.dataset, cfg.paths.data_dir)
     all_files = train_files(cfg.dataset, cfg.paths.data_dir, subset=False)
-    files = None if all_files is None else [all_files[i] for i in _subset(
-        len(all_files), cfg.dataset.get("max_train"), int(cfg.dataset.get("split_seed", 0) or 0))]
     try:
         return read_members(cfg.target.members, len(data.y_train), files, all_files)
     except MembersError as e:
