@@ -322,3 +322,28 @@ def test_plain_pytorch_model_audited_from_cli(tmp_path):
             assert m["n_members"] == len(members) and 0.0 <= m["auc"] <= 1.0
     assert "paired" in json.dumps(r["attacks"]["lira_online"])  # paired Δ against the FP target
     assert np.load(tmp_path / "run" / "scores.npz")["keep"].shape == (5, len(data.y_train))
+
+
+def test_resemblance_range_and_warning():
+    """The loss gap from φ equals the cross-entropy gap computed from p_y; a target inside the
+    references' widened range passes, one outside is named in a single warning line."""
+    from types import SimpleNamespace
+
+    from src.report.resemblance import loss_gap, resemblance, resemblance_warning
+
+    rng = np.random.default_rng(0)
+    p = rng.uniform(0.05, 0.95, size=(5, 40))              # p_y of 5 models on 40 candidates
+    keep = rng.random((5, 40)) < 0.5
+    phi = np.log(p) - np.log1p(-p)
+    gap = [(-np.log(p[m][~keep[m]])).mean() - (-np.log(p[m][keep[m]])).mean() for m in range(5)]
+    assert all(math.isclose(loss_gap(phi[m][:, None], keep[m]), gap[m], rel_tol=1e-9) for m in range(5))
+    pool = SimpleNamespace(phi=phi[:, :, None], keep=keep, train_acc=np.array([0.98, 0.99, 1.0, 0.99, 0.99]),
+                           test_acc=np.array([0.50, 0.52, 0.54, 0.51, 0.40]))
+    check = resemblance(pool, 4, [0, 1, 2, 3])
+    # references' test accuracy 0.50..0.54, widened by half its width (0.02) → 0.48..0.56: 0.40 is out
+    assert math.isclose(check["test_acc"]["low"], 0.48) and math.isclose(check["test_acc"]["high"], 0.56)
+    assert not check["test_acc"]["inside"] and check["train_acc"]["inside"]
+    line = resemblance_warning(check)
+    assert "\n" not in line and "test_acc=0.400 (references 0.500..0.540)" in line and "train_acc" not in line
+    pool.test_acc[4] = 0.55  # within the widened range
+    assert resemblance(pool, 4, [0, 1, 2, 3])["test_acc"]["inside"]
