@@ -200,7 +200,7 @@ def _train_pool_models(cfg, data: ImageData, keep: np.ndarray, indices: list[int
     """Train pool models ``indices`` on their IN halves; their cache artifacts (weights + utility)."""
     members = [torch.from_numpy(np.flatnonzero(keep[m])) for m in indices]
     for m, mem in zip(indices, members):
-        log.info("pool: training model %d of %d (%d examples)", m + 1, keep.shape[0], len(mem))
+        log.info("pool: training model %d of %d (%d examples)", m + 1, keep.shape[0] - external_target(cfg), len(mem))
     return _train_artifacts(Recipe.of(cfg), data, members, [model_seed(cfg, m) for m in indices], device,
                             [f"pool model {m}" for m in indices], logger, on_epoch)
 
@@ -316,7 +316,7 @@ def _train_missing_parallel(cfg, data, keep, store, device, todo, keys, digest, 
 
     def task(m):
         mem = torch.from_numpy(np.flatnonzero(keep[m]))
-        log.info("pool: training model %d of %d (%d examples)", m + 1, keep.shape[0], len(mem))
+        log.info("pool: training model %d of %d (%d examples)", m + 1, keep.shape[0] - external_target(cfg), len(mem))
         return (_train_artifacts, recipe, data, [mem], [model_seed(cfg, m)], device, [f"pool model {m}"], None,
                 None, threads)
 
