@@ -489,7 +489,8 @@ def _validate_attack(cfg, m: int) -> None:
     if offline:
         hi, why = min(hi, m - 1 - left), f"{offline[0]} needs an OUT reference for every example"
     if online:
-        lo, hi, why = max(1, 1 + left), min(hi, m - 1 - left), f"{online[0]} needs IN and OUT references for every example"
+        lo, hi = 1 + left, min(hi, m - 1 - left)
+        why = f"{online[0]} needs IN and OUT references for every example"
     _need(lo <= k <= hi, f"pkeep={cfg.pkeep}: with n_models={m} every example is IN for round(n_models·pkeep)={k} "
                          f"models, but {why}; need {lo} ≤ round(n_models·pkeep) ≤ {hi} (e.g. pkeep=0.5 with "
                          f"n_models ≥ {max(need, 2 * lo)})")

@@ -35,7 +35,8 @@ def _lines(path: Path) -> list[tuple[int, str]]:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
-        raise MembersError(f"{KEY}={path}: cannot read it as a text file ({getattr(e, 'strerror', None) or e})") from None
+        why = getattr(e, "strerror", None) or e
+        raise MembersError(f"{KEY}={path}: cannot read it as a text file ({why})") from None
     out = []
     for n, line in enumerate(text.splitlines(), 1):
         s = line.split("#", 1)[0].strip()
@@ -47,7 +48,8 @@ def _lines(path: Path) -> list[tuple[int, str]]:
 def _from_indices(path: Path, idx: np.ndarray, n: int, where: str = "") -> np.ndarray:
     bad = idx[(idx < 0) | (idx >= n)]
     if bad.size:
-        raise MembersError(f"{KEY}={path}: index {int(bad[0])}{where} is outside the candidate set; allowed: 0..{n - 1} "
+        raise MembersError(f"{KEY}={path}: index {int(bad[0])}{where} is outside the candidate set; "
+                           f"allowed: 0..{n - 1} "
                            f"(the {n} training examples in the candidate order, docs/audit.md)")
     mask = np.zeros(n, dtype=bool)
     mask[idx] = True
