@@ -23,7 +23,7 @@ from src.report.results import build_results, job_dir, print_results, write_job
 from src.report.wandb_sink import WandbSink
 from src.training import resolve_device
 from src.validate import (ConfigError, check_image_size, check_override_keys, config_warnings, expand_paths,
-                          validate, validate_layers, validate_with_data)
+                          validate, validate_external, validate_layers, validate_with_data)
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -53,6 +53,7 @@ def prepare(cfg: DictConfig):
     data = load_dataset(cfg.dataset, cfg.paths.data_dir)
     check_image_size(cfg, data.image_size, data.in_channels, f"dataset={cfg.dataset.name}")
     validate_layers(cfg, data.num_classes, data.in_channels)
+    validate_external(cfg, data.num_classes, data.in_channels)  # target=external: its checkpoint fits `model`
     keep = P.membership(cfg, data)
     targets = P.target_indices(cfg)
     validate_with_data(cfg, keep, len(data.y_test), targets)
@@ -100,6 +101,7 @@ def _run(cfg, data, keep, targets, device, store, warnings) -> dict | None:
                      store.saved["models"])
             return None
         pool = P.train_pool(cfg, data, keep, store, device, logger=sink.lightning_logger())
+        resemblance = P.check_resemblance(cfg, keep, pool, targets, warnings)  # target=external only
         quantized = P.quantize_targets(cfg, data, keep, targets, store, device)
         refs = P.reference_phi(cfg, data, keep, pool, store, device)  # {"fp"|"matched": φ of the references}
         scores = {kind: {t.index: P.attack_target(cfg, keep, phi, t.index, t.phi) for t in quantized}
@@ -112,6 +114,8 @@ def _run(cfg, data, keep, targets, device, store, warnings) -> dict | None:
         results["warnings"] = warnings + P.result_warnings(results)
         for w in results["warnings"][len(warnings):]:
             log.warning(w)
+        if resemblance:
+            results["resemblance"] = resemblance
         results["provenance"] = provenance(device)
         write_job(job_dir(), results, arrays, {q.index: q.export for q in quantized})
         with _tee_to_log():

@@ -71,11 +71,24 @@ def independent_targets(cfg) -> bool:
     return (cfg.get("membership") or {}).get("target", "pool") == "independent"
 
 
+def external_target(cfg) -> bool:
+    """``target=external``: the attacked model is a checkpoint trained outside the project."""
+    return (cfg.get("target") or {}).get("name", "pool") == "external"
+
+
+def is_external(cfg, index: int) -> bool:
+    """Row ``index`` of the keep matrix is the external target's (the one row after the pool)."""
+    return external_target(cfg) and int(index) == int(cfg.n_models)
+
+
 def membership(cfg, data: ImageData) -> np.ndarray:
     """The keep matrix [rows, N]: the pool's ``n_models`` balanced rows (each example IN for exactly
     round(n_models·pkeep)); with ``membership.target=independent`` one more row per target after them,
-    each the target's own random half, independent of the pool's split."""
+    each the target's own random half, independent of the pool's split; with ``target=external`` one
+    row after the pool: the external target's members (``target.members``, src/data/members.py)."""
     keep = keep_matrix(int(cfg.n_models), len(data.y_train), float(cfg.pkeep), int(cfg.seed))
+    if external_target(cfg):
+        return np.vstack([keep, external_members(cfg, data)[None]])
     if independent_targets(cfg):
         n_targets = max(int(t) for t in _target_list(cfg)) + 1
         keep = np.vstack([keep, independent_rows(n_targets, len(data.y_train), float(cfg.pkeep), int(cfg.seed))])
@@ -84,7 +97,12 @@ def membership(cfg, data: ImageData) -> np.ndarray:
 
 def reference_models(cfg, keep: np.ndarray, target: int) -> list[int]:
     """The references of ``target``: every other pool model (leave-one-out), or with independent
-    targets all ``n_models`` pool models and never another target."""
+    targets all ``n_models`` pool models and never another target; for an external target every pool
+    model but those in ``target.leave_out``. Their keep rows alone give LiRA's IN/OUT counts: the
+    target's own row is only the ground truth its scores are evaluated against."""
+    if external_target(cfg):
+        left_out = {int(m) for m in cfg.target.get("leave_out") or []}
+        return [m for m in range(int(cfg.n_models)) if m not in left_out]
     n = int(cfg.n_models) if independent_targets(cfg) else keep.shape[0]
     return [m for m in range(n) if m != target]
 
@@ -107,6 +125,75 @@ def model_key(cfg, digest: str, index: int, device: str) -> dict:
     return versioned(key, TRAINER_VERSION)
 
 
+EXTERNAL_VERSION = 1
+
+
+def external_members(cfg, data: ImageData) -> np.ndarray:
+    """The external target's members as a mask over the candidate set (``target.members``); a bad
+    file raises ConfigError with one line, before any training."""
+    from src.data.datasets import train_files
+    from src.data.members import MembersError, read_members
+    from src.validate import ConfigError
+
+    files = train_files(cfg.dataset, cfg.paths.data_dir)
+    all_files = train_files(cfg.dataset, cfg.paths.data_dir, subset=False)
+    try:
+        return read_members(cfg.target.members, len(data.y_train), files, all_files)
+    except MembersError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _file_sha256(path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:32]
+
+
+def external_key(cfg, digest: str, members: np.ndarray) -> dict:
+    """Cache key of the external target: the checkpoint's bytes, the architecture, the data and its
+    members (which its quantized versions calibrate on)."""
+    import hashlib
+
+    return versioned({"kind": "external_model", "checkpoint": _file_sha256(cfg.target.checkpoint),
+                      "model": _plain(cfg.model), "data": digest,
+                      "members": hashlib.sha256(np.packbits(members).tobytes()).hexdigest()[:32]}, EXTERNAL_VERSION)
+
+
+def describe_model(cfg) -> str:
+    """``model=smallcnn (width=32)``: the configured architecture, for error lines."""
+    extra = ", ".join(f"{k}={v}" for k, v in _plain(cfg.model).items() if k != "name" and v is not None)
+    return f"model={cfg.model.name}" + (f" ({extra})" if extra else "")
+
+
+def external_model(cfg, data: ImageData, keep: np.ndarray, store: ArtifactStore, device: str,
+                   digest: str) -> tuple[nn.Module, dict]:
+    """The external checkpoint loaded strictly into ``model``, with its utility (test accuracy, and
+    accuracy on its members), cached like a pool model."""
+    from src.models.checkpoint import load_strict
+
+    index = int(cfg.n_models)
+    key = external_key(cfg, digest, keep[index])
+
+    def make():
+        model = load_strict(build_model(cfg.model, data.num_classes, data.in_channels), cfg.target.checkpoint,
+                            describe_model(cfg)).eval()
+        mem = torch.from_numpy(np.flatnonzero(keep[index]))
+        log.info("target: external checkpoint %s, %d members", cfg.target.checkpoint, len(mem))
+        return {"state_dict": model.state_dict(),
+                "test_acc": evaluate_accuracy(model, data.x_test, data.y_test, data.mean, data.std, device),
+                "train_acc": evaluate_accuracy(model, data.x_train[mem], data.y_train[mem], data.mean, data.std,
+                                               device)}
+
+    art, _ = store.get_or_create("models", key, make)
+    model = build_model(cfg.model, data.num_classes, data.in_channels)
+    model.load_state_dict(art["state_dict"])
+    return model.eval(), {"key": key, "test_acc": art["test_acc"], "train_acc": art["train_acc"]}
+
+
 def model_seed(cfg, index: int) -> int:
     return int(cfg.seed) * 100_003 + int(index)
 
@@ -116,7 +203,7 @@ def _train_pool_models(cfg, data: ImageData, keep: np.ndarray, indices: list[int
     """Train pool models ``indices`` on their IN halves; their cache artifacts (weights + utility)."""
     members = [torch.from_numpy(np.flatnonzero(keep[m])) for m in indices]
     for m, mem in zip(indices, members):
-        log.info("pool: training model %d of %d (%d examples)", m + 1, keep.shape[0], len(mem))
+        log.info("pool: training model %d of %d (%d examples)", m + 1, keep.shape[0] - external_target(cfg), len(mem))
     return _train_artifacts(Recipe.of(cfg), data, members, [model_seed(cfg, m) for m in indices], device,
                             [f"pool model {m}" for m in indices], logger, on_epoch)
 
@@ -150,8 +237,11 @@ def cpu_workers(cfg, device: str, n_todo: int, fast_path_counts: bool = True) ->
 
 def get_pool_model(cfg, data: ImageData, keep: np.ndarray, index: int, store: ArtifactStore, device: str,
                    digest: str | None = None, logger=None) -> tuple[nn.Module, dict]:
-    """Pool model ``index`` (trained on its IN half, or loaded from the cache) and its utility."""
+    """Pool model ``index`` (trained on its IN half, or loaded from the cache) and its utility; the
+    external target's row gives the external checkpoint."""
     digest = digest or data_digest(data)
+    if is_external(cfg, index):
+        return external_model(cfg, data, keep, store, device, digest)
     key = model_key(cfg, digest, index, device)
     art, _ = store.get_or_create("models", key, lambda: _train_pool_models(cfg, data, keep, [index], device, logger)[0])
     model = build_model(cfg.model, data.num_classes, data.in_channels)
@@ -181,10 +271,10 @@ def train_pool(cfg, data: ImageData, keep: np.ndarray, store: ArtifactStore, dev
     each model's cache lock held while its group trains, so parallel jobs never train it twice."""
     digest = data_digest(data)
     indices = list(range(keep.shape[0]) if indices is None else indices)
-    keys = {m: cache_key(model_key(cfg, digest, m, device)) for m in indices}
-    todo = [m for m in indices if not store.exists("models", keys[m])]
-    if len(todo) < len(indices):
-        log.info("pool: %d of %d models loaded from the cache, %d to train", len(indices) - len(todo), len(indices),
+    keys = {m: cache_key(model_key(cfg, digest, m, device)) for m in indices if not is_external(cfg, m)}
+    todo = [m for m in keys if not store.exists("models", keys[m])]
+    if len(todo) < len(keys):
+        log.info("pool: %d of %d models loaded from the cache, %d to train", len(keys) - len(todo), len(keys),
                  len(todo))
     k = max(1, int(cfg.train.get("models_per_step", 4))) if use_fast_path(cfg.train, device) else 1
     workers = cpu_workers(cfg, device, len(todo))
@@ -229,7 +319,7 @@ def _train_missing_parallel(cfg, data, keep, store, device, todo, keys, digest, 
 
     def task(m):
         mem = torch.from_numpy(np.flatnonzero(keep[m]))
-        log.info("pool: training model %d of %d (%d examples)", m + 1, keep.shape[0], len(mem))
+        log.info("pool: training model %d of %d (%d examples)", m + 1, keep.shape[0] - external_target(cfg), len(mem))
         return (_train_artifacts, recipe, data, [mem], [model_seed(cfg, m)], device, [f"pool model {m}"], None,
                 None, threads)
 
@@ -464,7 +554,9 @@ def _target_list(cfg) -> list[int]:
 
 def target_indices(cfg) -> list[int]:
     """Rows of the keep matrix attacked: pool models ``targets``, or with independent targets the
-    rows ``n_models + t`` after the pool."""
+    rows ``n_models + t`` after the pool; the external target's row ``n_models``."""
+    if external_target(cfg):
+        return [int(cfg.n_models)]
     offset = int(cfg.n_models) if independent_targets(cfg) else 0
     return [offset + t for t in _target_list(cfg)]
 
@@ -479,6 +571,21 @@ def reference_phi(cfg, data: ImageData, keep: np.ndarray, pool: Pool, store: Art
         return {"fp": pool.phi}
     matched = np.stack([q.phi for q in quantize_targets(cfg, data, keep, list(range(keep.shape[0])), store, device)])
     return {"matched": matched} if ref == "matched" else {"fp": pool.phi, "matched": matched}
+
+
+def check_resemblance(cfg, keep: np.ndarray, pool: Pool, targets: list[int], warnings: list[str]) -> dict | None:
+    """``target=external``: the target's accuracies and loss gap against its references' range
+    (src/report/resemblance.py); a line is logged and added to ``warnings`` when it falls outside."""
+    if not external_target(cfg):
+        return None
+    from src.report.resemblance import resemblance, resemblance_warning
+
+    check = resemblance(pool, targets[0], reference_models(cfg, keep, targets[0]))
+    line = resemblance_warning(check)
+    if line:
+        log.warning(line)
+        warnings.append(line)
+    return check
 
 
 def attack_target(cfg, keep: np.ndarray, ref_phi: np.ndarray, target: int, target_phi: np.ndarray) -> dict:

@@ -24,7 +24,7 @@ from src.training.precision import PRECISIONS
 CONF = Path(__file__).resolve().parents[1] / "conf"
 # nodes whose keys are checked against the selected option's own yaml: a key the option does not
 # define would be read by nothing (a typo, or a budget key of another method) and silently ignored
-CHECKED_GROUPS = ("quant", "attack", "dataset", "model", "train")
+CHECKED_GROUPS = ("quant", "attack", "dataset", "model", "train", "target")
 # keys the code reads as optional extras of a node though no shipped option file sets them
 OPTIONAL_KEYS = {"dataset": ("max_train", "max_test", "query_augment"),
                  "train": ("fast", "bf16", "models_per_step", "compile", "channels_last", "cuda_graphs", "precision",
@@ -147,7 +147,8 @@ def check_image_size(cfg, size: int, in_channels: int, source: str) -> None:
                       f"model={', '.join(fits) or '(none)'}")
 
 
-PATH_KEYS = ("paths.cache_dir", "paths.data_dir", "dataset.root", "dataset.decode_cache")
+PATH_KEYS = ("paths.cache_dir", "paths.data_dir", "dataset.root", "dataset.decode_cache", "target.checkpoint",
+             "target.members")
 
 
 def expand_paths(cfg) -> None:
@@ -285,6 +286,7 @@ def validate(cfg) -> None:
         _need(len(targets) > 0, "targets=[]: name at least one pool model to attack")
     mode = (cfg.get("membership") or {}).get("target", "pool")
     _need(mode in ("pool", "independent"), f"membership.target={mode}: allowed: pool, independent")
+    _validate_target(cfg, m, mode)
     for t in targets:
         ti = _int(cfg, "targets", t, 0)
         # independent targets are numbered 0.. after the pool; pool targets are pool indices
@@ -366,6 +368,47 @@ def validate(cfg) -> None:
     check_cache_dir(str(cfg.paths.cache_dir))
 
 
+TARGETS = ("pool", "external")
+
+
+def _validate_target(cfg, m: int, membership_mode: str) -> None:
+    """``target``: pool models, or an external checkpoint with its members file (files checked here;
+    their contents by :func:`validate_external` and the membership split, before any training)."""
+    t = cfg.get("target") or {}
+    name = t.get("name", "pool")
+    _need(name in TARGETS, f"target.name={name}: allowed: {', '.join(TARGETS)}")
+    if name != "external":
+        return
+    for key, what in (("checkpoint", "the model's state_dict (torch.save(model.state_dict(), PATH))"),
+                      ("members", "its training examples (docs/audit.md)")):
+        path = t.get(key)
+        _need(path not in (None, ""), f"target.{key}: required with target=external; set target.{key}=PATH to "
+                                      f"{what}")
+        _need(Path(str(path)).is_file(), f"target.{key}={path}: no such file")
+    _need(membership_mode == "pool", f"membership.target={membership_mode}: the external target brings its own "
+                                     f"membership; allowed with target=external: pool")
+    left = _as_list("target.leave_out", t.get("leave_out") or [])
+    for i in left:
+        _need(0 <= _int(cfg, "target.leave_out", i, 0) < m,
+              f"target.leave_out: index {i} is outside the pool; allowed: 0..{m - 1} (n_models={m})")
+    _need(len(set(int(i) for i in left)) < m - 1, f"target.leave_out={list(left)}: leaves fewer than 2 of the "
+                                                  f"n_models={m} pool models as references")
+
+
+def validate_external(cfg, num_classes: int, in_channels: int) -> None:
+    """The external checkpoint loads strictly into the configured model (run before any training)."""
+    from src.models import build_model
+    from src.models.checkpoint import CheckpointError, load_strict
+    from src.pipeline import describe_model, external_target
+
+    if not external_target(cfg):
+        return
+    try:
+        load_strict(build_model(cfg.model, num_classes, in_channels), cfg.target.checkpoint, describe_model(cfg))
+    except CheckpointError as e:
+        raise ConfigError(str(e)) from None
+
+
 def config_warnings(cfg, overrides: list[str] | None = None) -> list[str]:
     """One line per setting that runs but does not do what it says. ``overrides``: the command
     line's (``bits`` only counts when the user set it; the default 4 is not a choice)."""
@@ -384,6 +427,8 @@ def config_warnings(cfg, overrides: list[str] | None = None) -> list[str]:
     if q == "qdrop" and "quant.p" in set_keys:
         out.append(f"quant.p={cfg.quant.p}: the L_p norm of the weight clipping-range search; QDrop's drop "
                    f"probability is quant.drop_prob (now {cfg.quant.get('drop_prob')})")
+    if (cfg.get("target") or {}).get("name", "pool") == "external" and {"targets", "n_targets"} & set_keys:
+        out.append("targets: has no effect with target=external; the external checkpoint is the one target")
     m = int(cfg.n_models)
     for name in cfg.attack.names:
         if name in PER_EXAMPLE_VARIANCE and m < MIN_MODELS_PER_EXAMPLE_VARIANCE:
@@ -452,11 +497,16 @@ def _validate_attack(cfg, m: int) -> None:
     k = int(round(m * float(cfg.pkeep)))
     online = [n for n in names if n in ONLINE_ATTACKS]
     offline = [n for n in names if n in OFFLINE_ATTACKS]
+    # pool models that are not references: the target (leave-one-out), or target.leave_out of an
+    # external target; each may take away one IN or one OUT reference of an example
+    t = cfg.get("target") or {}
+    left = len({int(i) for i in t.get("leave_out") or []}) if t.get("name", "pool") == "external" else 1
     lo, hi, why = 1, m - 1, "each model needs members and non-members"
     if offline:
-        hi, why = m - 2, f"{offline[0]} needs an OUT reference for every example"
+        hi, why = min(hi, m - 1 - left), f"{offline[0]} needs an OUT reference for every example"
     if online:
-        lo, hi, why = 2, m - 2, f"{online[0]} needs IN and OUT references for every example"
+        lo, hi = 1 + left, min(hi, m - 1 - left)
+        why = f"{online[0]} needs IN and OUT references for every example"
     _need(lo <= k <= hi, f"pkeep={cfg.pkeep}: with n_models={m} every example is IN for round(n_models·pkeep)={k} "
                          f"models, but {why}; need {lo} ≤ round(n_models·pkeep) ≤ {hi} (e.g. pkeep=0.5 with "
                          f"n_models ≥ {max(need, 2 * lo)})")

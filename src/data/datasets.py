@@ -96,6 +96,7 @@ class Source:
     items: Callable[[], dict]       # {"classes", "train": (files|array, labels), "test": (...)}
     mean: tuple | None = None       # fixed normalisation (None: computed from the training images)
     std: tuple | None = None
+    root: Path | None = None        # image files: the folder their relative names start from
 
 
 def _stat(path: Path, root: Path, where: str, why: str = "") -> tuple[str, int, int]:
@@ -231,7 +232,7 @@ def imagefolder_source(root: str | None, name: str = "imagefolder") -> Source:
             stats += st
             labels += [i] * len(f)
         split[s] = (files, labels)
-    return Source(name, where, stats, lambda: {"classes": classes, **split})
+    return Source(name, where, stats, lambda: {"classes": classes, **split}, root=root_p)
 
 
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # the study normalises TinyImageNet so
@@ -286,7 +287,7 @@ def tinyimagenet_source(data_dir: str, download: bool = False) -> Source:
     if not te_files:
         raise DataError(f"{where}: {ann} lists no images")
     split = {"classes": wnids, "train": (tr_files, tr_labels), "test": (te_files, te_labels)}
-    return Source("tinyimagenet", where, stats, lambda: split, *IMAGENET_STATS)
+    return Source("tinyimagenet", where, stats, lambda: split, *IMAGENET_STATS, root=root)
 
 
 CIFAR_STATS = {
@@ -523,6 +524,23 @@ def load_dataset(cfg, data_dir: str) -> ImageData:
     data.x_train, data.y_train = data.x_train[tr], data.y_train[tr]
     data.x_test, data.y_test = data.x_test[te], data.y_test[te]
     return data
+
+
+def train_files(cfg, data_dir: str, subset: bool = True) -> list[str] | None:
+    """Relative names (POSIX, from the dataset's root folder) of the training examples, in the order of
+    ``load_dataset(cfg, data_dir).x_train``: the file-reading datasets' candidate order (class folders
+    sorted by name, files sorted by name within each, then the seeded ``max_train`` subset kept in that
+    order; ``subset=False``: every training image, before that subset). None for datasets not read
+    from image files (CIFAR's pickles, digits, synthetic)."""
+    if cfg.name not in SOURCES:
+        return None
+    src = SOURCES[cfg.name](cfg, data_dir)
+    if src.root is None:
+        return None
+    files = src.items()["train"][0]
+    keep = (_subset(len(files), cfg.get("max_train"), int(cfg.get("split_seed", 0) or 0)) if subset
+            else range(len(files)))
+    return [Path(files[i]).relative_to(src.root).as_posix() for i in keep]
 
 
 def resize(x: torch.Tensor, size: int) -> torch.Tensor:

@@ -109,7 +109,7 @@ def build_results(cfg, data, pool, quantized, scores, fp_scores, refs, ref_out=N
                "fp_train_acc": float(np.mean([pool.train_acc[t] for t in tids])),
                "train_acc": float(np.mean([q.train_acc for q in quantized])),
                "accuracy_drop": fp_test - q_test,
-               "pool_test_acc_mean": float(pool.test_acc.mean()),
+               "pool_test_acc_mean": float(pool.test_acc[:int(cfg.n_models)].mean()),  # the pool's own rows
                "per_target": [{"target": q.index, "fp_test_acc": float(pool.test_acc[q.index]),
                                "test_acc": q.test_acc, "fp_train_acc": float(pool.train_acc[q.index]),
                                "train_acc": q.train_acc} for q in quantized]}
