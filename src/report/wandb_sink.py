@@ -210,6 +210,9 @@ def summary_values(results: dict) -> dict[str, float]:
             out.update({f"{prefix}{attack}/{k}": v for k, v in evidence_values(m).items()})
     if (results.get("quant") or {}).get("seconds") is not None:
         out["quant_seconds"] = results["quant"]["seconds"]
+    from src.report.releases import release_values
+
+    out.update(release_values(results))  # attack.release: joint vs single releases
     return out
 
 
