@@ -464,6 +464,10 @@ def write_summary(sweep_dir: str | Path, quiet: bool = False, attack: str | None
     plots.privacy_utility(primary, shown, paths["privacy_utility"], metric=metric)
     plots.roc(results, shown, paths["roc"])
     plots.privacy_utility_delta(primary, shown, paths["privacy_utility_delta"])
+    from src.report.releases import plot_deltas
+
+    if plot_deltas(results, sweep / "releases.png"):  # jobs with attack.release
+        paths["releases"] = sweep / "releases.png"
     if not quiet:
         print(md, end="")
     return paths
