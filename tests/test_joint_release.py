@@ -272,3 +272,44 @@ def test_release_job_end_to_end(tmp_path):
     np.testing.assert_array_equal(phi[2], z["ref_phi"])
     assert (run / "releases.png").stat().st_size > 0
     assert block["cost"]["4-bit"]["models"] == 6
+
+
+def test_release_report_block():
+    """results.json's ``releases`` block from known scores: the best single release is the one with
+    the highest mean metric, Δ is joint − that release on the same examples, and the block reaches
+    summary.md and the W&B summary."""
+    from omegaconf import OmegaConf
+
+    from src.releases import Release, ReleaseScores
+    from src.report.releases import markdown_section, release_results
+    from src.report.wandb_sink import summary_values
+
+    rng = np.random.default_rng(11)
+    n = 400
+    keep = np.zeros((3, n), dtype=bool)
+    keep[0, : n // 2] = True
+    keep[1:, n // 2:] = True
+    y = keep[0]
+    strength = {"fp": 1.0, "2-bit": 0.4, "joint": 1.5}  # member shift of each score set
+    s = {k: rng.normal(size=n) + v * y for k, v in strength.items()}
+    rs = ReleaseScores([Release("fp", None), Release("2-bit", 2.0)], np.zeros((2, 3, n, 1), np.float32),
+                       {0: {"lira_online": s["joint"]}}, {"fp": {0: {"lira_online": s["fp"]}},
+                                                          "2-bit": {0: {"lira_online": s["2-bit"]}}}, {})
+    cfg = OmegaConf.create({"seed": 0, "attack": {"names": ["lira_online", "loss"], "bootstrap": 50,
+                                                  "fprs": [1e-2, 1e-3]}})
+    block, arrays = release_results(cfg, keep, rs)
+    a = block["attacks"]["lira_online"]
+    auc = {k: float(np.mean(v[y][:, None] > v[~y][None, :])) for k, v in s.items()}  # no ties in normals
+    assert a["joint"]["auc"] == pytest.approx(auc["joint"], abs=1e-12)
+    assert a["best_single"]["auc"] == "fp"
+    assert a["paired"]["auc"]["delta"] == pytest.approx(auc["joint"] - auc["fp"], abs=1e-12)
+    lo, hi = a["paired"]["auc"]["ci"]
+    assert lo <= a["paired"]["auc"]["delta"] <= hi
+    assert arrays["release_attack_lira_online"].shape == (2, 1, n)
+    res = {"job": {"dataset": "digits", "model": "smallcnn", "quant": "obc", "bits": 2.0}, "releases": block,
+           "attacks": {}, "utility": {}}
+    md = markdown_section([res])
+    assert "| obc | 2 | fp+2-bit | lira_online |" in md
+    vals = summary_values(res)
+    assert vals["releases/lira_online/delta_auc"] == pytest.approx(auc["joint"] - auc["fp"], abs=1e-12)
+    assert vals["releases/lira_online/2-bit/auc"] == pytest.approx(auc["2-bit"], abs=1e-12)
