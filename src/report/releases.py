@@ -108,8 +108,8 @@ def print_releases(results: dict) -> None:
             if v is None:
                 cells += ["n/a"] * 3
                 continue
-            cells += [f"{v['joint']:.4f}", "  ".join(f"{lab} {x:.4f}" for lab, x in v["single"].items()),
-                      _ci(v["delta"]) + f" vs {v['best']}"]
+            cells += [f"{v['joint']:.4f}", "\n".join(f"{lab} {x:.4f}" for lab, x in v["single"].items()),
+                      _ci(v["delta"]) + f"\nvs {v['best']}"]
         table.add_row(r["attack"], r["releases"], *cells)
     console.print(f"[bold]joint attack over released versions {block['releases']}[/bold] "
                   "(references: FP pool for fp, matched quantized pool for each quantized release)")
