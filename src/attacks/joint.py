@@ -21,8 +21,11 @@ direction in which every release's score moves by the same number of its own OUT
 deviations (members are fitted better in every release). z is the generalised (correlated) Stouffer
 combination of the per-release z-scores; for k = 1 it is (φ_t − μ_out)/σ_out, the paper's test.
 
-Centre: the coordinate-wise ``median`` or ``mean`` of the references, as in the single attack. Σ per
-example is the population covariance (ddof 0, about the mean). Fixed covariance (``*_fixed``):
+Centre: the ``median`` or ``mean`` of the references, as in the single attack, taken coordinate-wise
+along the principal axes of the releases (the eigenvectors of the references' within-example
+scatter, below): for near-copies a coordinate-wise median in the release axes would take the two
+releases' medians from different references and invent a difference between them that no reference
+has. Σ per example is the population covariance (ddof 0, about the mean). Fixed covariance (``*_fixed``):
 ``residual`` = the mean of (φ − centre)(φ − centre)ᵀ over all selected values of a world (one k×k
 matrix per world); ``pooled_in`` = the covariance of all selected IN values about their grand mean,
 used for both worlds (offline: the OUT values).
@@ -30,8 +33,8 @@ used for both worlds (offline: the OUT values).
 Degenerate releases. Directions in which no reference varies around its per-example mean in any
 example (a release that is an exact copy, or an exact linear function, of others) carry no
 density: they are dropped once per target, using the eigenvectors of the within-example scatter
-summed over both worlds (eigenvalue ≤ 1e-9 × the largest). On the remaining orthonormal basis the
-scores are computed as above, and each per-example covariance has its eigenvalues floored at
+summed over the worlds used (eigenvalue ≤ 1e-9 × the largest). On the remaining orthonormal basis
+the scores are computed as above (the likelihood ratio does not depend on the basis), and each per-example covariance has its eigenvalues floored at
 ``sigma_floor``² (the single attack's floor on σ). A copy of a release thus gives exactly the
 single-release online and one-sided offline scores (the two-sided one up to a constant, +½ log k
 for k identical copies: densities, unlike their ratios, depend on the basis).
@@ -127,10 +130,6 @@ def release_basis(*scatters: np.ndarray) -> np.ndarray:
     return vec[:, lam > NULL_TOLERANCE * lam[-1]]
 
 
-def _project_cov(cov: np.ndarray, basis: np.ndarray) -> np.ndarray:
-    return np.einsum("ap,...ab,bq->...pq", basis, cov, basis)
-
-
 def _eig_floor(cov: np.ndarray, sigma_floor: float) -> tuple[np.ndarray, np.ndarray]:
     lam, vec = np.linalg.eigh(cov)
     return np.maximum(lam, sigma_floor ** 2), vec
@@ -160,22 +159,34 @@ def _fixed_cov(st: JointStats, fixed: str, pooled: JointStats) -> np.ndarray:
     return pooled.pooled / pooled.n_values  # pooled_in
 
 
+def principal_releases(phi_ref: np.ndarray, phi_target: np.ndarray, masks) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """phi_ref [k, R, N, Q] and phi_target [k, N, Q] rotated onto :func:`release_basis` of the
+    within-example scatter of the worlds in ``masks``: (y_ref [p, R, N, Q], y_target [p, N, Q], basis [k, p])."""
+    basis = release_basis(*(joint_stats(phi_ref, m, "mean").scatter for m in masks))
+    y_ref = np.einsum("arnq,ap->prnq", phi_ref.astype(np.float64), basis)
+    y_target = np.einsum("anq,ap->pnq", phi_target.astype(np.float64), basis)
+    return y_ref, y_target, basis
+
+
+def _check(fixed_variance: str | None) -> None:
+    if fixed_variance is not None and fixed_variance not in FIXED_VARIANCES:
+        raise ValueError(f"attack.fixed_variance={fixed_variance!r}: allowed {', '.join(FIXED_VARIANCES)}")
+
+
 def joint_online(phi_ref: np.ndarray, in_mask: np.ndarray, out_mask: np.ndarray, phi_target: np.ndarray,
                  centre: str = "median", fixed_variance: str | None = None,
                  sigma_floor: float = 1e-6) -> np.ndarray:
     """Online joint LiRA score [N] from phi_ref [k, R, N, Q] and phi_target [k, N, Q] (module doc)."""
     phi_ref, phi_target = _as_releases(phi_ref, phi_target)
-    if fixed_variance is not None and fixed_variance not in FIXED_VARIANCES:
-        raise ValueError(f"attack.fixed_variance={fixed_variance!r}: allowed {', '.join(FIXED_VARIANCES)}")
-    st_in, st_out = joint_stats(phi_ref, in_mask, centre), joint_stats(phi_ref, out_mask, centre)
-    basis = release_basis(st_in.scatter, st_out.scatter)
-    x = np.moveaxis(phi_target.astype(np.float64), 0, -1) @ basis   # [N, Q, p]
+    _check(fixed_variance)
+    y_ref, y_t, _ = principal_releases(phi_ref, phi_target, (in_mask, out_mask))
+    st_in, st_out = joint_stats(y_ref, in_mask, centre), joint_stats(y_ref, out_mask, centre)
+    x = np.moveaxis(y_t, 0, -1)   # [N, Q, p]
     if fixed_variance is None:
         cov_in, cov_out = st_in.cov, st_out.cov
     else:
         cov_in, cov_out = _fixed_cov(st_in, fixed_variance, st_in), _fixed_cov(st_out, fixed_variance, st_in)
-    llr = (log_normal(x, st_in.centre @ basis, _project_cov(cov_in, basis), sigma_floor)
-           - log_normal(x, st_out.centre @ basis, _project_cov(cov_out, basis), sigma_floor))
+    llr = log_normal(x, st_in.centre, cov_in, sigma_floor) - log_normal(x, st_out.centre, cov_out, sigma_floor)
     return llr.mean(axis=1)
 
 
@@ -186,19 +197,16 @@ def joint_offline(phi_ref: np.ndarray, out_mask: np.ndarray, phi_target: np.ndar
     phi_ref, phi_target = _as_releases(phi_ref, phi_target)
     if mode not in ("one_sided", "two_sided"):
         raise ValueError(f"attack.offline={mode!r}: allowed one_sided, two_sided")
-    if fixed_variance is not None and fixed_variance not in FIXED_VARIANCES:
-        raise ValueError(f"attack.fixed_variance={fixed_variance!r}: allowed {', '.join(FIXED_VARIANCES)}")
-    st = joint_stats(phi_ref, out_mask, centre)
-    basis = release_basis(st.scatter)
-    x = np.moveaxis(phi_target.astype(np.float64), 0, -1) @ basis
+    _check(fixed_variance)
+    y_ref, y_t, basis = principal_releases(phi_ref, phi_target, (out_mask,))
+    st = joint_stats(y_ref, out_mask, centre)
+    x = np.moveaxis(y_t, 0, -1)
     cov = st.cov if fixed_variance is None else _fixed_cov(st, fixed_variance, st)
-    cov_p = _project_cov(cov, basis)
-    mu = st.centre @ basis
     if mode == "two_sided":
-        return (-log_normal(x, mu, cov_p, sigma_floor)).mean(axis=1)
-    sd = np.sqrt(np.maximum(np.diagonal(cov, axis1=-2, axis2=-1), sigma_floor ** 2))  # per-release σ_out
-    z = shift_z(x, mu, cov_p, sd @ basis, sigma_floor)
-    return log_ndtr(z).mean(axis=1)
+        return (-log_normal(x, st.centre, cov, sigma_floor)).mean(axis=1)
+    var = np.einsum("ap,...pr,ar->...a", basis, cov, basis)   # per-release σ_out², original coordinates
+    d = np.sqrt(np.maximum(var, sigma_floor ** 2)) @ basis
+    return log_ndtr(shift_z(x, st.centre, cov, d, sigma_floor)).mean(axis=1)
 
 
 # ---------------------------------------------------------------------------------------------
