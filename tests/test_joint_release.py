@@ -255,7 +255,7 @@ def test_release_job_end_to_end(tmp_path):
     run = tmp_path / "run"
     over = merge(TINY, ["n_models=6", "bits=2", "attack.names=[lira_online_fixed,lira_offline]",
                         "attack.reference=matched", "attack.release=[fp,4,2]"])
-    run_main(over, tmp_path / "cache", run)
+    run_main(over, tmp_path / "cache", run, timeout=900)  # ~40 s on an idle 2-core CPU
     res = json.loads((run / "results.json").read_text())
     block = res["releases"]
     assert block["releases"] == ["fp", "4-bit", "2-bit"]
