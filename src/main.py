@@ -2,6 +2,7 @@
 
     dataset → membership → pool (train + score, cached) → quantize each target (cached)
             → attack (other pool models are references) → results.json, scores.npz, W&B, table
+    with attack.release: also the joint attack over the released versions (src/releases.py)
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from src import pipeline as P
+from src import releases as REL
 from src.cache import ArtifactStore
 from src.data import DataError, load_dataset
 from src.report.results import build_results, job_dir, print_results, write_job
@@ -110,7 +112,8 @@ def _run(cfg, data, keep, targets, device, store, warnings) -> dict | None:
         # scores of references attacked as pseudo-targets: a threshold set without the target's labels
         ref_out = {kind: {t: P.reference_out_scores(cfg, keep, phi, t) for t in targets}
                    for kind, phi in {"fp": pool.phi, **refs}.items()}
-        results, arrays = build_results(cfg, data, pool, quantized, scores, fp_scores, refs, ref_out)
+        joint = REL.attack_releases(cfg, data, keep, pool, store, device, targets)  # None without attack.release
+        results, arrays = build_results(cfg, data, pool, quantized, scores, fp_scores, refs, ref_out, joint)
         results["warnings"] = warnings + P.result_warnings(results)
         for w in results["warnings"][len(warnings):]:
             log.warning(w)

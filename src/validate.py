@@ -517,6 +517,12 @@ def _validate_attack(cfg, m: int) -> None:
         _float("attack.fprs", f, 0.0, 1.0, lo_open=True, hi_open=True)
     ref = cfg.attack.get("reference", "fp")
     _need(ref in ("fp", "matched", "both"), f"attack.reference={ref}: allowed: fp, matched, both")
+    from src.releases import parse_releases
+
+    try:
+        parse_releases(cfg)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _check_device(device: str) -> None:

@@ -135,5 +135,5 @@ class SummaryCallback(Callback):
                        run_config=sweep_config(config, sweep_dir, results)) as sink:
             if sink.run is None:
                 return
-            images = {k: paths[k] for k in ("privacy_utility", "roc") if k in paths}
+            images = {k: paths[k] for k in ("privacy_utility", "roc", "releases") if k in paths}
             sink.log_summary(rows, images, markdown_table(rows, primary_attack(results)))

@@ -41,13 +41,13 @@ def job_dir() -> Path:
         return Path.cwd()
 
 
-def _evaluate(cfg, keep: np.ndarray, scores: dict[int, dict[str, np.ndarray]]) -> dict:
+def _evaluate(cfg, keep: np.ndarray, scores: dict[int, dict[str, np.ndarray]], names=None) -> dict:
     from src.attacks.metrics import aggregate, alpha_key, attack_metrics, pooled_roc, roc_points
 
     fprs = tuple(float(f) for f in cfg.attack.get("fprs", (1e-2, 1e-3, 1e-4)))
     n_boot = int(cfg.attack.get("bootstrap", 200))
     out = {}
-    for name in cfg.attack.names:
+    for name in (names or cfg.attack.names):
         per_target = [attack_metrics(s[name], keep[t], fprs=fprs, n_bootstrap=n_boot, seed=int(cfg.seed))
                       for t, s in scores.items()]
         stats = aggregate(per_target)  # {metric: {mean, std, ci, n, values}}
@@ -94,11 +94,13 @@ def _clean(obj):
     return obj
 
 
-def build_results(cfg, data, pool, quantized, scores, fp_scores, refs, ref_out=None) -> tuple[dict, dict]:
+def build_results(cfg, data, pool, quantized, scores, fp_scores, refs, ref_out=None,
+                  releases=None) -> tuple[dict, dict]:
     """(results dict for results.json, arrays for scores.npz). ``scores`` and ``refs`` are keyed by
     reference kind (``fp``/``matched``): the first kind fills ``attacks``; with both, the matched
     one also fills ``attacks_matched``. ``ref_out`` {kind: {target: pseudo-target non-member scores}}
-    feeds the reference-calibrated thresholds (src/report/evidence.py)."""
+    feeds the reference-calibrated thresholds (src/report/evidence.py). ``releases``: the joint
+    attack over released versions (src/releases.py), or None."""
     kinds = list(scores)
     primary = scores[kinds[0]]
     keep = pool.keep
@@ -160,6 +162,11 @@ def build_results(cfg, data, pool, quantized, scores, fp_scores, refs, ref_out=N
         if len(kinds) > 1:
             arrays[f"matched_attack_{name}"] = np.stack([scores["matched"][t][name] for t in tids]).astype(np.float64)
         arrays[f"fp_attack_{name}"] = np.stack([fp_scores[t][name] for t in tids]).astype(np.float64)
+    if releases is not None:
+        from src.report.releases import release_results
+
+        results["releases"], extra = release_results(cfg, keep, releases)
+        arrays.update(extra)
     return _clean(results), arrays
 
 
@@ -210,6 +217,10 @@ def write_job(directory: Path, results: dict, arrays: dict, exports: dict | None
             atomic_write_bytes(directory / f"quantized_target{t}.pt", b.getvalue())
     atomic_write_text(directory / "results.json", json.dumps(results, indent=1))
     _per_example_plot(directory, results, arrays)
+    if results.get("releases"):
+        from src.report.releases import plot_roc
+
+        plot_roc(directory, results)
 
 
 def _per_example_plot(directory: Path, results: dict, arrays: dict) -> None:
@@ -316,6 +327,10 @@ def print_results(results: dict) -> None:
     if below:
         n = ", ".join(str(v) for v in sorted(n_non)) or "?"
         console.print(f"{RESOLUTION_NOTE}; N = {n} non-members per target.")
+    if results.get("releases"):
+        from src.report.releases import print_releases
+
+        print_releases(results)
 
 
 def _resolved(m: dict, metric: str) -> bool:

@@ -457,7 +457,9 @@ def write_summary(sweep_dir: str | Path, quiet: bool = False, attack: str | None
         "privacy_utility_delta": sweep / "privacy_utility_delta.png",
     }
     write_csv(rows, paths["csv"])
-    md = markdown_table(rows, attack, metric) + warnings_section(results)
+    from src.report.releases import markdown_section
+
+    md = markdown_table(rows, attack, metric) + markdown_section(results) + warnings_section(results)
     paths["md"].write_text(md)
     paths["tex"].write_text(latex_table(rows, attack, metric))
     # one point per job and method: FP-reference rows (matched-reference jobs and rows are in the tables)
@@ -465,6 +467,10 @@ def write_summary(sweep_dir: str | Path, quiet: bool = False, attack: str | None
     plots.privacy_utility(primary, shown, paths["privacy_utility"], metric=metric)
     plots.roc(results, shown, paths["roc"])
     plots.privacy_utility_delta(primary, shown, paths["privacy_utility_delta"])
+    from src.report.releases import plot_deltas
+
+    if plot_deltas(results, sweep / "releases.png"):  # jobs with attack.release
+        paths["releases"] = sweep / "releases.png"
     if not quiet:
         print(md, end="")
     return paths

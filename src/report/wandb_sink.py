@@ -214,6 +214,9 @@ def summary_values(results: dict) -> dict[str, float]:
     if conv:  # learned rounding: did it settle before hardening (src/quant/rounding.py)
         out.update({"quant/max_unsettled": conv["max_unsettled"], "quant/max_hard_over_soft": conv["max_hard_over_soft"],
                     "quant/converged": int(conv["converged"])})
+    from src.report.releases import release_values
+
+    out.update(release_values(results))  # attack.release: joint vs single releases
     return out
 
 
