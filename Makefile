@@ -159,9 +159,13 @@ paper-cifar100:  ## paper protocol on CIFAR-100
 paper-tinyimagenet:  ## paper protocol on TinyImageNet (needs paths.data_dir/tiny-imagenet-200)
 	$(PY) -m src.main -m experiment=paper_tinyimagenet $(ARGS)
 
+# W&B's own folders under outputs/wandb/ unless set (as the jobs do: src/report/wandb_sink.py, local_wandb_dirs)
+WANDB_ENV = WANDB_DIR=$${WANDB_DIR:-$(CURDIR)/outputs/wandb} WANDB_CACHE_DIR=$${WANDB_CACHE_DIR:-$(CURDIR)/outputs/wandb/cache} \
+            WANDB_DATA_DIR=$${WANDB_DATA_DIR:-$(CURDIR)/outputs/wandb/data}
 sync:  ## upload offline W&B runs (needs `wandb login` and network)
 	@runs=$$(find outputs -path '*/wandb/offline-run-*' -prune 2>/dev/null); \
-	if [ -z "$$runs" ]; then echo "no offline W&B runs under outputs/"; else .venv/bin/wandb sync $$runs; fi
+	if [ -z "$$runs" ]; then echo "no offline W&B runs under outputs/"; else \
+	  mkdir -p outputs/wandb/wandb && $(WANDB_ENV) $(PY) -m wandb sync $$runs; fi
 
 wandb-report:  ## save a W&B Report comparing a sweep's runs (after `make sync`): make wandb-report SWEEP=outputs/multirun/<stamp>
 	@test -n "$(SWEEP)" || (echo "error: SWEEP=<multirun dir> is required" >&2; exit 2)

@@ -22,8 +22,12 @@ COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e
 MARKERS = ("o", "s", "D", "^", "v", "P", "X", "<", ">", "p", "h", "d")
 
 TPR_PREFIX = "tpr_at_fpr_"
-BELOW_RESOLUTION = "—"
-RESOLUTION_NOTE = "— below resolution: FPR < 1/N_nonmembers (the read would rest on zero false positives)"
+# marks in tables, in words so that "not applicable" and "below resolution" cannot be confused
+BELOW_RESOLUTION = "below res."
+NOT_APPLICABLE = "n/a"
+NOT_CERTIFIED = "not certified"
+RESOLUTION_NOTE = ("below res. = below resolution: FPR < 1/N non-members, the read would rest on zero false "
+                   "positives")
 
 
 def series_style(i: int) -> dict[str, str]:
