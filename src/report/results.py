@@ -219,8 +219,10 @@ def _per_example_plot(directory: Path, results: dict, arrays: dict) -> None:
         job = results["job"]
         what = (f"{job['control']['key']}={job['control']['value']:g}" if job.get("control")
                 else f"{job['bits']:g} bit")
-        title = (f"{dataset_display(job, results.get('config'))} / {job['model']} / {job['quant']} {what} — "
-                 f"{name}, target {t}")
+        from src.report.labels import attack_display, model_display, quant_display
+
+        title = (f"{dataset_display(job, results.get('config'))} / {model_display(job['model'])} / "
+                 f"{quant_display(job['quant'])} {what} — {attack_display(name)}, target {t}")
         shifts = (results["attacks"][name].get("per_example") or {}).get("per_target") or [None]
         per_example_scatter(arrays[f"fp_attack_{name}"][0], arrays[f"attack_{name}"][0], arrays["keep"][t],
                             name, directory / "per_example.png", title=title, stats=shifts[0])
@@ -291,7 +293,7 @@ def print_results(results: dict) -> None:
         bits += f" ({policy_label(job['policy'], job.get('dataset'))})"
     title = (f"{dataset_display(job, results.get('config'))} / {job['model']} / {job['quant']} {bits}  "
              f"targets {job['targets']}  reference={job['reference']}")
-    console = Console(width=160)
+    console = Console(width=220)  # the table at its natural width (no wrapped or cut cells)
     console.print(f"[bold]{title}[/bold]")
     console.print(f"test accuracy {100 * u['test_acc']:.2f} % (full precision {100 * u['fp_test_acc']:.2f} %, drop "
                   f"{100 * u['accuracy_drop']:+.2f} points); train accuracy {100 * u['train_acc']:.2f} % "
@@ -301,8 +303,10 @@ def print_results(results: dict) -> None:
         console.print(f"[bold red]{line}[/bold red]")
     first = next(iter(results["attacks"].values()), {})
     tprs = [k for k in first if k.startswith("tpr_at_fpr_")] or list(METRIC_KEYS[2:])
-    table = Table("attack", "target", "AUC [95% CI]", "ΔAUC vs FP [95% CI]", "bal. acc (%)",
-                  *[metric_label(k) + " (%)" for k in tprs], "ε ≥ (95%)")
+    table = Table()
+    for head in ("attack", "target", "AUC [95% CI]", "ΔAUC vs FP [95% CI]", "bal. acc (%)",
+                 *[metric_label(k).replace(" ", "") + " (%)" for k in tprs], "ε ≥ (95%)"):
+        table.add_column(head, no_wrap=True)
     blocks = [("quantized", results["attacks"])]
     if "attacks_matched" in results:
         blocks.append(("quantized, matched refs", results["attacks_matched"]))

@@ -219,6 +219,8 @@ def summary_values(results: dict) -> dict[str, float]:
     for k in ("test_acc", "fp_test_acc", "accuracy_drop", "train_acc", "fp_train_acc"):
         if util.get(k) is not None:
             out[k] = util[k]
+    if util.get("collapsed") is not None:  # 1: accuracy collapsed, lower leakage is lost utility (src/report/collapse.py)
+        out["collapsed"] = int(bool(util["collapsed"]))
     for section, prefix in (("attacks", ""), ("attacks_matched", "matched/"), ("fp_attacks", "fp/")):
         for attack, m in (results.get(section) or {}).items():
             for k, v in m.items():
