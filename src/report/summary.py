@@ -484,9 +484,9 @@ def version_note(rows: list[dict], from_csv: bool = False) -> str:
     drawn = (str(code["commit"])[:12] + ("+dirty" if code.get("dirty") else "") if code.get("commit")
              else str(code.get("version")))
     jobs = sorted({str(r["code_version"]) for r in rows if r.get("code_version")})
-    ran = ", ".join(jobs) if jobs else "not recorded (results written before jobs recorded it)"
+    ran = f"jobs run by ptq-mia {', '.join(jobs)}" if jobs else "the jobs' code version is not in their summary.csv"
     src = " from summary.csv" if from_csv else ""
-    return f"Code version: tables and figures drawn{src} by ptq-mia {drawn}; jobs run by {ran}.\n"
+    return f"Code version: tables and figures drawn{src} by ptq-mia {drawn}; {ran}.\n"
 
 
 def summary_suffix(attack: str | None, metric: str | None) -> str:
