@@ -26,9 +26,10 @@ OUT     ?= outputs/cross-dataset/$(shell date +%Y-%m-%d_%H-%M-%S)
 help:  ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-20s %s\n", $$1, $$2}'
 
-install:  ## create .venv and install the package (editable) with dev + launcher extras
+TORCH_INDEX ?=
+install:  ## create .venv and install the package (editable) with dev + launcher extras; TORCH_INDEX=<CPU wheel index> for a CPU-only torch
 	python3 -m venv .venv
-	$(PIP) install -q torch==2.14.1 torchvision==0.29.1
+	$(PIP) install -q torch==2.14.1 torchvision==0.29.1 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PIP) install -q -e '.[dev,launchers]'
 
 test:  ## fast test suite (CPU, tiny data)

@@ -212,3 +212,14 @@ def test_committed_summaries_have_the_current_format(path):
     body = "\n".join(line for line in md.splitlines() if line.startswith("| ") and not line.startswith("| method"))
     assert "–" not in body and "—" not in body  # 'n/a' and 'below res.' instead
     assert "Units: accuracies and TPRs in %" in md
+
+
+def test_configuration_doc_lists_every_option_that_help_lists():
+    """docs/configuration.md's group table names every option --help prints (both from conf/)."""
+    from src.main import help_options
+
+    doc = (REPO / "docs" / "configuration.md").read_text()
+    rows = {line.split("|")[1].strip(" `"): line for line in doc.splitlines() if line.startswith("| `")}
+    for group in ("dataset", "model", "train", "quant", "bitwidth", "attack", "logger", "experiment", "protocol"):
+        for option in help_options(group).split(", "):
+            assert f"`{option}`" in rows[group], f"{group}={option} missing from docs/configuration.md"

@@ -149,12 +149,12 @@ def test_roc_series_are_distinct_and_matched_refs_labelled(tmp_path, figures):
     jobs = _roc_jobs()
     P.roc(jobs, "lira_online", tmp_path / "roc.png")
     (ax,) = figures[-1].axes
-    lines = [l for l in ax.get_lines() if l.get_label().split(" ")[0] in ("rtn", "obc", "gptq")]
+    lines = [l for l in ax.get_lines() if l.get_label().split(" ")[0] in ("RTN", "OBC", "GPTQ")]
     assert len(lines) == len(jobs) == 14
     labels = [l.get_label() for l in lines]
     assert len(set(labels)) == 14
-    assert "rtn 2 bit, matched refs" in labels and "rtn 2 bit" in labels
-    assert "obc 2 bit, last layer 8-bit below 2 bits" in labels
+    assert "RTN 2 bit, matched refs" in labels and "RTN 2 bit" in labels  # display names
+    assert "OBC 2 bit, last layer 8-bit below 2 bits" in labels
     assert len({l.get_color() for l in lines}) == 14
     assert len({l.get_marker() for l in lines}) == 12  # 12 markers, then the pairs stay unique
     assert len({(l.get_color(), l.get_marker()) for l in lines}) == 14

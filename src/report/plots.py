@@ -433,11 +433,12 @@ def series_label(result: dict) -> str:
     from src.report.labels import policy_label
 
     job = result.get("job", {})
+    quant = quant_display(job.get("quant"))
     if job.get("control"):
-        head = f"{job.get('quant')} {job['control']['key']}={job['control']['value']:g}"
+        head = f"{quant} {job['control']['key']}={job['control']['value']:g}"
     else:
         bits = job.get("bits")
-        head = f"{job.get('quant')} {float(bits):g} bit" if bits is not None else f"{job.get('quant')} ?"
+        head = f"{quant} {float(bits):g} bit" if bits is not None else f"{quant} ?"
     parts = [head]
     if job.get("policy") not in (None, "uniform"):
         parts.append(policy_label(job["policy"], job.get("dataset")))
