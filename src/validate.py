@@ -321,21 +321,25 @@ def check_sweep(args: list[str]) -> int:
     jobs = sweep_jobs(args)
     if not jobs:
         return 0
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        for num, job in enumerate(jobs):
-            try:
-                cfg = compose("config", overrides=job, return_hydra_config=True)
-            except Exception:
-                return 0  # a composition error: Hydra's own message, from the first job it hits
-            HydraConfig.instance().set_config(cfg)  # the job's group choices, as inside the job
-            with open_dict(cfg):
-                cfg.pop("hydra")
-            try:
-                expand_paths(cfg)
-                validate(cfg)
-            except ConfigError as e:
-                swept = " ".join(o for o in job if sum(o in j for j in jobs) < len(jobs)) or " ".join(job)
-                raise ConfigError(f"job {num} of {len(jobs)} ({swept}): {e}; no job was started") from None
+    before = HydraConfig.instance().cfg
+    try:
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            for num, job in enumerate(jobs):
+                try:
+                    cfg = compose("config", overrides=job, return_hydra_config=True)
+                except Exception:
+                    return 0  # a composition error: Hydra's own message, from the first job it hits
+                HydraConfig.instance().set_config(cfg)  # the job's group choices, as inside the job
+                with open_dict(cfg):
+                    cfg.pop("hydra")
+                try:
+                    expand_paths(cfg)
+                    validate(cfg)
+                except ConfigError as e:
+                    swept = " ".join(o for o in job if sum(o in j for j in jobs) < len(jobs)) or " ".join(job)
+                    raise ConfigError(f"job {num} of {len(jobs)} ({swept}): {e}; no job was started") from None
+    finally:
+        HydraConfig.instance().cfg = before  # the process's own Hydra state, as it was
     return len(jobs)
 
 

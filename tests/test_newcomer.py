@@ -98,6 +98,7 @@ def test_wandb_folders_default_under_outputs_and_user_settings_win(tmp_path, mon
     assert (root / "wandb").is_dir()  # `wandb sync` writes its CLI log here only if it exists
 
 
+@pytest.mark.slow  # starts W&B's service in a subprocess
 def test_an_offline_run_writes_nothing_outside_the_project(tmp_path):
     """An offline W&B run with an artifact, in a fresh HOME and temp dir: W&B's staging and logs land
     under <cwd>/outputs/wandb, nothing in HOME or the system's temp folder."""

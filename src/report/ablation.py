@@ -136,6 +136,7 @@ def last_layer_figure(points: list[dict], fp: dict | None, attack: str, path: Pa
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
     methods = list(dict.fromkeys(p["quant"] for p in points))
     from src.report import plots
+    from src.report.labels import quant_display
 
     any_zero = False
     labels = {ax: [] for ax in axes}
@@ -145,7 +146,7 @@ def last_layer_figure(points: list[dict], fp: dict | None, attack: str, path: Pa
             xs = [p["test_acc"] for p in mp]
             ys = [max(p[key], TPR_FLOOR) if log else p[key] for p in mp]
             any_zero |= log and any(p[key] <= 0 for p in mp)
-            ax.plot(xs, ys, "-o", color=f"C{i}", label=method, markersize=6)
+            ax.plot(xs, ys, "-o", color=f"C{i}", label=quant_display(method), markersize=6)
             for p, x, y in zip(mp, xs, ys):
                 err = _yerr(p[key], p[ci_key], TPR_FLOOR if log else None)
                 if err is not None:

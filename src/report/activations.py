@@ -79,9 +79,9 @@ def figure(rows_: list[dict], attack: str, path: Path) -> Path:
         for bits in sorted({float(r["bits"]) for r in sub}, reverse=True):
             line = sorted((r for r in sub if float(r["bits"]) == bits), key=lambda r: r["test_acc"])
             ax.plot([r["test_acc"] for r in line], [r["delta_auc"] for r in line], color="0.6", lw=0.8, zorder=1)
-            top = max(line, key=lambda r: r["delta_auc"])
-            ax.annotate(f"W{S.fmt_bits(bits)}", (top["test_acc"], top["delta_auc"]), textcoords="offset points",
-                        xytext=(0, 9), fontsize=8, ha="center")
+            top = max(line, key=lambda r: r.get("delta_auc_ci_hi") or r["delta_auc"])
+            ax.annotate(f"W{S.fmt_bits(bits)}", (top["test_acc"], top.get("delta_auc_ci_hi") or top["delta_auc"]),
+                        textcoords="offset points", xytext=(0, 5), fontsize=8, ha="center")  # above the CIs
         for r in sub:
             st = series_style(acts.index(act_label(r)))
             lo, hi, d = r.get("delta_auc_ci_lo"), r.get("delta_auc_ci_hi"), r["delta_auc"]

@@ -173,7 +173,7 @@ def _title(rows_or_jobs: list[dict], ds, model, attack) -> str:
 
 def _caption(fig, lines: list[str]) -> None:
     """Notes under the panels (what the error bars are, what a mark means), in the figure's own margin."""
-    lines = [ln for ln in lines if ln]
+    lines = _wrap([ln for ln in lines if ln], int(fig.get_figwidth() * 19))  # ~19 characters per inch at 7.5 pt
     if not lines:
         return
     h = fig.get_figheight()
@@ -205,7 +205,7 @@ def _collapse_band(ax, rows: list[dict]) -> bool:
     if not any(r.get("test_acc") is not None and r["test_acc"] < thr for r in rows):
         return False
     lo = min(r["test_acc"] for r in rows if r.get("test_acc") is not None)
-    ax.axvspan(min(lo, thr) - 1.0, thr, color="#f4cccc", alpha=0.5, linewidth=0, zorder=0,
+    ax.axvspan(max(0.0, min(lo, thr) - 0.02), thr, color="#f4cccc", alpha=0.5, linewidth=0, zorder=0,
                label="accuracy collapsed")
     return True
 
