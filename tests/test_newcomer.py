@@ -78,7 +78,7 @@ def test_a_bad_later_job_stops_the_sweep_before_any_job(tmp_path):
     sweep = tmp_path / "sweep"
     p = subprocess.run([PY, "-m", "src.main", "-m", "quant=rtn", "bits=4,5.5", *TINY,
                         f"paths.cache_dir={tmp_path}/cache", f"hydra.sweep.dir={sweep}"],
-                       cwd=REPO, env=env(), capture_output=True, text=True, timeout=120)
+                       cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
     assert p.returncode == 2
     assert "error: job 1 of 2 (bits=5.5): bits=5.5" in p.stderr
     assert not sweep.exists() and not (tmp_path / "cache" / "models").exists()
@@ -115,7 +115,7 @@ def test_an_offline_run_writes_nothing_outside_the_project(tmp_path):
     e = {k: v for k, v in env().items() if not k.startswith(("WANDB_", "XDG_"))}
     e.update(HOME=str(home), TMPDIR=str(tmp), PYTHONPATH=str(REPO), WANDB_SILENT="true",
              MPLCONFIGDIR=str(tmp_path / "mpl"))  # matplotlib's font cache is not W&B's business
-    p = subprocess.run([PY, "-c", code], cwd=work, env=e, capture_output=True, text=True, timeout=180)
+    p = subprocess.run([PY, "-c", code], cwd=work, env=e, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
     assert list((work / "job" / "wandb").glob("offline-run-*"))
     assert not [str(f) for f in home.rglob("*") if "wandb" in str(f)], "W&B wrote into HOME"
