@@ -20,15 +20,16 @@ SWEEPS  ?=
 CROSS_OUT ?= outputs/cross-dataset/$(shell date +%Y-%m-%d_%H-%M-%S)
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-portable test-all demo demo-cifar10 demo-tinyimagenet demo-cifar10-resnet18 activations cross-dataset controls quant-table bench gpu-bundle gpu-check report sync wandb-report clean-cache \
+.PHONY: help install test test-portable test-all demo demo-cifar10 demo-tinyimagenet demo-cifar10-resnet18 activations cross-dataset controls quant-table bench gpu-bundle gpu-check report sync wandb-report clean-cache pages \
         paper-cifar10 paper-cifar100 paper-tinyimagenet ablation-last-layer layer-attribution
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-20s %s\n", $$1, $$2}'
 
-install:  ## create .venv and install the package (editable) with dev + launcher extras
+TORCH_INDEX ?=
+install:  ## create .venv and install the package (editable) with dev + launcher extras; TORCH_INDEX=<CPU wheel index> for a CPU-only torch
 	python3 -m venv .venv
-	$(PIP) install -q torch==2.14.1 torchvision==0.29.1
+	$(PIP) install -q torch==2.14.1 torchvision==0.29.1 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PIP) install -q -e '.[dev,launchers]'
 
 test:  ## fast test suite (CPU, tiny data)
@@ -47,8 +48,8 @@ test-portable:  ## numeric tests again with ATEN_CPU_CAPABILITY=default and 2 th
 test-all:  ## every test, including the slow ones
 	$(PY) -m pytest -q
 
-demo:  ## the paper sweep on the embedded default (digits): AdaRound/BRECQ/OBC x 4/2/1.58 bits, CPU
-	$(PY) -m src.main -m quant=$(QUANTS) bits=$(BITS)
+demo:  ## the paper sweep on the embedded default (digits): AdaRound/BRECQ/OBC x 4/2/1.58 bits, CPU; extra args in ARGS=
+	$(PY) -m src.main -m quant=$(QUANTS) bits=$(BITS) $(ARGS)
 
 demo-cifar10:  ## CIFAR-10 on a CPU (experiment=cifar10_cpu): 9-job sweep + matched refs for MATCHED; DATA=DIR (image folder), CACHE=, SWEEP_DIR=
 	$(PY) -m src.main -m experiment=cifar10_cpu $(if $(DATA),dataset=imagefolder dataset.root=$(DATA)) \
@@ -146,6 +147,38 @@ report:  ## rebuild summary.csv/.md/.tex and plots of a sweep: make report SWEEP
 	@test -n "$(SWEEP)" || (echo "error: SWEEP=<multirun dir> is required" >&2; exit 2)
 	@$(PY) -m src.report.summary $(SWEEP) $(if $(ATTACK),--attack $(ATTACK)) $(if $(METRIC),--metric $(METRIC))
 
+# the committed result pages (outputs/<page>/ + docs) from their sweeps: DEMO_SWEEP (digits, `make demo`),
+# CIFAR10_SWEEP, RN18_SWEEP, TIN_SWEEP (real-data demos), ACT_SWEEP (`make activations`). A page whose sweep
+# is not given is redrawn from its committed summary.csv (tables and privacy-utility figures; its ROC stays).
+DEMO_SWEEP    ?=
+CIFAR10_SWEEP ?=
+RN18_SWEEP    ?=
+TIN_SWEEP     ?=
+ACT_SWEEP     ?=
+PAGE_FILES := summary.md summary.csv summary.tex privacy_utility.png privacy_utility_delta.png roc.png
+define page
+	@if [ -n "$(2)" ]; then \
+	  $(PY) -m src.report.summary $(2) > /dev/null && mkdir -p outputs/$(1) && \
+	  for f in $(PAGE_FILES); do if [ -f $(2)/$$f ]; then cp $(2)/$$f outputs/$(1)/; fi; done && \
+	  echo "outputs/$(1): from $(2)"; \
+	elif [ -f outputs/$(1)/summary.csv ]; then \
+	  $(PY) -m src.report.summary outputs/$(1) --from-csv outputs/$(1)/summary.csv > /dev/null && \
+	  echo "outputs/$(1): redrawn from its summary.csv (give $(3)=<sweep dir> to rebuild it from the runs)"; \
+	else echo "outputs/$(1): skipped (give $(3)=<sweep dir>)"; fi
+endef
+pages:  ## regenerate every committed result page and figure from its runs: DEMO_SWEEP=, CIFAR10_SWEEP=, RN18_SWEEP=, TIN_SWEEP=, ACT_SWEEP=
+	$(call page,demo,$(DEMO_SWEEP),DEMO_SWEEP)
+	$(call page,demo-cifar10,$(CIFAR10_SWEEP),CIFAR10_SWEEP)
+	$(call page,demo-cifar10-resnet18,$(RN18_SWEEP),RN18_SWEEP)
+	$(call page,demo-tinyimagenet,$(TIN_SWEEP),TIN_SWEEP)
+	$(call page,activations,$(ACT_SWEEP),ACT_SWEEP)
+	@if [ -n "$(ACT_SWEEP)" ]; then $(PY) -m src.report.activations $(ACT_SWEEP) --attack lira_online_fixed && \
+	  cp $(ACT_SWEEP)/activations.md $(ACT_SWEEP)/activations.png outputs/activations/; \
+	  else echo "outputs/activations: kept (give ACT_SWEEP=<sweep dir>)"; fi
+	@if [ -n "$(CIFAR10_SWEEP)" ] && [ -n "$(TIN_SWEEP)" ]; then \
+	  $(PY) -m src.report.cross_dataset $(CIFAR10_SWEEP) $(TIN_SWEEP) --attack lira_online_fixed --out outputs/cross-dataset; \
+	  else echo "outputs/cross-dataset: kept (give CIFAR10_SWEEP= and TIN_SWEEP=)"; fi
+
 paper-cifar10:  ## paper protocol on CIFAR-10: ResNet-18, 64 shadows + target, 100 epochs, 3 methods x 3 bit-widths, all attacks
 	$(PY) -m src.main -m experiment=paper_cifar10 $(ARGS)
 
@@ -155,9 +188,13 @@ paper-cifar100:  ## paper protocol on CIFAR-100
 paper-tinyimagenet:  ## paper protocol on TinyImageNet (needs paths.data_dir/tiny-imagenet-200)
 	$(PY) -m src.main -m experiment=paper_tinyimagenet $(ARGS)
 
+# W&B's own folders under outputs/wandb/ unless set (as the jobs do: src/report/wandb_sink.py, local_wandb_dirs)
+WANDB_ENV = WANDB_DIR=$${WANDB_DIR:-$(CURDIR)/outputs/wandb} WANDB_CACHE_DIR=$${WANDB_CACHE_DIR:-$(CURDIR)/outputs/wandb/cache} \
+            WANDB_DATA_DIR=$${WANDB_DATA_DIR:-$(CURDIR)/outputs/wandb/data}
 sync:  ## upload offline W&B runs (needs `wandb login` and network)
 	@runs=$$(find outputs -path '*/wandb/offline-run-*' -prune 2>/dev/null); \
-	if [ -z "$$runs" ]; then echo "no offline W&B runs under outputs/"; else .venv/bin/wandb sync $$runs; fi
+	if [ -z "$$runs" ]; then echo "no offline W&B runs under outputs/"; else \
+	  mkdir -p outputs/wandb/wandb && $(WANDB_ENV) $(PY) -m wandb sync $$runs; fi
 
 wandb-report:  ## save a W&B Report comparing a sweep's runs (after `make sync`): make wandb-report SWEEP=outputs/multirun/<stamp>
 	@test -n "$(SWEEP)" || (echo "error: SWEEP=<multirun dir> is required" >&2; exit 2)

@@ -24,8 +24,8 @@ from src.data import DataError, load_dataset
 from src.report.results import build_results, job_dir, print_results, write_job
 from src.report.wandb_sink import WandbSink
 from src.training import resolve_device
-from src.validate import (ConfigError, check_image_size, check_override_keys, config_warnings, expand_paths,
-                          validate, validate_external, validate_layers, validate_with_data)
+from src.validate import (ConfigError, check_image_size, check_override_keys, check_sweep, config_warnings,
+                          expand_paths, validate, validate_external, validate_layers, validate_with_data)
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -228,6 +228,7 @@ def main() -> None:
 if __name__ == "__main__":
     try:
         check_override_keys(sys.argv[1:])
+        check_sweep(sys.argv[1:])  # every job of a multirun, before the first one starts
     except ConfigError as e:  # before Hydra, whose advice for these would be wrong or a parser trace
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

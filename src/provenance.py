@@ -22,7 +22,9 @@ def code_version() -> dict:
                                   check=True).stdout.strip()
 
         commit = git("rev-parse", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+        # changes to the code, not to committed results or docs (a page regenerated in place is no code change)
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)outputs",
+                         ":(exclude)docs", ":(exclude)*.md"))
         return {"commit": commit, "dirty": dirty}
     except (OSError, subprocess.SubprocessError):
         try:

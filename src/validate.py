@@ -6,7 +6,9 @@ rejected by Hydra with the list of available options.
 """
 from __future__ import annotations
 
+import functools
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -134,6 +136,78 @@ def check_node_keys(cfg) -> None:
                            f"allowed: {', '.join(sorted(allowed))}")
 
 
+# config groups (each a conf/<group>/ folder) and folders of global presets (``# @package _global_``)
+GROUPS = ("dataset", "model", "train", "quant", "bitwidth", "attack", "logger")
+GLOBAL_PRESETS = ("experiment", "protocol")
+_ANY = None  # a schema leaf: its value may be anything (a list, or a free-form dict like bitwidth.layers)
+
+
+def _merge_schema(into: dict, node) -> None:
+    """Add the keys of a yaml node to a schema tree: nested dicts recurse, anything else is a leaf."""
+    if not isinstance(node, dict):
+        return
+    for k, v in node.items():
+        if k in ("defaults", "hydra"):
+            continue
+        if not (isinstance(v, dict) and v):
+            into[k] = _ANY  # a leaf in any file: free-form there
+        elif k not in into:
+            into[k] = {}
+        if isinstance(v, dict) and isinstance(into[k], dict):
+            _merge_schema(into[k], v)
+
+
+@functools.lru_cache(maxsize=1)
+def schema() -> dict:
+    """Every key a job config may hold, as a tree: conf/config.yaml, the keys of every option of each
+    group, everything a preset (conf/experiment, conf/protocol) sets, the optional keys the code reads,
+    and the ``budget.<key>`` that the quantizers' yaml files look up."""
+    from omegaconf import OmegaConf
+
+    def load(path: Path):
+        return OmegaConf.to_container(OmegaConf.load(path), resolve=False) or {}
+
+    tree: dict = {}
+    _merge_schema(tree, load(CONF / "config.yaml"))
+    for group in GROUPS:
+        node = tree.setdefault(group, {})
+        for f in sorted((CONF / group).glob("*.yaml")):
+            _merge_schema(node, load(f))
+        for k in OPTIONAL_KEYS.get(group, ()):
+            node.setdefault(k, _ANY)
+    for folder in GLOBAL_PRESETS:
+        for f in sorted((CONF / folder).glob("*.yaml")):
+            _merge_schema(tree, load(f))
+    budget = tree.setdefault("budget", {})
+    for f in (CONF / "quant").glob("*.yaml"):
+        for k in re.findall(r"budget\.(\w+)", f.read_text()):
+            budget.setdefault(k, _ANY)
+    return tree
+
+
+def check_schema_keys(cfg) -> None:
+    """Every key of the job config, at every level, is one the configuration defines somewhere: a key
+    added with ``+key=value`` (``+bit=2`` for ``bits=2``) would be read by nothing and silently ignored."""
+    import difflib
+
+    from omegaconf import DictConfig, OmegaConf
+
+    def walk(node, tree: dict, prefix: str) -> None:
+        for key in node:
+            path = f"{prefix}{key}"
+            if key not in tree:
+                close = difflib.get_close_matches(str(key), [str(k) for k in tree], n=1)
+                hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+                where = f"keys of {prefix.rstrip('.')}" if prefix else "top-level keys"
+                raise ConfigError(f"{path}: not a config key{hint}; allowed {where}: {', '.join(sorted(tree))}")
+            sub = tree[key]
+            value = node._get_node(key) if isinstance(node, DictConfig) else None
+            if isinstance(sub, dict) and isinstance(value, DictConfig) and not OmegaConf.is_missing(node, key):
+                walk(value, sub, f"{path}.")
+
+    walk(cfg, schema(), "")
+
+
 def check_image_size(cfg, size: int, in_channels: int, source: str) -> None:
     """The model's strides and poolings leave a feature map at ``size`` px (src.models.min_image_size)."""
     from src.models import min_image_size
@@ -206,6 +280,69 @@ def check_override_keys(args: list[str]) -> None:
         if cfg.get(group) is not None and key not in cfg[group]:
             option = cfg.hydra.runtime.choices.get(group)
             raise ConfigError(f"{group}.{key}: not a key of {group}={option}; allowed: {', '.join(sorted(cfg[group]))}")
+
+
+# flags after which `python -m src.main` runs no job, or reads another config than conf/config.yaml
+_NO_SWEEP_FLAGS = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc",
+                   "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--package", "-p")
+
+
+def sweep_jobs(args: list[str]) -> list[list[str]]:
+    """The override lists of the jobs of ``python -m src.main -m <args>``, in launch order: the basic
+    sweeper's expansion (the cartesian product of comma lists, after ``hydra.sweeper.params`` of the
+    composed config). [] for a single run or a command line it cannot expand."""
+    if not ({"-m", "--multirun"} & set(args)) or set(args) & set(_NO_SWEEP_FLAGS):
+        return []
+    from hydra import compose, initialize_config_dir
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    overrides = [a for a in args if not a.startswith("-")]
+    parser = OverridesParser.create()
+    try:
+        parsed = parser.parse_overrides(overrides)
+        fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            base = compose("config", overrides=fixed, return_hydra_config=True)
+        params = [f"{k}={v}" for k, v in (base.hydra.sweeper.get("params") or {}).items()]
+        batches = BasicSweeper.split_arguments(parser.parse_overrides(params + overrides), None)
+    except Exception:
+        return []  # Hydra reports it when it parses the same command line
+    return [job for batch in batches for job in batch]
+
+
+def check_sweep(args: list[str]) -> int:
+    """Compose and validate every job of a multirun before the first one starts, so a bad value in a
+    later job (``bits=4,5.5``) is refused before hours of earlier jobs; raises ConfigError naming the
+    job. Checks that need the dataset (calibration sizes, image size) still run at each job's start.
+    Returns the number of jobs checked (0: not a multirun)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    jobs = sweep_jobs(args)
+    if not jobs:
+        return 0
+    before = HydraConfig.instance().cfg
+    try:
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            for num, job in enumerate(jobs):
+                try:
+                    cfg = compose("config", overrides=job, return_hydra_config=True)
+                except Exception:
+                    return 0  # a composition error: Hydra's own message, from the first job it hits
+                HydraConfig.instance().set_config(cfg)  # the job's group choices, as inside the job
+                with open_dict(cfg):
+                    cfg.pop("hydra")
+                try:
+                    expand_paths(cfg)
+                    validate(cfg)
+                except ConfigError as e:
+                    swept = " ".join(o for o in job if sum(o in j for j in jobs) < len(jobs)) or " ".join(job)
+                    raise ConfigError(f"job {num} of {len(jobs)} ({swept}): {e}; no job was started") from None
+    finally:
+        HydraConfig.instance().cfg = before  # the process's own Hydra state, as it was
+    return len(jobs)
 
 
 def check_cache_dir(path: str) -> None:
@@ -364,7 +501,9 @@ def validate(cfg) -> None:
             except ValueError as e:
                 raise ConfigError(str(e)) from None
     _validate_attack(cfg, m)
+    _validate_logger(cfg)
     check_node_keys(cfg)  # after the checks above, whose messages are more specific where they apply
+    check_schema_keys(cfg)  # every other level: top-level keys, paths, membership, budget, logger, ...
     check_cache_dir(str(cfg.paths.cache_dir))
 
 
@@ -523,6 +662,17 @@ def _validate_attack(cfg, m: int) -> None:
         parse_releases(cfg)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+
+
+def _validate_logger(cfg) -> None:
+    from src.report.wandb_sink import BACKENDS, LOGGER_MODES
+
+    lg = cfg.get("logger") or {}
+    backend = str(lg.get("backend", "none"))
+    _need(backend in BACKENDS, f"logger.backend={backend}: allowed: {', '.join(BACKENDS)} (or logger=wandb|none)")
+    if backend == "wandb":
+        mode = str(lg.get("mode", "auto"))
+        _need(mode in LOGGER_MODES, f"logger.mode={mode}: allowed: {', '.join(LOGGER_MODES)}")
 
 
 def _check_device(device: str) -> None:

@@ -65,11 +65,14 @@ def test_one_log_panel_per_dataset_fp_star_and_zero_tpr_drawn(tmp_path, monkeypa
     X.write(sweeps, tmp_path / "out", attack="loss")
     axes = figs[0].axes
     assert len(axes) == 2 and all(ax.get_yscale() == "log" for ax in axes)
-    assert [ax.get_title() for ax in axes] == ["digits-smallcnn — loss", "synthetic-smallcnn — loss"]
+    # display names, not code names
+    assert [ax.get_title() for ax in axes] == ["Digits (8×8) / small ResNet — loss attack",
+                                               "Synthetic / small ResNet — loss attack"]
     stars = [ln for ln in axes[0].lines if ln.get_marker() == "*"]
     assert len(stars) == 1 and stars[0].get_ydata()[0] > 0  # FP TPR 0, drawn at the floor
     assert stars[0].get_markerfacecolor() == "none"
-    assert len(axes[1].lines) == 5
+    points = [ln for ln in axes[1].lines if ln.get_marker() not in ("_", "None", None, "")]  # not error-bar caps
+    assert len(points) == 5
 
 
 def test_same_experiment_twice_is_told_apart_and_errors_are_one_line(tmp_path, capsys):

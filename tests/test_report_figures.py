@@ -97,10 +97,10 @@ def test_console_marks_unresolved_tprs_and_explains_auc_ci_and_delta(capsys):
     out = capsys.readouterr().out
     row = next(line for line in out.splitlines() if "lira_online" in line and "quantized" in line)
     cells = [c.strip() for c in row.split("│") if c.strip()]
-    assert cells[-3:-1] == ["—", "—"]  # TPR@1e-3, TPR@1e-4 (before the ε column): 1/740 > 1e-3
-    assert cells[-4] == f"{0.05 + 0.01:.4f}"  # TPR@1e-2 resolved (7 false positives)
+    assert cells[-3:-1] == ["below res.", "below res."]  # TPR@1e-3, TPR@1e-4 (before ε): 1/740 > 1e-3
+    assert cells[-4] == f"{100 * (0.05 + 0.01):.2f}"  # TPR@1e-2 resolved (7 false positives), in %
     assert f"{-0.031:+.4f} [{-0.05:+.4f}, {-0.01:+.4f}]*" in row  # paired ΔAUC with its CI
-    assert "below resolution: FPR < 1/N_nonmembers" in out and "N = 740" in out
+    assert "below res. = below resolution: FPR < 1/N non-members" in out and "N = 740" in out
     assert "P(member score > non-member score)" in out and "Student-t over the k = 2 targets" in out
     # a single target: the CI is the bootstrap one
     res["job"]["targets"] = [0]
@@ -116,15 +116,15 @@ def test_summary_marks_unresolved_metric(tmp_path):
     paths = S.write_summary(sweep, quiet=True, metric="tpr_at_fpr_1e-3")
     md = paths["md"].read_text()
     rows = [l for l in md.splitlines() if l.startswith("| rtn") or l.startswith("| FP")]
-    assert rows and all(l.split(" | ")[7] == "—" for l in rows)  # the TPR @ 0.1 % column
-    assert "below resolution: FPR < 1/N_nonmembers" in md and "740" in md
+    assert rows and all(l.split(" | ")[7] == "below res." for l in rows)  # the TPR @ 0.1 % column
+    assert "below res. = below resolution: FPR < 1/N non-members" in md and "740" in md
     table = list(csv.DictReader(open(paths["csv"])))
     assert {r["tpr_at_fpr_1e-2_resolved"] for r in table} == {"True"}
     assert {r["tpr_at_fpr_1e-3_resolved"] for r in table} == {"False"}
     assert float(table[0]["tpr_at_fpr_1e-3"]) > 0  # the CSV keeps the number
     # no METRIC: TPR at the lowest FPR every row resolves (1 % with 740 non-members)
     md = S.write_summary(sweep, quiet=True)["md"].read_text()
-    assert "TPR @ 1 % FPR (%)" in md and "—" not in md.replace("### ", "").split("\n\n")[1]
+    assert "TPR @ 1 % FPR (%)" in md and "below res." not in md.replace("### ", "").split("\n\n")[1]
 
 
 # ---------------------------------------------------------------------------------------
@@ -149,12 +149,12 @@ def test_roc_series_are_distinct_and_matched_refs_labelled(tmp_path, figures):
     jobs = _roc_jobs()
     P.roc(jobs, "lira_online", tmp_path / "roc.png")
     (ax,) = figures[-1].axes
-    lines = [l for l in ax.get_lines() if l.get_label().split(" ")[0] in ("rtn", "obc", "gptq")]
+    lines = [l for l in ax.get_lines() if l.get_label().split(" ")[0] in ("RTN", "OBC", "GPTQ")]
     assert len(lines) == len(jobs) == 14
     labels = [l.get_label() for l in lines]
     assert len(set(labels)) == 14
-    assert "rtn 2 bit, matched refs" in labels and "rtn 2 bit" in labels
-    assert "obc 2 bit, last layer 8-bit below 2 bits" in labels
+    assert "RTN 2 bit, matched refs" in labels and "RTN 2 bit" in labels  # display names
+    assert "OBC 2 bit, last layer 8-bit below 2 bits" in labels
     assert len({l.get_color() for l in lines}) == 14
     assert len({l.get_marker() for l in lines}) == 12  # 12 markers, then the pairs stay unique
     assert len({(l.get_color(), l.get_marker()) for l in lines}) == 14
@@ -172,11 +172,11 @@ def test_titles_use_the_display_name(tmp_path, figures):
     jobs = [_job("rtn", 4.0, dataset="imagefolder", display="CIFAR-10")]
     P.roc(jobs, "lira_online", tmp_path / "roc.png")
     title = figures[-1].axes[0].get_title()
-    assert title.startswith("CIFAR-10 / smallcnn") and "imagefolder" not in title
+    assert title.startswith("CIFAR-10 / small ResNet") and "imagefolder" not in title
     rows = S.rows_from_results(jobs)
     P.privacy_utility(rows, "lira_online", tmp_path / "pu.png", metric="tpr_at_fpr_1e-2")
     ax = figures[-1].axes[0]
-    assert ax.get_title().startswith("CIFAR-10 / smallcnn")
+    assert ax.get_title().startswith("CIFAR-10 / small ResNet")
     assert ax.xaxis.get_major_formatter()(0.5, 0) == "50%" and ax.get_xlabel() == "test accuracy (%)"
 
 
@@ -202,17 +202,20 @@ def test_point_labels_never_overlap(tmp_path, figures):
     rows = S.rows_from_results(jobs)
     P.privacy_utility(rows, "lira_online", tmp_path / "pu.png", metric="tpr_at_fpr_1e-2")
     fig = figures[-1]
-    ax = fig.axes[0]
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     renderer = FigureCanvasAgg(fig).get_renderer()  # the saved figure's layout, measured again
-    texts = [t for t in ax.texts if t.get_text() and "below resolution" not in t.get_text()]
-    boxes = [t.get_window_extent(renderer) for t in texts]
-    assert not [(a.get_text(), b.get_text()) for (a, ba), (b, bb) in itertools.combinations(zip(texts, boxes), 2)
-                if _overlap(ba, bb)]
-    joined = " | ".join(t.get_text() for t in texts)
-    # the two coincident points share one label that names both methods
-    assert "rtn 4 bit" in joined and "obc 4 bit" in joined and "FP" in joined
+    # the crowded high-accuracy points get a zoom panel beside the full view; each panel's labels apart
+    assert len(fig.axes) == 2 and fig.axes[1].get_title().startswith("zoom")
+    joined = ""
+    for ax in fig.axes:
+        texts = [t for t in ax.texts if t.get_text() and "below resolution" not in t.get_text()]
+        boxes = [t.get_window_extent(renderer) for t in texts]
+        assert not [(a.get_text(), b.get_text()) for (a, ba), (b, bb) in
+                    itertools.combinations(zip(texts, boxes), 2) if _overlap(ba, bb)]
+        joined += " | ".join(t.get_text() for t in texts) + " | "
+    # the two coincident points share one label that names both methods (display names)
+    assert "RTN 4 bit" in joined and "OBC 4 bit" in joined and "FP" in joined
 
 
 def test_per_example_plot_has_title_and_promised_numbers(tmp_path, figures):
@@ -227,11 +230,13 @@ def test_per_example_plot_has_title_and_promised_numbers(tmp_path, figures):
     _per_example_plot(tmp_path, res, arrays)
     assert (tmp_path / "per_example.png").read_bytes().startswith(b"\x89PNG")
     ax = figures[-1].axes[0]
-    assert ax.get_title() == "CIFAR-10 / smallcnn / obc 2 bit — lira_online, target 1"
-    text = "\n".join(t.get_text() for t in ax.texts)
-    assert "top-1 % exposed members retained: 25 %" in text
-    assert "top-10 % exposed members retained: 62 %" in text
+    assert ax.get_title() == "CIFAR-10 / small ResNet / OBC 2 bit — LiRA (online), target 1"
+    # the numbers and the score's definition sit under the axes, not over the points
+    assert not ax.texts
+    text = " ".join(t.get_text() for t in figures[-1].texts).replace("\n", " ")
+    assert "top-1 % most exposed members still in the top 1 %: 25 %" in text and "top 10 %: 62 %" in text
     assert "Spearman ρ (FP vs quantized, all examples): 0.812" in text
+    assert "LiRA (online) score = log N(φ; μ_in, σ_in²) − log N(φ; μ_out, σ_out²)" in text
 
 
 # ---------------------------------------------------------------------------------------
@@ -253,7 +258,7 @@ def test_summary_tex_is_a_booktabs_table(tmp_path):
     jobs = [_job("rtn", 4.0), _job("rtn", 2.0, reference="matched"), _job("obc", 1.58, policy="paper")]
     paths = S.write_summary(_write_sweep(tmp_path / "s", jobs), quiet=True, metric="tpr_at_fpr_1e-3")
     tex = paths["tex"].read_text()
-    assert paths["tex"] == tmp_path / "s" / "summary.tex"
+    assert paths["tex"] == tmp_path / "s" / "summary_tpr_at_fpr_1e-3.tex"  # beside the sweep's own
     assert tex.count(r"\begin{table}") == tex.count(r"\end{table}") == len(ATTACKS)
     for block in tex.split(r"\begin{tabular}")[1:]:
         body = block.split(r"\end{tabular}")[0]
@@ -267,7 +272,7 @@ def test_summary_tex_is_a_booktabs_table(tmp_path):
             assert not re.search(r"(?<!\\)[%_#]", line), line  # specials escaped
         assert len(rows) == 4  # FP + 3 jobs
         assert any(r.startswith("rtn [matched refs] & 2 &") for r in rows)
-        assert all("---" in r.split("&")[7] for r in rows)  # TPR @ 0.1 % below resolution
+        assert all("below res." in r.split("&")[7] for r in rows)  # TPR @ 0.1 % below resolution
     assert tex.count("{") == tex.count("}")
 
 
@@ -285,15 +290,21 @@ def _make(sweep: Path, *args: str) -> subprocess.CompletedProcess:
 @needs_make
 def test_make_report_filters_attack_and_metric(tmp_path):
     sweep = _write_sweep(tmp_path / "s", [_job("rtn", 4.0, n_non=5000), _job("obc", 2.0, n_non=5000)])
+    S.write_summary(sweep, quiet=True)
+    own = {f: (sweep / f).read_bytes() for f in ("summary.md", "summary.csv", "summary.tex")}
     p = _make(sweep, "ATTACK=loss", "METRIC=tpr_at_fpr_1e-3")
     assert p.returncode == 0, p.stderr
-    md = (sweep / "summary.md").read_text()
+    assert "unchanged" in p.stdout
+    # the re-ranked report goes beside the sweep's own summary, which stays as it was
+    assert {f: (sweep / f).read_bytes() for f in own} == own
+    md = (sweep / "summary_loss_tpr_at_fpr_1e-3.md").read_text()
     assert "attack: loss" in md and "attack: lira_online" not in md
     assert "TPR @ 0.1 % FPR (%)" in md and "TPR @ 1 % FPR" not in md
     fp_loss = _job("rtn", 4.0)["fp_attacks"]["loss"]["tpr_at_fpr_1e-3"]
     (fp_row,) = [l for l in md.splitlines() if l.startswith("| FP |")]
-    assert fp_row.startswith("| FP | 32 | – | 2 | 100.00 | 97.00 | ") and f"| {100 * fp_loss:.2f} [" in fp_row
-    assert (sweep / "summary.tex").is_file() and (sweep / "roc.png").is_file()
+    assert fp_row.startswith("| FP | 32 | full precision | 2 | 100.00 | 97.00 | ") and f"| {100 * fp_loss:.2f} [" in fp_row
+    assert fp_row.endswith("| n/a |")  # no ΔAUC of FP against itself
+    assert (sweep / "summary_loss_tpr_at_fpr_1e-3.tex").is_file() and (sweep / "roc_loss_tpr_at_fpr_1e-3.png").is_file()
 
 
 @needs_make

@@ -135,21 +135,23 @@ def _yerr(y, ci, floor: float | None = None):
 def last_layer_figure(points: list[dict], fp: dict | None, attack: str, path: Path, title: str = "") -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
     methods = list(dict.fromkeys(p["quant"] for p in points))
+    from src.report import plots
+    from src.report.labels import quant_display
+
     any_zero = False
+    labels = {ax: [] for ax in axes}
     for ax, key, ci_key, log in ((axes[0], "tpr", "tpr_ci", True), (axes[1], "auc", "auc_ci", False)):
         for i, method in enumerate(methods):
             mp = [p for p in points if p["quant"] == method and p[key] is not None]
             xs = [p["test_acc"] for p in mp]
             ys = [max(p[key], TPR_FLOOR) if log else p[key] for p in mp]
             any_zero |= log and any(p[key] <= 0 for p in mp)
-            ax.plot(xs, ys, "-o", color=f"C{i}", label=method, markersize=6)
+            ax.plot(xs, ys, "-o", color=f"C{i}", label=quant_display(method), markersize=6)
             for p, x, y in zip(mp, xs, ys):
                 err = _yerr(p[key], p[ci_key], TPR_FLOOR if log else None)
                 if err is not None:
                     ax.errorbar(x, y, yerr=err, color=f"C{i}", alpha=0.35, capsize=2, linestyle="none")
-                k = mp.index(p)  # staggered: neighbouring precisions often land on the same spot
-                ax.annotate(p["last"], (x, y), textcoords="offset points", xytext=(4, 4 - 10 * (k % 3)), fontsize=8,
-                            color=f"C{i}")
+                labels[ax].append((x, y, str(p["last"]), method))
         if fp is not None and fp.get(key) is not None:
             y = max(fp[key], TPR_FLOOR) if log else fp[key]
             err = _yerr(fp[key], fp[ci_key], TPR_FLOOR if log else None)
@@ -163,18 +165,21 @@ def last_layer_figure(points: list[dict], fp: dict | None, attack: str, path: Pa
                 ax.axhline(TPR_FLOOR, color="grey", linestyle=":", linewidth=0.8)
                 ax.annotate("TPR = 0 drawn here", (0.01, TPR_FLOOR), xycoords=("axes fraction", "data"),
                             xytext=(0, 3), textcoords="offset points", fontsize=7, color="grey")
-        ax.set_xlabel("test accuracy")
-        ax.set_ylabel("TPR @ 0.1% FPR" if log else "AUC")
+        ax.set_xlabel("test accuracy (%)")
+        plots._pct_axis(ax.xaxis, False)
+        ax.set_ylabel("TPR @ 0.1 % FPR (%)" if log else "AUC")
+        if log:
+            plots._pct_axis(ax.yaxis, True)
+        ax.margins(x=0.1, y=0.1)
         ax.grid(True, alpha=0.3, which="both")
         ax.legend(fontsize=8)
     n = points[0]["n_targets"] if points else None
-    fig.suptitle(title or f"{attack}: last layer's precision (point labels), rest of the net at "
+    from src.report.labels import attack_display
+
+    fig.suptitle(title or f"{attack_display(attack)}: last layer's precision (point labels), rest of the net at "
                           f"{_fmt_precision(points[0]['bits']) if points else '?'} bits\n{_ci_kind(n)}",
                  fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return path
+    return plots._finish(fig, path, labels)
 
 
 def last_layer_table(points: list[dict], fp: dict | None, attack: str) -> str:

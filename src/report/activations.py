@@ -71,15 +71,17 @@ def figure(rows_: list[dict], attack: str, path: Path) -> Path:
     quants = list(dict.fromkeys(r["quant"] for r in sorted(rows_, key=_order) if r["quant"] != "fp"))
     acts = sorted({act_label(r) for r in rows_ if r["quant"] != "fp"},
                   key=lambda a: (a.startswith("A"), -int(a[1:]) if a.startswith("A") else a == SEQUENTIAL))
+    from src.report.labels import attack_display, quant_display
+
     fig, axes = plots._axes(len(quants), (5.0, 4.4))
     for ax, quant in zip(axes, quants):
         sub = [r for r in rows_ if r["quant"] == quant and r.get("delta_auc") is not None]
         for bits in sorted({float(r["bits"]) for r in sub}, reverse=True):
             line = sorted((r for r in sub if float(r["bits"]) == bits), key=lambda r: r["test_acc"])
             ax.plot([r["test_acc"] for r in line], [r["delta_auc"] for r in line], color="0.6", lw=0.8, zorder=1)
-            top = max(line, key=lambda r: r["delta_auc"])
-            ax.annotate(f"W{S.fmt_bits(bits)}", (top["test_acc"], top["delta_auc"]), textcoords="offset points",
-                        xytext=(0, 9), fontsize=8, ha="center")
+            top = max(line, key=lambda r: r.get("delta_auc_ci_hi") or r["delta_auc"])
+            ax.annotate(f"W{S.fmt_bits(bits)}", (top["test_acc"], top.get("delta_auc_ci_hi") or top["delta_auc"]),
+                        textcoords="offset points", xytext=(0, 5), fontsize=8, ha="center")  # above the CIs
         for r in sub:
             st = series_style(acts.index(act_label(r)))
             lo, hi, d = r.get("delta_auc_ci_lo"), r.get("delta_auc_ci_hi"), r["delta_auc"]
@@ -96,11 +98,14 @@ def figure(rows_: list[dict], attack: str, path: Path) -> Path:
         ax.set_xlabel("test accuracy (%)")
         plots._pct_axis(ax.xaxis, False)
         ax.xaxis.set_major_locator(MaxNLocator(5))
-        ax.set_ylabel(f"ΔAUC vs FP, {attack} (filled: CI excludes 0)")
-        ax.set_title(f"{quant}: weights only vs W/A", fontsize=10)
+        if ax is axes[0]:  # one y label for the row: the panels share its meaning
+            ax.set_ylabel("ΔAUC vs FP")
+        ax.set_title(f"{quant_display(quant)}: weights only vs W/A", fontsize=10)
         ax.grid(True, alpha=0.3)
         ax.margins(x=0.15, y=0.15)
-    fig.tight_layout()
+    plots._caption(fig, [f"ΔAUC = AUC(quantized) − AUC(FP), {attack_display(attack)}; filled: the 95 % CI excludes 0; "
+                         "grey lines join the points of one weight bit-width (labelled W4, W2)",
+                         plots.interval_text([r.get("n_targets") for r in rows_]).replace("95 %", "95 % paired")])
     fig.savefig(path, dpi=150)
     import matplotlib.pyplot as plt
 

@@ -20,7 +20,8 @@ from src.report import summary as S
 
 COLUMNS = ("dataset", "model", "quant", "bits", "policy", "attack", "test_acc", "auc", "tpr_at_fpr_1e-2",
            "tpr_at_fpr_1e-3", "n_nonmembers", "delta_auc", "delta_auc_ci_lo", "delta_auc_ci_hi",
-           "delta_auc_significant", "sweep")
+           "delta_auc_significant", "tpr_at_fpr_1e-3_ci_lo", "tpr_at_fpr_1e-3_ci_hi", "n_targets", "dataset_display",
+           "sweep")
 
 
 def _label(results: list[dict], sweep: Path) -> str:
@@ -79,41 +80,56 @@ def markdown(rows: list[dict], attack: str | None) -> str:
 
 
 def figure(rows: list[dict], attack: str | None, path: Path) -> Path:
-    """A panel per dataset: TPR@0.1 % FPR (log y) vs test accuracy; a marker per method with its bits,
-    FP a black star. A TPR of 0 cannot sit on a log axis: it is drawn hollow at half of the smallest
-    non-zero TPR the attack could show (one member out of the largest member count)."""
+    """A panel per sweep: TPR@0.1 % FPR (log y) vs test accuracy with the 95 % CI; a marker per method
+    with its bits (labels placed apart, src.report.plots.place_labels), FP a black star, display names
+    in the titles. A TPR of 0 cannot sit on a log axis: it is drawn hollow at half of the smallest
+    non-zero TPR the panel shows, without an error bar."""
     from matplotlib.ticker import LogLocator
 
     from src.report import plots
-    from src.report.labels import series_style
+    from src.report.labels import attack_display, interval_text, model_display, series_style
 
+    metric = "tpr_at_fpr_1e-3"
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
-    methods = [m for m in dict.fromkeys(r["quant"] for r in rows) if m != "fp"]
+    methods = [m for m in dict.fromkeys(plots.series_of(r) for r in rows) if m != "FP"]
+    titles = {ds: next(f"{r.get('dataset_display') or ds} / {model_display(r['model'])}"
+                       for r in rows if r["dataset"] == ds) for ds in datasets}
     fig, axes = plots._axes(len(datasets))
+    labels, bars = {}, {}
     for ax, ds in zip(axes, datasets):
         sub = [r for r in rows if r["dataset"] == ds and r.get("test_acc") is not None
-               and r.get("tpr_at_fpr_1e-3") is not None]
-        positive = [r["tpr_at_fpr_1e-3"] for r in sub if r["tpr_at_fpr_1e-3"] > 0]
+               and r.get(metric) is not None]
+        positive = [r[metric] for r in sub if r[metric] > 0]
         floor = 0.5 * min(positive) if positive else 1e-4
+        labels[ax], bars[ax] = [], []
         for r in sub:
-            y, hollow = (r["tpr_at_fpr_1e-3"], False) if r["tpr_at_fpr_1e-3"] > 0 else (floor, True)
+            y, hollow = (r[metric], False) if r[metric] > 0 else (floor, True)
             if r["quant"] == "fp":
                 style = dict(marker="*", color="black", markersize=15, label="FP (32 bit)", zorder=3)
             else:
-                i = methods.index(r["quant"])
-                style = dict(**series_style(i), markersize=8, label=str(r["quant"]))
+                style = dict(**series_style(methods.index(plots.series_of(r))), markersize=8,
+                             label=plots.series_of(r))
             if hollow:
                 style["markerfacecolor"] = "none"
-            ax.plot(r["test_acc"], y, linestyle="none", **style)
-            ax.annotate(f"{S.fmt_bits(r['bits'])}b" if r["quant"] != "fp" else "FP", (r["test_acc"], y),
-                        textcoords="offset points", xytext=(5, 4), fontsize=8)
+            lo, hi = r.get(f"{metric}_ci_lo"), r.get(f"{metric}_ci_hi")
+            yerr = None
+            if not hollow and lo is not None and hi is not None:
+                lo = max(lo, floor)  # a CI reaching 0 ends at the panel's floor on a log axis
+                yerr = [[max(y - lo, 0.0)], [max(hi - y, 0.0)]]
+                bars[ax].append((r["test_acc"], lo, hi))
+            ax.errorbar(r["test_acc"], y, yerr=yerr, capsize=3, linestyle="none", **style)
+            labels[ax].append((r["test_acc"], y, plots.point_label(r), "FP" if r["quant"] == "fp"
+                               else plots.series_of(r)))
         ax.set_yscale("log")
-        plots._label_panel(ax, "TPR @ 0.1% FPR (%, log; hollow = 0)", f"{ds} — {attack}")
+        title = titles[ds] if list(titles.values()).count(titles[ds]) == 1 else f"{titles[ds]} ({ds})"
+        plots._label_panel(ax, "TPR @ 0.1 % FPR (%, log; hollow = 0)", f"{title} — {attack_display(attack)}")
         plots._pct_axis(ax.yaxis, True)
         # a panel often spans less than a decade: label 2, 3 and 5 × 10^k too
         ax.yaxis.set_minor_locator(LogLocator(subs=(2.0, 3.0, 5.0)))
         ax.yaxis.set_minor_formatter(ax.yaxis.get_major_formatter())
-    return plots._finish(fig, path)
+    plots._caption(fig, [interval_text([r.get("n_targets") for r in rows]) + "; a lower end at 0 is cut at "
+                         "the panel's floor (log axis)"])
+    return plots._finish(fig, path, labels, bars, layout=False)
 
 
 def write(sweeps: list[str | Path], out: str | Path, attack: str | None = None) -> dict[str, Path]:

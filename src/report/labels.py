@@ -22,8 +22,12 @@ COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e
 MARKERS = ("o", "s", "D", "^", "v", "P", "X", "<", ">", "p", "h", "d")
 
 TPR_PREFIX = "tpr_at_fpr_"
-BELOW_RESOLUTION = "—"
-RESOLUTION_NOTE = "— below resolution: FPR < 1/N_nonmembers (the read would rest on zero false positives)"
+# marks in tables, in words so that "not applicable" and "below resolution" cannot be confused
+BELOW_RESOLUTION = "below res."
+NOT_APPLICABLE = "n/a"
+NOT_CERTIFIED = "not certified"
+RESOLUTION_NOTE = ("below res. = below resolution: FPR < 1/N non-members, the read would rest on zero false "
+                   "positives")
 
 
 def series_style(i: int) -> dict[str, str]:
@@ -90,3 +94,49 @@ def wa_label(bits: Any, act_bits: Any) -> str:
         return ""
     w = f"{float(bits):g}" if bits is not None else "?"
     return f"W{w}A{int(act_bits)}"
+
+
+# display names of code names, for figure titles and legends
+QUANT_NAMES = {"fp": "FP", "none": "FP", "rtn": "RTN", "adaround": "AdaRound", "brecq": "BRECQ", "obc": "OBC",
+               "gptq": "GPTQ", "noise": "weight noise", "prune": "pruning"}
+MODEL_NAMES = {"smallcnn": "small ResNet", "resnet18": "ResNet-18", "vgg11_bn": "VGG-11 (BN)",
+               "wrn28_2": "WRN-28-2"}
+ATTACK_NAMES = {"lira_online": "LiRA (online)", "lira_online_fixed": "LiRA (online, fixed variance)",
+                "lira_offline": "LiRA (offline)", "lira_offline_fixed": "LiRA (offline, fixed variance)",
+                "rmia": "RMIA", "rmia_offline": "RMIA (offline)", "loss": "loss attack"}
+# what each attack's membership score is, for the axes that show scores (docs/attacks.md)
+SCORE_DEFINITIONS = {
+    "lira_online": "score = log N(φ; μ_in, σ_in²) − log N(φ; μ_out, σ_out²), φ = logit of the confidence in the true label",
+    "lira_offline": "score = log Φ((φ − μ_out)/σ_out), φ = logit of the confidence in the true label",
+    "rmia": "score = share of population points z with ratio(x)/ratio(z) ≥ γ, ratio = p(x|θ)/p(x)",
+    "loss": "score = φ, the logit of the target's confidence in the true label (high = low loss)",
+}
+
+
+def quant_display(name) -> str:
+    return QUANT_NAMES.get(str(name), str(name))
+
+
+def model_display(name) -> str:
+    return MODEL_NAMES.get(str(name), str(name))
+
+
+def attack_display(name) -> str:
+    return ATTACK_NAMES.get(str(name), str(name))
+
+
+def score_definition(attack) -> str:
+    """One line saying what the attack's score is ('' for an attack without an entry)."""
+    a = str(attack)
+    return next((d for k, d in SCORE_DEFINITIONS.items() if a.startswith(k)), "")
+
+
+def interval_text(ks) -> str:
+    """What the error bars are, given the target counts k of the points shown."""
+    ks = sorted({int(k) for k in ks if k})
+    if not ks:
+        return "error bars: 95 % CI"
+    if ks == [1]:
+        return "error bars: 95 % percentile bootstrap CI (one target; members and non-members resampled)"
+    t = f"Student-t over k = {', '.join(map(str, ks))} targets"
+    return "error bars: 95 % CI, " + (t if 1 not in ks else t + "; bootstrap where k = 1")

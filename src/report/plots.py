@@ -18,7 +18,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 from matplotlib.transforms import Bbox  # noqa: E402
 
-from src.report.labels import dataset_display, metric_label, pct_text, series_style, wa_label  # noqa: E402
+from src.report.labels import (attack_display, dataset_display, interval_text, metric_label, model_display,  # noqa: E402
+                               pct_text, quant_display, score_definition, series_style, wa_label)
+
+COLLAPSE_SHORT = ("accuracy collapsed (less than half of FP's accuracy above chance): lower leakage there "
+                  "reflects lost utility")
 
 FP_STYLE = {"color": "black", "marker": "*"}
 ROC_MIN = 1e-5  # results.json ROCs are downsampled down to this FPR
@@ -31,11 +35,6 @@ def _combos(items: list[Any], get) -> list[tuple]:
 def _axes(n: int, size: tuple[float, float] = (6.4, 5.0)):
     fig, axes = plt.subplots(1, n, figsize=(size[0] * n, size[1]), squeeze=False)
     return fig, list(axes[0])
-
-
-def _title(rows_or_jobs: list[dict], ds, model, attack) -> str:
-    name = next((r.get("dataset_display") for r in rows_or_jobs if r.get("dataset_display")), None) or ds
-    return f"{name} / {model} — {attack}" if ds is not None else f"{attack}"
 
 
 def _pct_axis(axis, log: bool) -> None:
@@ -122,9 +121,11 @@ def place_labels(ax, items: list[tuple[float, float, str, str]], fontsize: float
     return [c["annotation"] for c in clusters]
 
 
-def _finish(fig, path, labels: dict | None = None, bars: dict | None = None) -> Path:
-    """Lay out, then place the point labels (their collision test needs the final layout), then save."""
-    fig.tight_layout()
+def _finish(fig, path, labels: dict | None = None, bars: dict | None = None, layout: bool = True) -> Path:
+    """Lay out (unless a caption did), then place the point labels (their collision test needs the final
+    layout), then save."""
+    if layout:
+        fig.tight_layout()
     for ax, items in (labels or {}).items():
         if items:
             place_labels(ax, items, bars=(bars or {}).get(ax, ()))
@@ -160,40 +161,123 @@ def point_label(r: dict) -> str:
 
 
 def series_of(r: dict) -> str:
-    """The method a point belongs to: the quantizer, with its activation bits for W/A jobs (``obc A8``)."""
-    return str(r["quant"]) + (f" A{int(r['act_bits'])}" if r.get("act_bits") is not None else "")
+    """The method a point belongs to, by its display name: the quantizer, with its activation bits for
+    W/A jobs (``OBC A8``)."""
+    return quant_display(r["quant"]) + (f" A{int(r['act_bits'])}" if r.get("act_bits") is not None else "")
+
+
+def _title(rows_or_jobs: list[dict], ds, model, attack) -> str:
+    name = next((r.get("dataset_display") for r in rows_or_jobs if r.get("dataset_display")), None) or ds
+    return f"{name} / {model_display(model)} — {attack_display(attack)}" if ds is not None else attack_display(attack)
+
+
+def _caption(fig, lines: list[str]) -> None:
+    """Notes under the panels (what the error bars are, what a mark means), in the figure's own margin."""
+    lines = _wrap([ln for ln in lines if ln], int(fig.get_figwidth() * 19))  # ~19 characters per inch at 7.5 pt
+    if not lines:
+        return
+    h = fig.get_figheight()
+    pad = (0.15 * len(lines) + 0.12) / h  # inches of text as a fraction of the figure
+    fig.tight_layout(rect=(0, pad, 1, 1))
+    fig.text(0.01, 0.01, "\n".join(lines), fontsize=7.5, color="dimgray", va="bottom", ha="left")
+
+
+def _zoom_cluster(rows: list[dict], x: str = "test_acc") -> list[dict]:
+    """The points crowded at the high-accuracy end (within 8 % of the axis span of the best accuracy),
+    when there are at least three and other points widen the axis: they get a zoom panel."""
+    xs = [r[x] for r in rows]
+    if len(xs) < 4:
+        return []
+    span = max(xs) - min(xs)
+    cluster = [r for r in rows if r[x] >= max(xs) - 0.08 * span]
+    return cluster if 3 <= len(cluster) < len(rows) and span > 0 else []
+
+
+def _collapse_band(ax, rows: list[dict]) -> bool:
+    """Shade test accuracies below the collapse threshold (src/report/collapse.py) when a point lies there."""
+    from src.report.collapse import collapse_threshold
+
+    fp = next((r for r in rows if r["quant"] == "fp"), None) or (rows[0] if rows else None)
+    k = next((r.get("num_classes") for r in rows if r.get("num_classes")), None)
+    if fp is None or not k or fp.get("fp_test_acc") is None:
+        return False
+    thr = collapse_threshold(fp["fp_test_acc"], int(k))
+    if not any(r.get("test_acc") is not None and r["test_acc"] < thr for r in rows):
+        return False
+    lo = min(r["test_acc"] for r in rows if r.get("test_acc") is not None)
+    ax.axvspan(max(0.0, min(lo, thr) - 0.02), thr, color="#f4cccc", alpha=0.5, linewidth=0, zorder=0,
+               label="accuracy collapsed")
+    return True
+
+
+def _pu_points(ax, shown: list[dict], methods: list, metric: str, labels: list, bars: list) -> None:
+    for r in shown:
+        y = r[metric]
+        lo, hi = r.get(f"{metric}_ci_lo"), r.get(f"{metric}_ci_hi")
+        yerr = [[max(y - lo, 0.0)], [max(hi - y, 0.0)]] if lo is not None and hi is not None else None
+        if r["quant"] == "fp":
+            style = dict(**FP_STYLE, markersize=14, label="FP (32 bit)", zorder=3)
+        else:
+            style = dict(**series_style(methods.index(series_of(r))), markersize=8, label=series_of(r),
+                         linestyle="none")
+        ax.errorbar(r["test_acc"], y, yerr=yerr, capsize=3, **style)
+        if yerr:
+            bars.append((r["test_acc"], lo, hi))
+        labels.append((r["test_acc"], y, point_label(r), "FP" if r["quant"] == "fp" else series_of(r)))
+
+
+def _zoom_panel(zax, ax, cluster: list[dict], ykey: str, draw) -> None:
+    """Draw ``cluster`` again in ``zax`` with limits around it (error bars included), and mark the zoomed
+    region on the main panel ``ax`` with a dashed box."""
+    from matplotlib.patches import Rectangle
+
+    draw(zax)
+    xs = [r["test_acc"] for r in cluster]
+    ys = [v for r in cluster for v in (r[ykey], r.get(f"{ykey}_ci_lo"), r.get(f"{ykey}_ci_hi")) if v is not None]
+    xpad = max(0.15 * (max(xs) - min(xs)), 0.002)
+    ypad = max(0.08 * (max(ys) - min(ys)), 1e-4)
+    x0, x1, y0, y1 = min(xs) - xpad, max(xs) + xpad, min(ys) - ypad, max(ys) + ypad
+    zax.set_xlim(x0, x1)
+    zax.set_ylim(y0, y1)
+    zax.margins(0)
+    ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, linestyle="--", edgecolor="dimgray",
+                           linewidth=0.8, zorder=1))
 
 
 def privacy_utility(rows: list[dict], attack: str | None, path: str | Path,
                     metric: str = "tpr_at_fpr_1e-3") -> Path:
     """Test accuracy (x, %) vs ``metric`` of ``attack`` (y, %): one colour and marker per method, the
-    bit width next to each point, FP a black star, error bars the 95 % CI. Points whose TPR is below
-    resolution (FPR < 1/N non-members) are left out and counted in the panel. ``rows`` are summary
-    rows (:func:`src.report.summary.rows_from_results`); one panel per (dataset, model)."""
+    bit width next to each point, FP a black star, error bars the 95 % CI (what kind: under the panels).
+    Points whose TPR is below resolution (FPR < 1/N non-members) are left out and counted in the panel;
+    accuracies below the collapse threshold are shaded. Where several points crowd at the high-accuracy
+    end, a zoom panel beside the full view shows them apart. ``rows`` are summary rows
+    (:func:`src.report.summary.rows_from_results`); one panel (pair) per (dataset, model)."""
     rows = [r for r in rows if r["attack"] == attack and r.get("test_acc") is not None]
     combos = _combos(rows, lambda r: (r["dataset"], r["model"])) or [(None, None)]
-    methods = [m for m in _combos(rows, series_of) if m != "fp"]
-    fig, axes = _axes(len(combos))
+    methods = [m for m in _combos(rows, series_of) if m != "FP"]
+    shown_of, clusters = {}, {}
+    for c in combos:
+        sub = [r for r in rows if (r["dataset"], r["model"]) == c]
+        shown_of[c] = [r for r in sub if r.get(metric) is not None and r.get(f"{metric}_resolved", True)]
+        clusters[c] = _zoom_cluster(shown_of[c])
+    n_zoom = sum(bool(v) for v in clusters.values())
+    fig, axes = _axes(len(combos) + n_zoom)
     labels, bars = {}, {}
     rate = metric != "auc"
-    for ax, (ds, model) in zip(axes, combos):
+    ylabel = metric_label(metric) + (" (%)" if rate else "")
+    collapsed_any = False
+    it = iter(axes)
+    for ds, model in combos:
+        ax = next(it)
         sub = [r for r in rows if (r["dataset"], r["model"]) == (ds, model)]
-        shown = [r for r in sub if r.get(metric) is not None and r.get(f"{metric}_resolved", True)]
+        shown, cluster = shown_of[(ds, model)], clusters[(ds, model)]
         hidden = len(sub) - len(shown)
-        labels[ax] = []
-        for r in shown:
-            y = r[metric]
-            lo, hi = r.get(f"{metric}_ci_lo"), r.get(f"{metric}_ci_hi")
-            yerr = [[max(y - lo, 0.0)], [max(hi - y, 0.0)]] if lo is not None and hi is not None else None
-            if r["quant"] == "fp":
-                style = dict(**FP_STYLE, markersize=14, label="FP (32 bit)", zorder=3)
-            else:
-                style = dict(**series_style(methods.index(series_of(r))), markersize=8, label=series_of(r),
-                             linestyle="none")
-            ax.errorbar(r["test_acc"], y, yerr=yerr, capsize=3, **style)
-            if yerr:
-                bars.setdefault(ax, []).append((r["test_acc"], lo, hi))
-            labels[ax].append((r["test_acc"], y, point_label(r), "FP" if r["quant"] == "fp" else series_of(r)))
+        labels[ax], bars[ax] = [], []
+        collapsed_any |= _collapse_band(ax, sub)
+        main = [r for r in shown if r not in cluster]
+        _pu_points(ax, shown, methods, metric, [], bars[ax])
+        for r in main:
+            labels[ax].append((r["test_acc"], r[metric], point_label(r), "FP" if r["quant"] == "fp" else series_of(r)))
         _control_curves(ax, shown, methods, metric)
         ys = [r[metric] for r in shown]
         log = bool(rate and ys and min(ys) > 0 and max(ys) / min(ys) > 20)
@@ -202,13 +286,27 @@ def privacy_utility(rows: list[dict], attack: str | None, path: str | Path,
         if hidden:
             ax.text(0.02, 0.02, f"{hidden} point(s) below resolution (FPR < 1/N non-members), not drawn",
                     transform=ax.transAxes, fontsize=7, color="dimgray")
-        _label_panel(ax, metric_label(metric) + (" (%)" if rate else ""), _title(sub, ds, model, attack))
+        _label_panel(ax, ylabel, _title(sub, ds, model, attack))
         if rate:
             _pct_axis(ax.yaxis, log)
-    return _finish(fig, path, labels, bars)
+        if cluster:
+            zax = next(it)
+            labels[zax], bars[zax] = [], []
+
+            def draw(z, cluster=cluster, zax=zax):
+                _pu_points(z, cluster, methods, metric, labels[zax], bars[zax])
+
+            _zoom_panel(zax, ax, cluster, metric, draw)
+            _label_panel(zax, ylabel, "zoom: the dashed box", margins=False)
+            if rate:
+                _pct_axis(zax.yaxis, False)
+    ks = [r.get("n_targets") for r in rows]
+    _caption(fig, [interval_text(ks),
+                   "shaded: " + COLLAPSE_SHORT if collapsed_any else ""])
+    return _finish(fig, path, labels, bars, layout=False)
 
 
-def _label_panel(ax, ylabel: str, title: str, styles: dict | None = None) -> None:
+def _label_panel(ax, ylabel: str, title: str, styles: dict | None = None, margins: bool = True) -> None:
     """One legend entry per method, axis labels (accuracy in %), title, grid."""
     _legend(ax, styles)
     ax.set_xlabel("test accuracy (%)")
@@ -216,15 +314,16 @@ def _label_panel(ax, ylabel: str, title: str, styles: dict | None = None) -> Non
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     ax.grid(True, alpha=0.3)
-    ax.margins(x=0.12, y=0.12)  # room for the point labels
+    if margins:
+        ax.margins(x=0.12, y=0.12)  # room for the point labels
 
 
 def _control_curves(ax, rows: list[dict], methods: list, metric: str) -> None:
     """Matched-utility controls (noise σ, pruning sparsity sweeps) as dashed curves through their
     points, ordered by accuracy: a quantizer below a curve leaks less at equal accuracy."""
-    for quant in dict.fromkeys(r["quant"] for r in rows if r.get("control")):
+    for quant in dict.fromkeys(series_of(r) for r in rows if r.get("control")):
         pts = sorted((r["test_acc"], r[metric]) for r in rows
-                     if r["quant"] == quant and r.get(metric) is not None)
+                     if series_of(r) == quant and r.get(metric) is not None)
         if len(pts) > 1:
             ax.plot(*zip(*pts), linestyle="--", color=series_style(methods.index(quant))["color"], alpha=0.7)
 
@@ -238,9 +337,11 @@ def privacy_utility_delta(rows: list[dict], attack: str | None, path: str | Path
     methods = _combos(rows, series_of)
     fig, axes = _axes(len(combos))
     labels, bars = {}, {}
+    collapsed_any = False
     for ax, (ds, model) in zip(axes, combos):
         sub = [r for r in rows if (r["dataset"], r["model"]) == (ds, model)]
         labels[ax] = []
+        collapsed_any |= _collapse_band(ax, sub)
         for r in sub:
             st = series_style(methods.index(series_of(r)))
             lo, hi, d = r.get("delta_auc_ci_lo"), r.get("delta_auc_ci_hi"), r["delta_auc"]
@@ -255,7 +356,10 @@ def privacy_utility_delta(rows: list[dict], attack: str | None, path: str | Path
         ax.axhline(0.0, color="black", linewidth=0.8)
         _label_panel(ax, "ΔAUC vs FP (filled: 95 % CI excludes 0)", _title(sub, ds, model, attack),
                      {m: series_style(i) for i, m in enumerate(methods)})
-    return _finish(fig, path, labels, bars)
+    _caption(fig, [interval_text([r.get("n_targets") for r in rows]).replace("95 %", "95 % paired"),
+                   "ΔAUC = AUC(quantized) − AUC(FP) on the same examples; below 0 = leaks less than FP",
+                   "shaded: " + COLLAPSE_SHORT if collapsed_any else ""])
+    return _finish(fig, path, labels, bars, layout=False)
 
 
 # ---------------------------------------------------------------------------------------
@@ -272,7 +376,7 @@ def per_example_scatter(fp_scores, q_scores, is_member, attack: str, path: str |
 
     fp, q = np.asarray(fp_scores, dtype=float), np.asarray(q_scores, dtype=float)
     y = np.asarray(is_member, dtype=bool)
-    fig, (ax,) = _axes(1, (5.6, 5.2))
+    fig, (ax,) = _axes(1, (6.0, 6.4))
     for sel, name, c in ((~y, "non-members", "#1f77b4"), (y, "members", "#d62728")):
         ax.scatter(fp[sel], q[sel], s=4, alpha=0.4, color=c, label=name)
     # LiRA's few extreme scores would squeeze the bulk into a line: show the central 99 % of each axis
@@ -289,21 +393,26 @@ def per_example_scatter(fp_scores, q_scores, is_member, attack: str, path: str |
             ax.axvline(np.quantile(fp[y], 1 - frac), color="dimgray", linestyle=ls, linewidth=0.8)
             ax.axhline(np.quantile(q[y], 1 - frac), color="dimgray", linestyle=ls, linewidth=0.8,
                        label=f"members' top {frac:.0%}".replace("%", " %"))
+    notes = [f"{attack_display(attack)} {score_definition(attack)}".strip()]
     if stats:
-        lines = [f"top-1 % exposed members retained: {_pct_or_na(stats.get('top1_retained'))}",
-                 f"top-10 % exposed members retained: {_pct_or_na(stats.get('top10_retained'))}",
-                 f"Spearman ρ (FP vs quantized, all examples): {_num_or_na(stats.get('spearman'))}"]
-        ax.text(0.02, 0.98, "\n".join(lines), transform=ax.transAxes, va="top", fontsize=8,
-                bbox=dict(boxstyle="round", facecolor="white", alpha=0.85, edgecolor="lightgray"))
+        notes.append(f"top-1 % most exposed members still in the top 1 %: {_pct_or_na(stats.get('top1_retained'))}; "
+                     f"top 10 %: {_pct_or_na(stats.get('top10_retained'))}; Spearman ρ (FP vs quantized, all "
+                     f"examples): {_num_or_na(stats.get('spearman'))}")
     if n_out:
-        ax.text(0.98, 0.02 + 0.2, f"{n_out} outlying example(s) beyond the axes", transform=ax.transAxes,
-                ha="right", fontsize=7, color="dimgray")
-    ax.set_xlabel(f"{attack} score, full precision")
-    ax.set_ylabel(f"{attack} score, quantized")
-    ax.set_title(title or f"per-example {attack} scores", fontsize=10)
+        notes.append(f"{n_out} outlying example(s) beyond the axes (the central 99 % of the scores is shown)")
+    ax.set_xlabel(f"{attack_display(attack)} score, full precision")
+    ax.set_ylabel(f"{attack_display(attack)} score, quantized")
+    ax.set_title(title or f"per-example {attack_display(attack)} scores", fontsize=10)
     ax.legend(fontsize=8, markerscale=3, loc="lower right")
     ax.grid(True, alpha=0.3)
-    return _finish(fig, path)
+    _caption(fig, _wrap(notes, 95))
+    return _finish(fig, path, layout=False)
+
+
+def _wrap(lines: list[str], width: int) -> list[str]:
+    import textwrap
+
+    return [w for ln in lines for w in textwrap.wrap(ln, width)]
 
 
 def _pct_or_na(v) -> str:
@@ -324,11 +433,12 @@ def series_label(result: dict) -> str:
     from src.report.labels import policy_label
 
     job = result.get("job", {})
+    quant = quant_display(job.get("quant"))
     if job.get("control"):
-        head = f"{job.get('quant')} {job['control']['key']}={job['control']['value']:g}"
+        head = f"{quant} {job['control']['key']}={job['control']['value']:g}"
     else:
         bits = job.get("bits")
-        head = f"{job.get('quant')} {float(bits):g} bit" if bits is not None else f"{job.get('quant')} ?"
+        head = f"{quant} {float(bits):g} bit" if bits is not None else f"{quant} ?"
     parts = [head]
     if job.get("policy") not in (None, "uniform"):
         parts.append(policy_label(job["policy"], job.get("dataset")))

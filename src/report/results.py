@@ -26,7 +26,8 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from src.cache import atomic_write_bytes, atomic_write_text, cache_key
-from src.report.labels import BELOW_RESOLUTION
+from src.report.collapse import COLLAPSE_NOTE, collapsed, collapse_threshold, num_classes_of
+from src.report.labels import BELOW_RESOLUTION, NOT_APPLICABLE, NOT_CERTIFIED
 
 METRIC_KEYS = ("auc", "balanced_accuracy", "tpr_at_fpr_1e-2", "tpr_at_fpr_1e-3", "tpr_at_fpr_1e-4")
 
@@ -121,7 +122,8 @@ def build_results(cfg, data, pool, quantized, scores, fp_scores, refs, ref_out=N
            "quant": cfg.quant.name,
            "bits": 32.0 if cfg.quant.name in ("none", "fp") else float(cfg.bits),
            "policy": cfg.bitwidth.policy, "targets": tids, "reference": cfg.attack.get("reference", "fp"),
-           "n_models": int(cfg.n_models), "n_examples": int(keep.shape[1])}
+           "n_models": int(cfg.n_models), "n_examples": int(keep.shape[1]), "num_classes": int(data.num_classes)}
+    utility["collapsed"] = collapsed(q_test, fp_test, data.num_classes)
     from src.quant import CONTROLS, FULL_PRECISION
     from src.quant.policy import Overrides
 
@@ -240,8 +242,10 @@ def _per_example_plot(directory: Path, results: dict, arrays: dict) -> None:
         job = results["job"]
         what = (f"{job['control']['key']}={job['control']['value']:g}" if job.get("control")
                 else f"{job['bits']:g} bit")
-        title = (f"{dataset_display(job, results.get('config'))} / {job['model']} / {job['quant']} {what} — "
-                 f"{name}, target {t}")
+        from src.report.labels import attack_display, model_display, quant_display
+
+        title = (f"{dataset_display(job, results.get('config'))} / {model_display(job['model'])} / "
+                 f"{quant_display(job['quant'])} {what} — {attack_display(name)}, target {t}")
         shifts = (results["attacks"][name].get("per_example") or {}).get("per_target") or [None]
         per_example_scatter(arrays[f"fp_attack_{name}"][0], arrays[f"attack_{name}"][0], arrays["keep"][t],
                             name, directory / "per_example.png", title=title, stats=shifts[0])
@@ -249,16 +253,24 @@ def _per_example_plot(directory: Path, results: dict, arrays: dict) -> None:
         logging.getLogger(__name__).warning("per_example.png not drawn: %s", e)
 
 
-def _fmt(v, ci=None, ok: bool = True, signed: bool = False) -> str:
+def _fmt(v, ci=None, ok: bool = True, signed: bool = False, pct: bool = False) -> str:
+    """A number (AUC, ΔAUC: 4 decimals) or a rate in % (``pct``: 2 decimals), with its CI."""
     if not ok:
         return BELOW_RESOLUTION
     if v is None:
-        return "  n/a"
-    f = "{:+.4f}" if signed else "{:.4f}"
-    s = f.format(v)
+        return NOT_APPLICABLE
+    scale, f = (100.0, "{:+.2f}" if signed else "{:.2f}") if pct else (1.0, "{:+.4f}" if signed else "{:.4f}")
+    s = f.format(scale * v)
     if ci and ci[0] is not None:
-        s += f" [{f.format(ci[0])}, {f.format(ci[1])}]"
+        s += f" [{f.format(scale * ci[0])}, {f.format(scale * ci[1])}]"
     return s
+
+
+def _eps(v) -> str:
+    """The ε lower bound; a bound of 0 certifies nothing (the attack's ROC is consistent with ε = 0)."""
+    if v is None:
+        return NOT_APPLICABLE
+    return NOT_CERTIFIED if v <= 0 else f"{v:.4f}"
 
 
 def _ci_kinds(results: dict) -> tuple[str, str]:
@@ -275,13 +287,26 @@ def _ci_kinds(results: dict) -> tuple[str, str]:
     return auc, delta
 
 
+def collapse_line(results: dict) -> str | None:
+    """'accuracy collapsed: ...' when the quantized targets lost most of their accuracy above chance."""
+    job, u = results["job"], results["utility"]
+    k = num_classes_of(job, results.get("config"))
+    flag = u.get("collapsed")
+    flag = collapsed(u.get("test_acc"), u.get("fp_test_acc"), k) if flag is None else flag
+    if not flag or job["quant"] in ("none", "fp"):
+        return None
+    return (f"accuracy collapsed: test accuracy {100 * u['test_acc']:.2f} % < "
+            f"{100 * collapse_threshold(u['fp_test_acc'], k):.2f} % (half of FP's {100 * u['fp_test_acc']:.2f} % "
+            f"above chance, {100 / k:.2f} %); lower leakage reflects lost utility, not privacy")
+
+
 def print_results(results: dict) -> None:
     """The job's table: every attack on the quantized (and matched-reference) and the FP targets, with
-    what AUC and its CI are, the paired ΔAUC, and TPRs below resolution shown as '—'."""
+    what AUC and its CI are, the paired ΔAUC, rates in %, and a legend for the marks it uses."""
     from rich.console import Console
     from rich.table import Table
 
-    from src.report.labels import RESOLUTION_NOTE, dataset_display, policy_label
+    from src.report.labels import RESOLUTION_NOTE, dataset_display, metric_label, policy_label
 
     job, u = results["job"], results["utility"]
     bits = "fp" if job["quant"] in ("none", "fp") else f"{job['bits']:g}-bit"
@@ -291,10 +316,14 @@ def print_results(results: dict) -> None:
         bits += f" ({policy_label(job['policy'], job.get('dataset'))})"
     title = (f"{dataset_display(job, results.get('config'))} / {job['model']} / {job['quant']} {bits}  "
              f"targets {job['targets']}  reference={job['reference']}")
-    console = Console(width=160)
+    console = Console(width=220)  # the table at its natural width (no wrapped or cut cells)
     console.print(f"[bold]{title}[/bold]")
-    console.print(f"test accuracy {u['test_acc']:.4f} (full precision {u['fp_test_acc']:.4f}, drop "
-                  f"{u['accuracy_drop']:+.4f}); train accuracy {u['train_acc']:.4f} (fp {u['fp_train_acc']:.4f})")
+    console.print(f"test accuracy {100 * u['test_acc']:.2f} % (full precision {100 * u['fp_test_acc']:.2f} %, drop "
+                  f"{100 * u['accuracy_drop']:+.2f} points); train accuracy {100 * u['train_acc']:.2f} % "
+                  f"(full precision {100 * u['fp_train_acc']:.2f} %)")
+    line = collapse_line(results)
+    if line:
+        console.print(f"[bold red]{line}[/bold red]")
     conv = ((results.get("quant") or {}).get("convergence") or {}).get("summary")
     if conv:
         state = "settled" if conv["converged"] else "[bold red]NOT settled[/bold red]"
@@ -302,28 +331,34 @@ def print_results(results: dict) -> None:
                       f"hard/soft reconstruction loss ≤ {conv['max_hard_over_soft']:.3f}x over {conv['units']} units")
     first = next(iter(results["attacks"].values()), {})
     tprs = [k for k in first if k.startswith("tpr_at_fpr_")] or list(METRIC_KEYS[2:])
-    table = Table("attack", "target", "AUC [95% CI]", "ΔAUC vs FP [95% CI]", "bal. acc",
-                  *[f"TPR@{k[len('tpr_at_fpr_'):]}" for k in tprs], "ε ≥ (95%)")
+    table = Table()
+    for head in ("attack", "target", "AUC [95% CI]", "ΔAUC vs FP [95% CI]", "bal. acc (%)",
+                 *[metric_label(k).replace(" ", "") + " (%)" for k in tprs], "ε ≥ (95%)"):
+        table.add_column(head, no_wrap=True)
     blocks = [("quantized", results["attacks"])]
     if "attacks_matched" in results:
         blocks.append(("quantized, matched refs", results["attacks_matched"]))
-    below, n_non = False, set()
+    below, uncertified, n_non = False, False, set()
     for kind, block in blocks + [("fp", results["fp_attacks"])]:
         for name, m in block.items():
             ci = m.get("ci", {})
             ok = {k: _resolved(m, k) for k in tprs}
             below |= not all(ok.values())
+            uncertified |= m.get("eps_lower_bound") is not None and m["eps_lower_bound"] <= 0
             n_non.update(int(p["n_nonmembers"]) for p in m.get("per_target") or [] if "n_nonmembers" in p)
             d = (m.get("paired") or {}).get("auc")
-            delta = "–" if not d else (_fmt(d["delta"], d.get("ci"), signed=True)
-                                       + ("*" if d.get("significant") else ""))
-            table.add_row(name, kind, _fmt(m["auc"], ci.get("auc")), delta, _fmt(m["balanced_accuracy"]),
-                          *[_fmt(m.get(k), ok=ok[k]) for k in tprs], _fmt(m.get("eps_lower_bound")))
+            delta = NOT_APPLICABLE if not d else (_fmt(d["delta"], d.get("ci"), signed=True)
+                                                  + ("*" if d.get("significant") else ""))
+            table.add_row(name, kind, _fmt(m["auc"], ci.get("auc")), delta, _fmt(m["balanced_accuracy"], pct=True),
+                          *[_fmt(m.get(k), ok=ok[k], pct=True) for k in tprs], _eps(m.get("eps_lower_bound")))
     console.print(table)
     auc_ci, delta_ci = _ci_kinds(results)
+    console.print("Rates (accuracy, TPR) in %; AUC and ΔAUC on the 0–1 scale (0.5 = chance).")
     console.print(f"AUC: P(member score > non-member score) + ½·P(tie). [95% CI]: {auc_ci}.")
     console.print(f"ΔAUC: AUC(quantized) − AUC(FP) on the same examples (paired); [95% CI]: {delta_ci}; "
-                  "* = the CI excludes 0.")
+                  f"* = the CI excludes 0; {NOT_APPLICABLE} on the FP rows (no difference to itself).")
+    if uncertified:
+        console.print(f"ε ≥: {NOT_CERTIFIED} = the 95 % lower bound is 0: this attack certifies no leakage.")
     if below:
         n = ", ".join(str(v) for v in sorted(n_non)) or "?"
         console.print(f"{RESOLUTION_NOTE}; N = {n} non-members per target.")

@@ -24,8 +24,9 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable
 
-from src.report.labels import (BELOW_RESOLUTION, RESOLUTION_NOTE, dataset_display, metric_label, policy_label,
-                               resolved, wa_label)
+from src.report.collapse import COLLAPSE_NOTE, collapsed, num_classes_of
+from src.report.labels import (BELOW_RESOLUTION, NOT_APPLICABLE, RESOLUTION_NOTE, dataset_display, metric_label,
+                               policy_label, resolved, wa_label)
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ METRICS = (
     "tpr_at_fpr_1e-4",
 )
 ID_COLUMNS = ("dataset", "model", "quant", "bits", "policy", "layers", "act_bits", "reference", "attack")
-UTILITY_COLUMNS = ("test_acc", "fp_test_acc", "accuracy_drop", "train_acc", "n_targets")
+UTILITY_COLUMNS = ("test_acc", "fp_test_acc", "accuracy_drop", "collapsed", "train_acc", "n_targets")
 TPR_METRICS = tuple(m for m in METRICS if m.startswith("tpr_at_fpr_"))
 # False where the TPR's FPR is below 1/N non-members (src/report/labels.py, resolved)
 RESOLVED_COLUMNS = tuple(f"{m}_resolved" for m in TPR_METRICS)
@@ -50,7 +51,7 @@ DELTA_COLUMNS = tuple(f"delta_{m}{end}" for m in DELTA_METRICS for end in ("", "
 COLUMNS = (
     ID_COLUMNS + ("control",) + UTILITY_COLUMNS + METRICS + ("n_nonmembers",) + RESOLVED_COLUMNS + CI_COLUMNS
     + DELTA_COLUMNS
-    + ("eps_lower_bound", "job_dir")
+    + ("eps_lower_bound", "dataset_display", "num_classes", "code_version", "job_dir")
 )
 
 
@@ -155,6 +156,19 @@ def _min_nonmembers(m: dict) -> int | None:
     return int(min(counts)) if counts else (int(m["n_nonmembers"]) if m.get("n_nonmembers") is not None else None)
 
 
+def job_code_version(result: dict) -> str | None:
+    """The commit that ran a job (results.json provenance), ``+dirty`` with uncommitted changes."""
+    code = ((result.get("provenance") or {}).get("code")) or {}
+    if code.get("commit"):
+        return str(code["commit"])[:12] + ("+dirty" if code.get("dirty") else "")
+    return str(code["version"]) if code.get("version") else None
+
+
+def _is_true(v: Any) -> bool:
+    """A flag from a row or a CSV cell ('True')."""
+    return v is True or str(v).lower() == "true"
+
+
 def _control(job: dict) -> str | None:
     """'sigma=0.1' for a matched-utility control job (quant=noise/prune), else None."""
     c = job.get("control")
@@ -173,6 +187,8 @@ def job_rows(result: dict, fp: bool = False, matched: bool = False) -> list[dict
         "policy": job.get("policy"),
         "reference": reference,
         "fp_test_acc": _float(util.get("fp_test_acc")),
+        "num_classes": num_classes_of(job, result.get("config")),
+        "code_version": job_code_version(result),
         "job_dir": result.get("job_dir", ""),
     }
     if fp:
@@ -197,6 +213,7 @@ def job_rows(result: dict, fp: bool = False, matched: bool = False) -> list[dict
             train_acc=_float(util.get("train_acc")),
             accuracy_drop=_float(util.get("accuracy_drop")),
             converged=((result.get("quant") or {}).get("convergence") or {}).get("summary", {}).get("converged"),
+            collapsed=collapsed(util.get("test_acc"), util.get("fp_test_acc"), base["num_classes"]),
         )
     rows = [_metric_row(base, a, m) for a, m in (attacks or {}).items()]
     for r in rows:
@@ -254,14 +271,14 @@ def fmt_bits(bits: Any) -> str:
 
 
 def _pct(x: float | None, digits: int = 2) -> str:
-    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.{digits}f}"
+    return NOT_APPLICABLE if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.{digits}f}"
 
 
 def _delta(row: dict, metric: str) -> str:
-    """'−0.0412 [−0.0630, −0.0201]*' (* = the CI excludes 0); '–' for the FP row."""
+    """'−0.0412 [−0.0630, −0.0201]*' (* = the CI excludes 0); 'n/a' for the FP row."""
     d = row.get(f"delta_{metric}")
     if d is None or row.get("quant") == "fp":
-        return "–"
+        return NOT_APPLICABLE
     lo, hi = row.get(f"delta_{metric}_ci_lo"), row.get(f"delta_{metric}_ci_hi")
     out = f"{d:+.4f}"
     if lo is not None and hi is not None:
@@ -305,17 +322,18 @@ def _cells(r: dict, metric: str) -> dict[str, str]:
     def ci(lo, hi, f):
         return f" [{f(lo)}, {f(hi)}]" if lo is not None and hi is not None else ""
 
-    auc = "–" if r["auc"] is None else f"{r['auc']:.4f}" + ci(r["auc_ci_lo"], r["auc_ci_hi"], "{:.4f}".format)
+    auc = NOT_APPLICABLE if r["auc"] is None else f"{r['auc']:.4f}" + ci(r["auc_ci_lo"], r["auc_ci_hi"], "{:.4f}".format)
     if not _is_resolved(r, metric):
         priv = BELOW_RESOLUTION
     elif metric.startswith("tpr_at_fpr_") or metric == "balanced_accuracy":
         priv = _pct(r.get(metric)) + ci(r.get(f"{metric}_ci_lo"), r.get(f"{metric}_ci_hi"), _pct)
     else:
-        priv = "–" if r.get(metric) is None else f"{r[metric]:.4f}"
+        priv = NOT_APPLICABLE if r.get(metric) is None else f"{r[metric]:.4f}"
     return {"method": method_label(r), "bits": fmt_bits(r["bits"]),
-            "policy": "–" if r["quant"] == "fp" else policy_label(r.get("policy"), r.get("dataset")),
-            "targets": "–" if r.get("n_targets") is None else str(r["n_targets"]),
-            "train": _pct(r.get("train_acc")), "test": _pct(r.get("test_acc")), "auc": auc, "priv": priv,
+            "policy": "full precision" if r["quant"] == "fp" else policy_label(r.get("policy"), r.get("dataset")),
+            "targets": NOT_APPLICABLE if r.get("n_targets") is None else str(r["n_targets"]),
+            "train": _pct(r.get("train_acc")), "auc": auc, "priv": priv,
+            "test": _pct(r.get("test_acc")) + (" (collapsed)" if _is_true(r.get("collapsed")) else ""),
             "delta": _delta(r, "auc")}
 
 
@@ -348,7 +366,11 @@ def _notes(rows: list[dict], metric: str) -> list[str]:
              "targets (k ≥ 2), percentile bootstrap of members and non-members (k = 1)"
              + (f"; k = {', '.join(map(str, ks))}." if ks else ".")]
     notes.append("ΔAUC: paired difference quantized − FP on the same examples. [95% CI]: Student-t interval "
-                 "over the targets' Δ (k ≥ 2), paired bootstrap (k = 1); * = the CI excludes 0.")
+                 "over the targets' Δ (k ≥ 2), paired bootstrap (k = 1); * = the CI excludes 0; "
+                 f"{NOT_APPLICABLE} = not applicable (the FP row).")
+    notes.append("Units: accuracies and TPRs in %; AUC and ΔAUC on the 0–1 scale (0.5 = chance).")
+    if any(_is_true(r.get("collapsed")) for r in rows):
+        notes.append(f"(collapsed) = {COLLAPSE_NOTE}.")
     if any(not _is_resolved(r, metric) for r in rows):
         ns = sorted({int(r["n_nonmembers"]) for r in rows if r.get("n_nonmembers") is not None})
         notes.append(f"{RESOLUTION_NOTE}; N ≈ {', '.join(map(str, ns))} non-members per target.")
@@ -430,42 +452,102 @@ def warnings_section(results: list[dict]) -> str:
     return "\n### Warnings\n\n" + "\n".join(lines) + "\n"
 
 
+def read_csv_rows(path: str | Path) -> list[dict]:
+    """Summary rows back from a summary.csv (numbers as floats, flags as bools, empty cells None):
+    enough to redraw the tables and the row-based figures of a sweep whose job dirs are elsewhere."""
+    def value(v: str):
+        if v == "":
+            return None
+        if v in ("True", "False"):
+            return v == "True"
+        try:
+            return float(v)
+        except ValueError:
+            return v
+
+    text = {"dataset", "model", "quant", "policy", "layers", "reference", "attack", "control", "job_dir",
+            "dataset_display", "code_version"}
+    with open(path, newline="") as f:
+        rows = [{k: (v or None) if k in text else value(v) for k, v in r.items()} for r in csv.DictReader(f)]
+    for r in rows:
+        for k in ("n_targets", "n_nonmembers", "num_classes", "act_bits"):
+            if r.get(k) is not None:
+                r[k] = int(r[k])
+        r["secondary"] = False
+        if r.get("collapsed") is None and r["quant"] != "fp":
+            r["collapsed"] = collapsed(r.get("test_acc"), r.get("fp_test_acc"), r.get("num_classes"))
+    return rows
+
+
+def version_note(rows: list[dict], from_csv: bool = False) -> str:
+    """The code versions behind a summary: the commit that drew it and the commits that ran its jobs."""
+    from src.provenance import code_version
+
+    code = code_version()
+    drawn = (str(code["commit"])[:12] + ("+dirty" if code.get("dirty") else "") if code.get("commit")
+             else str(code.get("version")))
+    jobs = sorted({str(r["code_version"]) for r in rows if r.get("code_version")})
+    ran = f"jobs run by ptq-mia {', '.join(jobs)}" if jobs else "the jobs' code version is not in their summary.csv"
+    src = " from summary.csv" if from_csv else ""
+    return f"Code version: tables and figures drawn{src} by ptq-mia {drawn}; {ran}.\n"
+
+
+def summary_suffix(attack: str | None, metric: str | None) -> str:
+    """'' for the sweep's own summary; '_<attack>_<metric>' for a re-ranked one written beside it."""
+    return "".join(f"_{x}" for x in (attack, metric) if x)
+
+
 def write_summary(sweep_dir: str | Path, quiet: bool = False, attack: str | None = None,
-                  metric: str | None = None) -> dict[str, Path]:
+                  metric: str | None = None, rows_csv: str | Path | None = None) -> dict[str, Path]:
     """Write summary.csv, summary.md, summary.tex, privacy_utility.png, privacy_utility_delta.png and
     roc.png into ``sweep_dir`` and print the markdown. The tables cover every attack, or ``attack``
     only; the plots show ``attack`` (default: the primary one). ``metric`` is the tables' privacy
-    column and the privacy–utility plot's y axis (default :func:`default_metric`). Returns
-    {name: path}; {} when there are no results. Raises ChoiceError for an unknown attack or metric."""
+    column and the privacy–utility plot's y axis (default :func:`default_metric`). With ``attack`` or
+    ``metric`` the files are named ``summary_<attack>_<metric>.*`` (and the plots likewise), beside
+    the sweep's own summary, which stays as the sweep wrote it. ``rows_csv``: redraw from that
+    summary.csv where the sweep's results.json files are not at hand (the ROC, which needs them, is
+    then not drawn). Returns {name: path}; {} when there are no results. Raises ChoiceError for an
+    unknown attack or metric."""
     from src.report import plots
 
     sweep = Path(sweep_dir)
-    results = collect(sweep)
-    if not results:
+    results = [] if rows_csv else collect(sweep)
+    if rows_csv:
+        rows = read_csv_rows(rows_csv)
+    elif results:
+        rows = rows_from_results(results)
+    else:
         return {}
-    rows = rows_from_results(results)
-    check_choice("ATTACK", attack, list(dict.fromkeys(r["attack"] for r in rows)), "an attack of this sweep")
+    attacks = list(dict.fromkeys(r["attack"] for r in rows))
+    check_choice("ATTACK", attack, attacks, "an attack of this sweep")
     check_choice("METRIC", metric, list(METRICS), "a summary metric")
-    shown = attack or primary_attack(results)
-    metric = metric or default_metric([r for r in rows if r["attack"] == shown])
+    shown = attack or (primary_attack(results) if results else attacks[0])
+    metric_shown = metric or default_metric([r for r in rows if r["attack"] == shown])
+    sfx = summary_suffix(attack, metric)
     paths = {
-        "csv": sweep / "summary.csv",
-        "md": sweep / "summary.md",
-        "tex": sweep / "summary.tex",
-        "privacy_utility": sweep / "privacy_utility.png",
-        "roc": sweep / "roc.png",
-        "privacy_utility_delta": sweep / "privacy_utility_delta.png",
+        "csv": sweep / f"summary{sfx}.csv",
+        "md": sweep / f"summary{sfx}.md",
+        "tex": sweep / f"summary{sfx}.tex",
+        "privacy_utility": sweep / f"privacy_utility{sfx}.png",
+        "roc": sweep / f"roc{sfx}.png",
+        "privacy_utility_delta": sweep / f"privacy_utility_delta{sfx}.png",
     }
-    write_csv(rows, paths["csv"])
+    if not results:
+        paths.pop("roc")
+    sweep.mkdir(parents=True, exist_ok=True)
+    if not rows_csv or Path(rows_csv).resolve() != paths["csv"].resolve():
+        write_csv(rows, paths["csv"])
     from src.report.releases import markdown_section
 
-    md = markdown_table(rows, attack, metric) + markdown_section(results) + warnings_section(results)
+    md = (markdown_table(rows, attack, metric_shown) + markdown_section(results) + warnings_section(results) + "\n"
+          + version_note(rows, bool(rows_csv)))
     paths["md"].write_text(md)
-    paths["tex"].write_text(latex_table(rows, attack, metric))
+    paths["tex"].write_text(latex_table(rows, attack, metric_shown))
     # one point per job and method: FP-reference rows (matched-reference jobs and rows are in the tables)
     primary = [r for r in rows if not r.get("secondary") and r.get("reference") != "matched"] or rows
-    plots.privacy_utility(primary, shown, paths["privacy_utility"], metric=metric)
-    plots.roc(results, shown, paths["roc"])
+    plots.privacy_utility(primary, shown, paths["privacy_utility"], metric=metric_shown)
+    if results:
+        plots.roc(results, shown, paths["roc"])
     plots.privacy_utility_delta(primary, shown, paths["privacy_utility_delta"])
     from src.report.releases import plot_deltas
 
@@ -495,9 +577,13 @@ def main(argv: list[str] | None = None) -> int:
                    "table, the primary attack's plots)")
     p.add_argument("--metric", default=None, help=f"privacy column and plot axis: one of {', '.join(METRICS)} "
                    "(default: TPR at the lowest FPR every row resolves)")
+    p.add_argument("--from-csv", default=None, metavar="SUMMARY_CSV",
+                   help="redraw the tables and the privacy-utility figures from this summary.csv (the sweep's "
+                   "job dirs are not needed; no ROC)")
     args = p.parse_args(argv)
     try:
-        paths = write_summary(args.sweep_dir, attack=args.attack or None, metric=args.metric or None)
+        paths = write_summary(args.sweep_dir, attack=args.attack or None, metric=args.metric or None,
+                              rows_csv=args.from_csv)
     except ChoiceError as e:  # an unknown ATTACK/METRIC: the allowed values, one line
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -508,6 +594,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no */results.json under {args.sweep_dir}", file=sys.stderr)
         return 2
     print("wrote " + ", ".join(str(p) for p in paths.values()))
+    if summary_suffix(args.attack, args.metric):
+        print(f"(beside the sweep's own summary.md/.csv/.tex and figures, which are unchanged)")
     return 0
 
 

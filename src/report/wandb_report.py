@@ -25,7 +25,8 @@ from pathlib import Path
 
 from src.report.dashboard import attacks_of, chart_specs
 from src.report.summary import collect, rows_from_results
-from src.report.wandb_sink import JOB_TYPE, SUMMARY_JOB_TYPE, SYNC_CMD, has_credentials, resolve_mode
+from src.report.wandb_sink import (JOB_TYPE, SUMMARY_JOB_TYPE, SYNC_CMD, has_credentials, local_wandb_dirs,
+                                   resolve_mode)
 
 MAX_CURVE_PANELS = 16  # per-model curve panels in the Report; the workspace has every model
 TPR_KEY = "tpr_at_fpr_1e-3"
@@ -155,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     if not results:
         print(f"error: no */results.json under {sweep}", file=sys.stderr)
         return 2
+    local_wandb_dirs()
     is_online = online()
     entity = args.entity or _logger_key(results, "entity")
     try:

@@ -57,6 +57,14 @@ BACKENDS = ("wandb", "none")
 RESULT_FILES = ("results.json", "scores.npz", ".hydra/config.yaml", ".hydra/overrides.yaml")
 _CURVE_KEY = re.compile(r"^(pool/m\d+)/(.+)$")
 MODES = ("online", "offline", "disabled")
+LOGGER_MODES = ("auto",) + MODES  # the values of logger.mode
+# W&B's own folders, kept under the project's outputs/ unless the user set them: run files go to the job
+# dir (wandb.init's dir), but wandb also stages artifacts in WANDB_DATA_DIR (~/.local/share/wandb), writes
+# its service logs to WANDB_CACHE_DIR (~/.cache/wandb) and `wandb sync` its CLI log to
+# $WANDB_DIR/wandb/ (else the system's temp folder). WANDB_CONFIG_DIR (~/.config/wandb) is left alone:
+# it holds the user's own wandb settings, which a job reads and never writes.
+WANDB_DIRS = {"WANDB_DIR": "", "WANDB_CACHE_DIR": "cache", "WANDB_DATA_DIR": "data"}
+WANDB_ROOT = Path("outputs") / "wandb"
 # every offline run dir under outputs/ (runs, multirun jobs, multirun summary); shell-safe
 # without globstar, for `make sync`: wandb sync $(find outputs -path '*/wandb/offline-run-*' -prune)
 SYNC_CMD = "wandb sync $(find outputs -path '*/wandb/offline-run-*' -prune)"
@@ -66,6 +74,20 @@ _ENV_MODES = {"online": "online", "run": "online", "offline": "offline", "dryrun
 # one failed online init go straight to offline instead of waiting for the network per job.
 _sync_hint_shown = False
 _online_failed = False
+
+
+def local_wandb_dirs(root: str | Path = WANDB_ROOT) -> dict[str, str]:
+    """Point W&B's data, cache and CLI-log folders into ``root`` (default ``outputs/wandb``, from the
+    working directory), each only when its environment variable is unset. Returns what was set."""
+    base = Path(root).resolve()
+    out = {}
+    for var, sub in WANDB_DIRS.items():
+        if os.environ.get(var):
+            continue
+        path = base / sub if sub else base
+        (path / "wandb" if var == "WANDB_DIR" else path).mkdir(parents=True, exist_ok=True)
+        os.environ[var] = out[var] = str(path)
+    return out
 
 
 def _settings(online: bool):
@@ -120,7 +142,9 @@ def resolve_mode(mode: str | None = "auto") -> str:
     if mode in _ENV_MODES:
         return _ENV_MODES[mode]
     if mode != "auto":
-        log.warning("W&B: unknown logger.mode=%r, using auto", mode)
+        from src.validate import ConfigError
+
+        raise ConfigError(f"logger.mode={mode}: allowed: {', '.join(LOGGER_MODES)}")
     if env:
         return env
     return "online" if has_credentials() else "offline"
@@ -195,6 +219,8 @@ def summary_values(results: dict) -> dict[str, float]:
     for k in ("test_acc", "fp_test_acc", "accuracy_drop", "train_acc", "fp_train_acc"):
         if util.get(k) is not None:
             out[k] = util[k]
+    if util.get("collapsed") is not None:  # 1: accuracy collapsed, lower leakage is lost utility (src/report/collapse.py)
+        out["collapsed"] = int(bool(util["collapsed"]))
     for section, prefix in (("attacks", ""), ("attacks_matched", "matched/"), ("fp_attacks", "fp/")):
         for attack, m in (results.get(section) or {}).items():
             for k, v in m.items():
@@ -341,6 +367,7 @@ class WandbSink:
         if kwargs is None:
             return self
         global _online_failed
+        local_wandb_dirs()
         import wandb
 
         if self.mode == "online" and _online_failed:
