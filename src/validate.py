@@ -137,7 +137,7 @@ def check_node_keys(cfg) -> None:
 
 
 # config groups (each a conf/<group>/ folder) and folders of global presets (``# @package _global_``)
-GROUPS = ("dataset", "model", "train", "quant", "bitwidth", "attack", "logger")
+GROUPS = ("dataset", "model", "train", "quant", "bitwidth", "attack", "logger", "target")
 GLOBAL_PRESETS = ("experiment", "protocol")
 _ANY = None  # a schema leaf: its value may be anything (a list, or a free-form dict like bitwidth.layers)
 
