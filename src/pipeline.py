@@ -461,6 +461,10 @@ def quantize_pool_model(cfg, data: ImageData, keep: np.ndarray, index: int, stor
 
 
 def _target_list(cfg) -> list[int]:
+    """``targets=all`` (or ``n_targets=all``): every pool model, each attacked with the other
+    n_models − 1 as references (leave-one-out, as the LiRA reference code does)."""
+    if "all" in (str(cfg.get("n_targets")), str(cfg.get("targets"))):
+        return list(range(int(cfg.n_models)))
     if cfg.get("n_targets"):
         return list(range(int(cfg.n_targets)))
     return [int(t) for t in cfg.targets]

@@ -41,8 +41,9 @@ def job_dir() -> Path:
         return Path.cwd()
 
 
-def _evaluate(cfg, keep: np.ndarray, scores: dict[int, dict[str, np.ndarray]]) -> dict:
-    from src.attacks.metrics import aggregate, alpha_key, attack_metrics, pooled_roc, roc_points
+def _evaluate(cfg, keep: np.ndarray, scores: dict[int, dict[str, np.ndarray]], weights=None) -> dict:
+    from src.attacks.metrics import aggregate, alpha_key, attack_metrics, roc_points
+    from src.attacks.pooled import PooledScores, pooled_metrics
 
     fprs = tuple(float(f) for f in cfg.attack.get("fprs", (1e-2, 1e-3, 1e-4)))
     n_boot = int(cfg.attack.get("bootstrap", 200))
@@ -59,7 +60,10 @@ def _evaluate(cfg, keep: np.ndarray, scores: dict[int, dict[str, np.ndarray]]) -
         # a TPR at FPR α < 1/N non-members rests on zero false positives: kept, but flagged
         agg["resolved"] = {f"tpr_at_fpr_{alpha_key(a)}": all(p[f"fp_at_fpr_{alpha_key(a)}"] >= 1 for p in per_target)
                            for a in fprs}
-        fpr, tpr = pooled_roc([s[name] for s in scores.values()], [keep[t] for t in scores])
+        view = PooledScores([s[name] for s in scores.values()], [keep[t] for t in scores])
+        # the pooled ROC (all targets' examples, one threshold) with its interval (src/attacks/pooled.py)
+        agg["pooled"] = pooled_metrics(None, None, fprs, weights, view=view)
+        fpr, tpr = view.roc()
         pf, pt = roc_points(fpr, tpr)
         agg["per_target"] = per_target
         agg["targets"] = list(scores)
@@ -99,10 +103,14 @@ def build_results(cfg, data, pool, quantized, scores, fp_scores, refs, ref_out=N
     reference kind (``fp``/``matched``): the first kind fills ``attacks``; with both, the matched
     one also fills ``attacks_matched``. ``ref_out`` {kind: {target: pseudo-target non-member scores}}
     feeds the reference-calibrated thresholds (src/report/evidence.py)."""
+    from src.attacks.pooled import example_weights
+
     kinds = list(scores)
     primary = scores[kinds[0]]
     keep = pool.keep
     tids = [q.index for q in quantized]
+    # one draw of bootstrap weights for every attack, quantized and FP alike (pairs the pooled Δ)
+    weights = example_weights([keep[t] for t in tids], int(cfg.attack.get("bootstrap", 200)), int(cfg.seed))
     fp_test = float(np.mean([pool.test_acc[t] for t in tids]))
     q_test = float(np.mean([q.test_acc for q in quantized]))
     utility = {"fp_test_acc": fp_test, "test_acc": q_test,
@@ -135,8 +143,8 @@ def build_results(cfg, data, pool, quantized, scores, fp_scores, refs, ref_out=N
         "config": OmegaConf.to_container(cfg, resolve=True),
         "job": job,
         "utility": utility,
-        "attacks": _evaluate(cfg, keep, primary),
-        "fp_attacks": _evaluate(cfg, keep, fp_scores),
+        "attacks": _evaluate(cfg, keep, primary, weights),
+        "fp_attacks": _evaluate(cfg, keep, fp_scores, weights),
         # which pool: cache keys of its models (their manifests are in paths.cache_dir/models/)
         "pool": {"data": pool.model_keys[0]["data"] if pool.model_keys else None,
                  "model_keys": [cache_key(k) for k in pool.model_keys]},
@@ -152,8 +160,8 @@ def build_results(cfg, data, pool, quantized, scores, fp_scores, refs, ref_out=N
     if "matched" in refs:
         arrays["ref_phi"] = refs["matched"].astype(np.float32)
     if len(kinds) > 1:
-        results["attacks_matched"] = _evaluate(cfg, keep, scores["matched"])
-    _add_evidence(cfg, keep, quantized, results, scores, fp_scores, ref_out or {})
+        results["attacks_matched"] = _evaluate(cfg, keep, scores["matched"], weights)
+    _add_evidence(cfg, keep, quantized, results, scores, fp_scores, ref_out or {}, weights)
     for name in cfg.attack.names:
         arrays[f"attack_{name}"] = np.stack([primary[t][name] for t in tids]).astype(np.float64)
         if len(kinds) > 1:
@@ -162,8 +170,10 @@ def build_results(cfg, data, pool, quantized, scores, fp_scores, refs, ref_out=N
     return _clean(results), arrays
 
 
-def _add_evidence(cfg, keep, quantized, results, scores, fp_scores, ref_out) -> None:
-    """Paired Δ, calibration subsets, ε lower bound, per-example shifts, reference thresholds."""
+def _add_evidence(cfg, keep, quantized, results, scores, fp_scores, ref_out, weights=None) -> None:
+    """Paired Δ (per target and pooled), calibration subsets, ε lower bound, per-example shifts,
+    reference thresholds."""
+    from src.attacks.pooled import pooled_paired
     from src.quant import NEEDS_CALIBRATION
     from src.report.evidence import fp_evidence, quantized_evidence
 
@@ -175,6 +185,11 @@ def _add_evidence(cfg, keep, quantized, results, scores, fp_scores, ref_out) -> 
         extra = quantized_evidence(cfg, keep, scores[kind], fp_scores, ref_out.get(kind, {}), calib)
         for name, e in extra.items():
             results[block][name].update(e)
+            tids = list(scores[kind])
+            fprs = tuple(float(f) for f in cfg.attack.get("fprs", (1e-2, 1e-3, 1e-4)))
+            results[block][name]["paired_pooled"] = pooled_paired(
+                [scores[kind][t][name] for t in tids], [fp_scores[t][name] for t in tids], [keep[t] for t in tids],
+                fprs, weights)
     for name, e in fp_evidence(cfg, keep, fp_scores, ref_out.get("fp", {})).items():
         results["fp_attacks"][name].update(e)
 
@@ -292,6 +307,7 @@ def print_results(results: dict) -> None:
             table.add_row(name, kind, _fmt(m["auc"], ci.get("auc")), delta, _fmt(m["balanced_accuracy"]),
                           *[_fmt(m.get(k), ok=ok[k]) for k in tprs], _fmt(m.get("eps_lower_bound")))
     console.print(table)
+    _print_pooled(console, blocks + [("fp", results["fp_attacks"])], tprs)
     auc_ci, delta_ci = _ci_kinds(results)
     console.print(f"AUC: P(member score > non-member score) + ½·P(tie). [95% CI]: {auc_ci}.")
     console.print(f"ΔAUC: AUC(quantized) − AUC(FP) on the same examples (paired); [95% CI]: {delta_ci}; "
@@ -299,6 +315,31 @@ def print_results(results: dict) -> None:
     if below:
         n = ", ".join(str(v) for v in sorted(n_non)) or "?"
         console.print(f"{RESOLUTION_NOTE}; N = {n} non-members per target.")
+
+
+def _print_pooled(console, blocks, tprs: list[str]) -> None:
+    """The pooled ROC over targets beside the per-target mean: TPR at each FPR with its interval and
+    the false positives / non-member trials behind it, and the pooled paired Δ."""
+    from rich.table import Table
+
+    rows = [(kind, name, m) for kind, block in blocks for name, m in block.items() if m.get("pooled")]
+    if not rows:
+        return
+    table = Table("attack", "target", *[f"pooled TPR@{k[len('tpr_at_fpr_'):]} [95% CI] (FP / non-members)"
+                                        for k in tprs], "pooled ΔTPR vs FP [95% CI]")
+    for kind, name, m in rows:
+        p = m["pooled"]
+        cells = []
+        for k in tprs:
+            a = k[len("tpr_at_fpr_"):]
+            cells.append(f"{_fmt(p.get(k), (p.get('ci') or {}).get(k))} ({p.get(f'fp_at_fpr_{a}')} / "
+                         f"{p.get('n_nonmembers')})")
+        deltas = [f"{k[len('tpr_at_fpr_'):]}: {_fmt(d['delta'], d['ci'], signed=True)}" + ("*" if d.get("significant") else "")
+                  for k, d in (m.get("paired_pooled") or {}).items() if k in tprs]
+        table.add_row(name, kind, *cells, "; ".join(deltas) or "–")
+    console.print(table)
+    console.print("pooled: one ROC over all targets' members and non-members (one threshold). [95% CI]: targets "
+                  "resampled and examples reweighted, Student-t with T − 1 df, logit scale (docs/attacks.md).")
 
 
 def _resolved(m: dict, metric: str) -> bool:
