@@ -69,6 +69,7 @@ class PooledScores:
         self.y = y[self.order]
         self.target = np.repeat(np.arange(self.n_targets), sizes)[self.order]
         self.neg_cum = np.cumsum(~self.y)[self.ends]  # non-members passed at each tie group's end
+        self.reads: dict[tuple, tuple] = {}  # (weights, FPRs) → reads: the TPR and its paired Δ share them
 
     def roc(self) -> tuple[np.ndarray, np.ndarray]:
         tp = np.cumsum(self.y)[self.ends]
@@ -145,7 +146,14 @@ def example_weights(is_member: Sequence[np.ndarray], n_boot: int, seed: int) -> 
 
 def _reads(view: PooledScores, ew: ExampleWeights | None, fprs) -> dict[str, np.ndarray]:
     """Point, between-target bootstrap (targets resampled, their examples kept) and within-target
-    bootstrap (examples reweighted, targets kept) reads of one pooled view."""
+    bootstrap (examples reweighted, targets kept) reads of one pooled view, made once per weights."""
+    key = (id(ew), tuple(fprs))
+    if key not in view.reads:
+        view.reads[key] = (ew, _make_reads(view, ew, fprs))  # ew kept alive: its id stays its own
+    return view.reads[key][1]
+
+
+def _make_reads(view: PooledScores, ew: ExampleWeights | None, fprs) -> dict[str, np.ndarray]:
     t = view.n_targets
     pos, neg = float(view.n_pos.sum()), float(view.n_neg.sum())
     out = {"point": step_reads(view, lambda L: np.ones((1, L)), np.array([pos]), np.array([neg]), fprs)[0]}

@@ -41,7 +41,10 @@ def job_dir() -> Path:
         return Path.cwd()
 
 
-def _evaluate(cfg, keep: np.ndarray, scores: dict[int, dict[str, np.ndarray]], weights=None) -> dict:
+def _evaluate(cfg, keep: np.ndarray, scores: dict[int, dict[str, np.ndarray]], weights=None,
+              views: dict | None = None) -> dict:
+    """Every attack's metrics per target, across targets and pooled; ``views`` (if given) receives
+    each attack's pooled view {attack: PooledScores}, whose reads the pooled paired Δ reuses."""
     from src.attacks.metrics import aggregate, alpha_key, attack_metrics, roc_points
     from src.attacks.pooled import PooledScores, pooled_metrics
 
@@ -61,6 +64,8 @@ def _evaluate(cfg, keep: np.ndarray, scores: dict[int, dict[str, np.ndarray]], w
         agg["resolved"] = {f"tpr_at_fpr_{alpha_key(a)}": all(p[f"fp_at_fpr_{alpha_key(a)}"] >= 1 for p in per_target)
                            for a in fprs}
         view = PooledScores([s[name] for s in scores.values()], [keep[t] for t in scores])
+        if views is not None:
+            views[name] = view
         # the pooled ROC (all targets' examples, one threshold) with its interval (src/attacks/pooled.py)
         agg["pooled"] = pooled_metrics(None, None, fprs, weights, view=view)
         fpr, tpr = view.roc()
@@ -111,6 +116,7 @@ def build_results(cfg, data, pool, quantized, scores, fp_scores, refs, ref_out=N
     tids = [q.index for q in quantized]
     # one draw of bootstrap weights for every attack, quantized and FP alike (pairs the pooled Δ)
     weights = example_weights([keep[t] for t in tids], int(cfg.attack.get("bootstrap", 200)), int(cfg.seed))
+    views: dict[str, dict] = {"fp": {}, "fp_attacks": {}, "matched": {}}
     fp_test = float(np.mean([pool.test_acc[t] for t in tids]))
     q_test = float(np.mean([q.test_acc for q in quantized]))
     utility = {"fp_test_acc": fp_test, "test_acc": q_test,
@@ -143,8 +149,8 @@ def build_results(cfg, data, pool, quantized, scores, fp_scores, refs, ref_out=N
         "config": OmegaConf.to_container(cfg, resolve=True),
         "job": job,
         "utility": utility,
-        "attacks": _evaluate(cfg, keep, primary, weights),
-        "fp_attacks": _evaluate(cfg, keep, fp_scores, weights),
+        "attacks": _evaluate(cfg, keep, primary, weights, views[kinds[0]]),
+        "fp_attacks": _evaluate(cfg, keep, fp_scores, weights, views["fp_attacks"]),
         # which pool: cache keys of its models (their manifests are in paths.cache_dir/models/)
         "pool": {"data": pool.model_keys[0]["data"] if pool.model_keys else None,
                  "model_keys": [cache_key(k) for k in pool.model_keys]},
@@ -160,8 +166,8 @@ def build_results(cfg, data, pool, quantized, scores, fp_scores, refs, ref_out=N
     if "matched" in refs:
         arrays["ref_phi"] = refs["matched"].astype(np.float32)
     if len(kinds) > 1:
-        results["attacks_matched"] = _evaluate(cfg, keep, scores["matched"], weights)
-    _add_evidence(cfg, keep, quantized, results, scores, fp_scores, ref_out or {}, weights)
+        results["attacks_matched"] = _evaluate(cfg, keep, scores["matched"], weights, views["matched"])
+    _add_evidence(cfg, keep, quantized, results, scores, fp_scores, ref_out or {}, weights, views)
     for name in cfg.attack.names:
         arrays[f"attack_{name}"] = np.stack([primary[t][name] for t in tids]).astype(np.float64)
         if len(kinds) > 1:
@@ -170,7 +176,7 @@ def build_results(cfg, data, pool, quantized, scores, fp_scores, refs, ref_out=N
     return _clean(results), arrays
 
 
-def _add_evidence(cfg, keep, quantized, results, scores, fp_scores, ref_out, weights=None) -> None:
+def _add_evidence(cfg, keep, quantized, results, scores, fp_scores, ref_out, weights=None, views=None) -> None:
     """Paired Δ (per target and pooled), calibration subsets, ε lower bound, per-example shifts,
     reference thresholds."""
     from src.attacks.pooled import pooled_paired
@@ -187,9 +193,10 @@ def _add_evidence(cfg, keep, quantized, results, scores, fp_scores, ref_out, wei
             results[block][name].update(e)
             tids = list(scores[kind])
             fprs = tuple(float(f) for f in cfg.attack.get("fprs", (1e-2, 1e-3, 1e-4)))
+            vq, vf = ((views or {}).get(k, {}).get(name) for k in (kind, "fp_attacks"))
             results[block][name]["paired_pooled"] = pooled_paired(
                 [scores[kind][t][name] for t in tids], [fp_scores[t][name] for t in tids], [keep[t] for t in tids],
-                fprs, weights)
+                fprs, weights, views=(vq, vf) if vq is not None and vf is not None else None)
     for name, e in fp_evidence(cfg, keep, fp_scores, ref_out.get("fp", {})).items():
         results["fp_attacks"][name].update(e)
 
