@@ -54,7 +54,7 @@ def test_weighted_reads_equal_reads_of_the_resample_written_out(ties):
     s, y = np.concatenate(scores), np.concatenate(members)
     w = rng.poisson(1.0, size=(5, s.size))
     fprs = (0.005, 0.02, 0.3)
-    got = step_reads(view, lambda L: w[:, view.order[:L]], (w * y).sum(1).astype(float), (w * ~y).sum(1).astype(float),
+    got = step_reads(view, lambda at: w[:, view.order[at]], (w * y).sum(1).astype(float), (w * ~y).sum(1).astype(float),
                      fprs)
     for r in range(5):
         fpr, tpr = pooled_roc([np.repeat(s, w[r])], [np.repeat(y, w[r])])

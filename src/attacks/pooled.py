@@ -68,7 +68,13 @@ class PooledScores:
         self.ends = np.flatnonzero(np.r_[srt[1:] != srt[:-1], True])  # last position of each tie group
         self.y = y[self.order]
         self.target = np.repeat(np.arange(self.n_targets), sizes)[self.order]
-        self.neg_cum = np.cumsum(~self.y)[self.ends]  # non-members passed at each tie group's end
+        self.pos_idx, self.neg_idx = np.flatnonzero(self.y), np.flatnonzero(~self.y)  # sorted positions
+        starts = np.r_[0, self.ends[:-1] + 1]
+        group = np.repeat(np.arange(self.ends.size), np.diff(np.r_[-1, self.ends]))
+        # per non-member (sorted order), the members ranked above its tie group: where a threshold
+        # just above that group stands; then all members
+        members_before = np.r_[0, np.cumsum(self.y)][starts]
+        self.lo_ext = np.r_[members_before[group[self.neg_idx]], self.pos_idx.size]
         self.reads: dict[tuple, tuple] = {}  # (weights, FPRs) → reads: the TPR and its paired Δ share them
 
     def roc(self) -> tuple[np.ndarray, np.ndarray]:
@@ -76,40 +82,31 @@ class PooledScores:
         fp = np.cumsum(~self.y)[self.ends]
         return np.r_[0.0, fp / fp[-1]], np.r_[0.0, tp / tp[-1]]
 
-    def top(self, fp_needed: float) -> int:
-        """Sorted positions up to the end of the first tie group that passes ``fp_needed`` non-members."""
-        g = int(np.searchsorted(self.neg_cum, fp_needed, side="left"))
-        return int(self.ends[min(g, self.ends.size - 1)]) + 1
-
-    def extend(self, size: int) -> int:
-        """About twice ``size`` sorted positions, ending at a tie group's end."""
-        g = int(np.searchsorted(self.ends, min(2 * size, self.y.size) - 1, side="left"))
-        return int(self.ends[min(g, self.ends.size - 1)]) + 1
-
 
 def step_reads(view: PooledScores, weights, w_pos: np.ndarray, w_neg: np.ndarray, fprs: Sequence[float]) -> np.ndarray:
     """TPR at each FPR α (largest TPR among ROC points with FPR ≤ α) of R weighted resamples of the
-    pooled scores, [R, len(fprs)]. ``weights(L)`` gives the rows' weights [R, L] on the first L sorted
-    positions; ``w_pos``/``w_neg`` [R] are the rows' total member / non-member weights. Only the top
-    of the order is read: it is extended until every row has passed its α·w_neg false positives."""
+    pooled scores, [R, len(fprs)]. ``weights(positions)`` gives the rows' integer weights [R, L] of the
+    examples at those sorted positions; ``w_pos``/``w_neg`` [R] are the rows' total member /
+    non-member weights. Only the top of the order is read: the first non-members, extended until
+    every row has passed its α·w_neg false positives, and the members above them. A row's threshold
+    stands just above the tie group of its first non-member beyond α·w_neg, so its TPR is the
+    running total of member weights up to that group (``view.lo_ext``)."""
     a_max = max(fprs)
-    need = float(a_max * np.max(w_neg))
-    n = view.y.size
-    size = view.top(2 * need + 16)
+    n_neg = view.neg_idx.size
+    k = min(n_neg, int(2 * a_max * np.max(w_neg)) + 16)
     while True:
-        w = np.asarray(weights(size), dtype=np.float64)
-        ends = view.ends[view.ends < size]
-        tp = np.cumsum(w * view.y[:size], axis=1)[:, ends]
-        fp = np.cumsum(w * ~view.y[:size], axis=1)[:, ends]
-        if size == n or np.all(fp[:, -1] / w_neg > a_max):
+        cn = np.zeros((w_neg.size, k + 1))
+        np.cumsum(weights(view.neg_idx[:k]), axis=1, out=cn[:, 1:])  # integers: exact in float64
+        fpr = cn / w_neg[:, None]
+        if k == n_neg or np.all(fpr[:, -1] > a_max):
             break
-        size = view.extend(size)
-    out = np.zeros((w.shape[0], len(fprs)))
-    for i, a in enumerate(fprs):
-        k = (fp / w_neg[:, None] <= a).sum(axis=1)  # ROC points allowed (fp is non-decreasing)
-        got = np.take_along_axis(tp, np.maximum(k - 1, 0)[:, None], axis=1)[:, 0]
-        out[:, i] = np.where(k > 0, got / w_pos, 0.0)
-    return out
+        k = min(n_neg, 2 * k)
+    allowed = [(fpr <= a).sum(axis=1) - 1 for a in fprs]  # non-members above each row's threshold
+    m = int(view.lo_ext[k])  # members above the k-th non-member's group (all of them when k = n_neg)
+    cp = np.zeros((w_pos.size, m + 1))
+    np.cumsum(weights(view.pos_idx[:m]), axis=1, out=cp[:, 1:])
+    rows = np.arange(w_pos.size)
+    return np.stack([cp[rows, view.lo_ext[j]] / w_pos for j in allowed], axis=1)
 
 
 class ExampleWeights:
@@ -156,12 +153,12 @@ def _reads(view: PooledScores, ew: ExampleWeights | None, fprs) -> dict[str, np.
 def _make_reads(view: PooledScores, ew: ExampleWeights | None, fprs) -> dict[str, np.ndarray]:
     t = view.n_targets
     pos, neg = float(view.n_pos.sum()), float(view.n_neg.sum())
-    out = {"point": step_reads(view, lambda L: np.ones((1, L)), np.array([pos]), np.array([neg]), fprs)[0]}
+    out = {"point": step_reads(view, lambda at: np.ones((1, at.size)), np.array([pos]), np.array([neg]), fprs)[0]}
     if t >= 2 and ew is not None and ew.c is not None:
         c = ew.c.astype(np.float64)
-        out["clus"] = step_reads(view, lambda L: c[:, view.target[:L]], c @ view.n_pos, c @ view.n_neg, fprs)
+        out["clus"] = step_reads(view, lambda at: c[:, view.target[at]], c @ view.n_pos, c @ view.n_neg, fprs)
     if ew is not None and ew.n_boot >= 2:
-        out["boot"] = step_reads(view, lambda L: ew.w[:, view.order[:L]], ew.w_pos, ew.w_neg, fprs)
+        out["boot"] = step_reads(view, lambda at: ew.w[:, view.order[at]], ew.w_pos, ew.w_neg, fprs)
     return out
 
 

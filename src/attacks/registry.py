@@ -22,7 +22,7 @@ import numpy as np
 from .lira import CENTRES, FIXED_VARIANCES, OFFLINE_MODES, RefStats, lira_offline, lira_online, reference_stats
 from .loss import loss_attack
 from .references import select_references
-from .rmia import QUERY_REDUCES, Population, _log_mean_ref_prob, rmia
+from .rmia import QUERY_REDUCES, Population, _log_mean_ref_prob, log_sigmoid, rmia
 
 
 @dataclass(frozen=True)
@@ -212,7 +212,9 @@ class References:
 
     def log_ref_prob(self, which: str) -> np.ndarray:
         if which not in self._log_ref:
-            self._log_ref[which] = _log_mean_ref_prob(self.phi_ref, self.mask(which))
+            if "log_p" not in self._log_ref:  # log sigmoid(φ) of every reference, shared by both masks
+                self._log_ref["log_p"] = log_sigmoid(self.phi_ref)
+            self._log_ref[which] = _log_mean_ref_prob(self.phi_ref, self.mask(which), self._log_ref["log_p"])
         return self._log_ref[which]
 
     def _population(self, population: Population):

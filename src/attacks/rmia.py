@@ -54,8 +54,9 @@ def log_sigmoid(phi: np.ndarray) -> np.ndarray:
     return -np.logaddexp(0.0, -np.asarray(phi, dtype=np.float64))
 
 
-def _log_mean_ref_prob(phi_ref: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """log mean_{selected refs} sigmoid(φ_ref) per example and query: [N, Q]."""
+def _log_mean_ref_prob(phi_ref: np.ndarray, mask: np.ndarray, log_p: np.ndarray | None = None) -> np.ndarray:
+    """log mean_{selected refs} sigmoid(φ_ref) per example and query: [N, Q]. ``log_p``:
+    log_sigmoid(phi_ref), if already computed."""
     phi_ref = np.asarray(phi_ref)
     mask = np.asarray(mask, dtype=bool)
     r, n, q = phi_ref.shape
@@ -66,7 +67,7 @@ def _log_mean_ref_prob(phi_ref: np.ndarray, mask: np.ndarray) -> np.ndarray:
     step = max(1, _CHUNK_ELEMENTS // max(1, r * q))
     for s in range(0, n, step):
         sl = slice(s, min(n, s + step))
-        lp = np.where(mask[:, sl, None], log_sigmoid(phi_ref[:, sl]), -np.inf)
+        lp = np.where(mask[:, sl, None], log_sigmoid(phi_ref[:, sl]) if log_p is None else log_p[:, sl], -np.inf)
         out[sl] = logsumexp(lp, axis=0) - np.log(count[sl])[:, None]
     return out
 
