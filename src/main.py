@@ -106,12 +106,9 @@ def _run(cfg, data, keep, targets, device, store, warnings) -> dict | None:
         resemblance = P.check_resemblance(cfg, keep, pool, targets, warnings)  # target=external only
         quantized = P.quantize_targets(cfg, data, keep, targets, store, device)
         refs = P.reference_phi(cfg, data, keep, pool, store, device)  # {"fp"|"matched": φ of the references}
-        scores = {kind: {t.index: P.attack_target(cfg, keep, phi, t.index, t.phi) for t in quantized}
-                  for kind, phi in refs.items()}
-        fp_scores = {t: P.attack_target(cfg, keep, pool.phi, t, pool.phi[t]) for t in targets}
-        # scores of references attacked as pseudo-targets: a threshold set without the target's labels
-        ref_out = {kind: {t: P.reference_out_scores(cfg, keep, phi, t) for t in targets}
-                   for kind, phi in {"fp": pool.phi, **refs}.items()}
+        # quantized and FP targets' scores, and references attacked as pseudo-targets (a threshold set
+        # without the target's labels)
+        scores, fp_scores, ref_out = P.attack_scores(cfg, keep, pool, quantized, refs)
         joint = REL.attack_releases(cfg, data, keep, pool, store, device, targets)  # None without attack.release
         results, arrays = build_results(cfg, data, pool, quantized, scores, fp_scores, refs, ref_out, joint)
         results["warnings"] = warnings + P.result_warnings(results)

@@ -547,6 +547,10 @@ def quantize_pool_model(cfg, data: ImageData, keep: np.ndarray, index: int, stor
 
 
 def _target_list(cfg) -> list[int]:
+    """``targets=all`` (or ``n_targets=all``): every pool model, each attacked with the other
+    n_models − 1 as references (leave-one-out, as the LiRA reference code does)."""
+    if "all" in (str(cfg.get("n_targets")), str(cfg.get("targets"))):
+        return list(range(int(cfg.n_models)))
     if cfg.get("n_targets"):
         return list(range(int(cfg.n_targets)))
     return [int(t) for t in cfg.targets]
@@ -588,12 +592,39 @@ def check_resemblance(cfg, keep: np.ndarray, pool: Pool, targets: list[int], war
     return check
 
 
-def attack_target(cfg, keep: np.ndarray, ref_phi: np.ndarray, target: int, target_phi: np.ndarray) -> dict:
-    """Membership scores [N] per attack for one target; references = every other pool model."""
-    from src.attacks import run_attacks
+def prepared_references(cfg, keep: np.ndarray, ref_phi: np.ndarray, target: int):
+    """The references of ``target`` (every other pool model), prepared once for every φ scored
+    against them (src/attacks/registry.py)."""
+    from src.attacks import References
 
     refs = np.array(reference_models(cfg, keep, target))
-    return run_attacks(list(cfg.attack.names), ref_phi[refs], keep[refs], target_phi, cfg.attack)
+    return References(ref_phi[refs], keep[refs], cfg.attack)
+
+
+def attack_target(cfg, keep: np.ndarray, ref_phi: np.ndarray, target: int, target_phi: np.ndarray) -> dict:
+    """Membership scores [N] per attack for one target; references = every other pool model."""
+    return prepared_references(cfg, keep, ref_phi, target).scores(list(cfg.attack.names), target_phi)
+
+
+def attack_scores(cfg, keep: np.ndarray, pool: Pool, quantized: list[QuantTarget], refs: dict[str, np.ndarray]):
+    """Every attack's scores: (``scores`` {reference kind: {target: {attack: [N]}}} of the quantized
+    targets, ``fp_scores`` {target: …} of their FP originals, ``ref_out`` {kind: {target: pseudo-target
+    non-member scores}} for the reference-calibrated threshold). With FP references a quantized
+    target and its FP original are scored against the same prepared references."""
+    names = list(cfg.attack.names)
+    scores: dict[str, dict] = {kind: {} for kind in refs}
+    fp_scores = {}
+    for q in quantized:
+        for kind, phi in refs.items():
+            prepared = prepared_references(cfg, keep, phi, q.index)
+            scores[kind][q.index] = prepared.scores(names, q.phi)
+            if kind == "fp":
+                fp_scores[q.index] = prepared.scores(names, pool.phi[q.index])
+        if q.index not in fp_scores:
+            fp_scores[q.index] = attack_target(cfg, keep, pool.phi, q.index, pool.phi[q.index])
+    ref_out = {kind: {q.index: reference_out_scores(cfg, keep, phi, q.index) for q in quantized}
+               for kind, phi in {"fp": pool.phi, **refs}.items()}
+    return scores, fp_scores, ref_out
 
 
 def reference_out_scores(cfg, keep: np.ndarray, ref_phi: np.ndarray, target: int) -> dict[str, np.ndarray] | None:

@@ -415,10 +415,18 @@ def validate(cfg) -> None:
             _float(f"train.{k}", cfg.train[k], 0.0)
     prec = str(cfg.train.get("precision", "32-true")).strip().lower()
     _need(prec in PRECISIONS, f"train.precision={cfg.train.get('precision')}: allowed: {', '.join(PRECISIONS)}")
-    if cfg.get("n_targets") is not None:
+    mode = (cfg.get("membership") or {}).get("target", "pool")
+    _need(mode in ("pool", "independent"), f"membership.target={mode}: allowed: pool, independent")
+    every = [k for k in ("n_targets", "targets") if str(cfg.get(k)) == "all"]
+    if every:  # leave-one-out over the whole pool: every pool model a target, the others its references
+        _need(mode == "pool", f"{every[0]}=all: every pool model becomes a target, which needs "
+                              f"membership.target=pool (independent targets are trained outside the pool)")
+        targets = list(range(m))
+    elif cfg.get("n_targets") is not None:
         _int(cfg, "n_targets", cfg.n_targets, 1)
         targets = list(range(int(cfg.n_targets)))
     else:
+        _need(not isinstance(cfg.targets, str), f"targets={cfg.targets}: allowed: a list of pool indices, or all")
         targets = _as_list("targets", cfg.targets)
         _need(len(targets) > 0, "targets=[]: name at least one pool model to attack")
     mode = (cfg.get("membership") or {}).get("target", "pool")

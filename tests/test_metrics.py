@@ -182,3 +182,53 @@ def test_alpha_key_and_errors():
         roc_curve([1.0, 2.0], [True, True])
     with pytest.raises(ValueError, match="NaN"):
         roc_curve([np.nan, 2.0], [True, False])
+
+
+def _per_replicate_loop(s, y, fprs, n_boot, seed, paired_with=None):
+    """The bootstrap as one ROC per replicate: members and non-members drawn with replacement per
+    replicate from one seeded generator, each replicate's ROC rebuilt from scratch by repeating the
+    drawn examples (no sorted view, no running totals). Draw slot i is the i-th member in sorted
+    order (attack_metrics) or, with ``paired_with``, the i-th member in example order and both
+    score sets read on the same resample (paired_bootstrap). Returns the replicates' metrics."""
+    rng = np.random.default_rng(seed)
+    order = np.argsort(-s, kind="mergesort")
+    mem, non = np.flatnonzero(y), np.flatnonzero(~y)
+    if paired_with is None:
+        mem, non = order[y[order]], order[~y[order]]
+    reps = []
+    for _ in range(n_boot):
+        ip = mem[rng.integers(0, mem.size, mem.size)]
+        ineg = non[rng.integers(0, non.size, non.size)]
+        idx = np.r_[ip, ineg]
+        row = []
+        for sc in (s,) if paired_with is None else (s, paired_with):
+            f, t = roc_curve(sc[idx], y[idx])
+            row.append([auc(f, t), balanced_accuracy(f, t)] + [tpr_at_fpr(f, t, a) for a in fprs])
+        reps.append(row[0] if paired_with is None else np.subtract(*row))
+    return np.array(reps)
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_batched_bootstrap_equals_one_roc_per_replicate(ties):
+    """attack_metrics and paired_bootstrap read all replicates at once from running totals; their
+    percentile CIs must equal those of the replicates' ROCs rebuilt one by one from the resampled
+    examples, on the same draws (integers in the numerator and denominator of every metric: equal
+    to rounding, 1e-12)."""
+    from src.attacks.paired import paired_bootstrap
+
+    fprs = (1e-2, 1e-1, 0.3)
+    s, y = data(n=500, seed=4, ties=ties)
+    s2 = s + np.random.default_rng(5).normal(0, 0.5, s.size) * (1 if not ties else 0)
+    if ties:
+        s2 = np.round(s2 + np.random.default_rng(5).normal(0, 1.0, s.size))
+    m = attack_metrics(s, y, fprs=fprs, n_bootstrap=60, seed=7)
+    reps = _per_replicate_loop(s, y, fprs, 60, 7)
+    keys = ["auc", "balanced_accuracy"] + [f"tpr_at_fpr_{alpha_key(a)}" for a in fprs]
+    for i, k in enumerate(keys):
+        np.testing.assert_allclose(m["ci"][k], np.percentile(reps[:, i], [2.5, 97.5]), rtol=0, atol=1e-12)
+    p = paired_bootstrap(s2, s, y, fprs=fprs, n_bootstrap=60, seed=7)
+    reps = _per_replicate_loop(s2, y, fprs, 60, 7, paired_with=s)
+    for i, k in enumerate(keys):
+        if k in p:
+            np.testing.assert_allclose(p[k]["ci"], np.percentile(reps[:, i], [2.5, 97.5]), rtol=0, atol=1e-12)
+    assert set(p) == {"auc", *keys[2:]}

@@ -10,12 +10,14 @@ distinct score value (tied scores enter together, as one point), from (0, 0) to 
   (``fp_at_fpr_*``; 0.1 % of 25,000 is 25); when that is 0 the read is "TPR at zero false positives".
 * Bootstrap CIs (percentile, 95 %): members and non-members resampled separately with replacement.
   Scores are sorted once; a replicate only re-weights the sorted examples (exactly equivalent to
-  re-sorting the resampled set, O(N) per replicate).
+  re-sorting the resampled set), and all replicates are read at once from running totals of their
+  multiplicities, drawn once per (members, non-members, seed) and shared by every attack.
 * Across targets: mean and a t-based 95 % CI (df = T − 1); with one target the bootstrap CI if any.
 """
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -48,7 +50,12 @@ def _check(scores: np.ndarray, is_member: np.ndarray) -> tuple[np.ndarray, np.nd
 
 
 class _SortedScores:
-    """Scores sorted once (descending) with tie-group ends, for exact weighted ROC curves."""
+    """Scores sorted once (descending) with tie-group ends, for exact weighted ROC curves.
+
+    Bootstrap replicates are read from it without re-sorting (:func:`replicate_metrics`): a
+    replicate's ROC changes only at the non-members' tie groups, so it needs, per such group, how
+    many members and non-members rank above it and through it (``b_*``, indices into cumulative
+    counts), and per non-member the members ranked above its group (``lo_ext``, for TPR at FPR)."""
 
     def __init__(self, scores: np.ndarray, is_member: np.ndarray) -> None:
         s, y = _check(scores, is_member)
@@ -59,6 +66,17 @@ class _SortedScores:
         self.y = y[order]
         self.pos_idx = np.flatnonzero(self.y)  # sorted positions of members
         self.neg_idx = np.flatnonzero(~self.y)
+        self.n_pos, self.n_neg = int(self.pos_idx.size), int(self.neg_idx.size)
+        starts = np.r_[0, self.ends[:-1] + 1]
+        m0 = np.r_[0, np.cumsum(self.y)]  # members before each position
+        n0 = np.r_[0, np.cumsum(~self.y)]
+        m_lo, m_hi, n_lo, n_hi = m0[starts], m0[self.ends + 1], n0[starts], n0[self.ends + 1]
+        has_neg = n_hi > n_lo
+        self.b_lo, self.b_hi, self.b_nlo, self.b_nhi = m_lo[has_neg], m_hi[has_neg], n_lo[has_neg], n_hi[has_neg]
+        # no ties that involve a non-member: one group per non-member, no member in it
+        self.b_simple = bool(np.array_equal(self.b_lo, self.b_hi) and np.all(self.b_nhi - self.b_nlo == 1))
+        group = np.repeat(np.arange(self.ends.size), np.diff(np.r_[-1, self.ends]))
+        self.lo_ext = np.r_[m_lo[group[self.neg_idx]], self.n_pos]
 
     def roc(self, w_pos: np.ndarray | None = None, w_neg: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(fpr, tpr) with integer per-example weights (multiplicities) on members/non-members."""
@@ -70,6 +88,81 @@ class _SortedScores:
         tp = np.cumsum(wp)[self.ends]
         fp = np.cumsum(wn)[self.ends]
         return np.r_[0.0, fp / fp[-1]], np.r_[0.0, tp / tp[-1]]
+
+
+def cumulative(counts: np.ndarray) -> np.ndarray:
+    """[B, n] integer multiplicities → [B, n + 1] running totals starting at 0 (int32: exact)."""
+    out = np.zeros((counts.shape[0], counts.shape[1] + 1), dtype=np.int32)
+    np.cumsum(counts, axis=1, out=out[:, 1:])
+    return out
+
+
+def replicate_metrics(ss: _SortedScores, cum_pos: np.ndarray, cum_neg: np.ndarray,
+                      fprs: Sequence[float]) -> dict[str, np.ndarray]:
+    """The metrics of :func:`_point_metrics` for B bootstrap replicates at once, [B] each.
+
+    ``cum_pos`` [B, n_pos + 1] / ``cum_neg`` [B, n_neg + 1]: running totals of the replicates'
+    multiplicities of the members / non-members in ``ss``'s sorted order (:func:`cumulative`). The
+    same numbers as the replicates' ROC curves read one by one: AUC by the trapezoid rule in exact
+    integer counts (ΣΔFP·(TP + TP_prev) / 2·TP·FP); balanced accuracy and TPR at FPR from the ROC
+    points just before each non-member group, where the maximum and the step read lie (member-only
+    groups between them only raise the TPR at the same FPR)."""
+    tp_all = cum_pos[:, -1].astype(np.float64)
+    fp_all = cum_neg[:, -1].astype(np.float64)
+    above = cum_pos[:, ss.b_lo].astype(np.float64)  # members ranked above each non-member group
+    if ss.b_simple:
+        through, n_lo, n_hi = above, cum_neg[:, :-1].astype(np.float64), cum_neg[:, 1:].astype(np.float64)
+    else:
+        through = cum_pos[:, ss.b_hi].astype(np.float64)
+        n_lo, n_hi = cum_neg[:, ss.b_nlo].astype(np.float64), cum_neg[:, ss.b_nhi].astype(np.float64)
+    area = np.einsum("bg,bg->b", n_hi - n_lo, above + through)  # integers < 2**53: exact
+    out = {"auc": area / (2.0 * tp_all * fp_all)}
+    # (0, 0) and (1, 1) give 1/2; the same float expression as balanced_accuracy()
+    ba = (1.0 - (n_lo / fp_all[:, None] + 1.0 - above / tp_all[:, None]) / 2.0).max(axis=1)
+    out["balanced_accuracy"] = np.maximum(ba, 0.5)
+    rows = np.arange(cum_pos.shape[0])
+    fpr = cum_neg / fp_all[:, None]
+    for a in fprs:
+        j = (fpr <= a).sum(axis=1) - 1  # non-members allowed above the threshold (fpr is non-decreasing)
+        out[f"tpr_at_fpr_{alpha_key(a)}"] = cum_pos[rows, ss.lo_ext[j]] / tp_all
+    return out
+
+
+class _Draws:
+    """The bootstrap's multiplicities of one (members, non-members, replicates, seed): replicate b
+    resamples n_pos members and then n_neg non-members with replacement, b = 0, 1, … from one
+    seeded generator. Kept as running totals ([B, n + 1] int32) for :func:`replicate_metrics`."""
+
+    def __init__(self, n_pos: int, n_neg: int, n_boot: int, seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        cp = np.empty((n_boot, n_pos), dtype=np.int32)
+        cn = np.empty((n_boot, n_neg), dtype=np.int32)
+        for b in range(n_boot):
+            cp[b] = np.bincount(rng.integers(0, n_pos, n_pos), minlength=n_pos)
+            cn[b] = np.bincount(rng.integers(0, n_neg, n_neg), minlength=n_neg)
+        self.cum_pos, self.cum_neg = cumulative(cp), cumulative(cn)
+        self.nbytes = self.cum_pos.nbytes + self.cum_neg.nbytes
+
+    def counts(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-replicate multiplicities of member i / non-member i (their i-th draw slot)."""
+        return np.diff(self.cum_pos, axis=1), np.diff(self.cum_neg, axis=1)
+
+
+_DRAWS: OrderedDict[tuple, _Draws] = OrderedDict()
+_DRAWS_BYTES = 256 * 2 ** 20  # a job's targets × subsets at the CPU protocols' sizes fit several times over
+
+
+def bootstrap_draws(n_pos: int, n_neg: int, n_boot: int, seed: int) -> _Draws:
+    """The draws of (n_pos, n_neg, n_boot, seed), made once: every attack, the quantized and the FP
+    target and the paired Δ of a target resample with the job's seed, so they share them."""
+    key = (int(n_pos), int(n_neg), int(n_boot), int(seed))
+    if key in _DRAWS:
+        _DRAWS.move_to_end(key)
+        return _DRAWS[key]
+    d = _DRAWS[key] = _Draws(*key)
+    while len(_DRAWS) > 1 and sum(v.nbytes for v in _DRAWS.values()) > _DRAWS_BYTES:
+        _DRAWS.popitem(last=False)
+    return d
 
 
 def roc_curve(scores: np.ndarray, is_member: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -137,13 +230,8 @@ def attack_metrics(
     out["n_members"] = n_pos
     out["n_nonmembers"] = n_neg
     if n_bootstrap and n_bootstrap > 0:
-        rng = np.random.default_rng(seed)
-        reps: dict[str, list[float]] = {k: [] for k in _point_metrics(fpr, tpr, fprs)}
-        for _ in range(int(n_bootstrap)):
-            wp = np.bincount(rng.integers(0, n_pos, n_pos), minlength=n_pos)
-            wn = np.bincount(rng.integers(0, n_neg, n_neg), minlength=n_neg)
-            for k, v in _point_metrics(*ss.roc(wp, wn), fprs).items():
-                reps[k].append(v)
+        d = bootstrap_draws(n_pos, n_neg, int(n_bootstrap), seed)  # draw slot i = the i-th member in sorted order
+        reps = replicate_metrics(ss, d.cum_pos, d.cum_neg, fprs)
         out["n_bootstrap"] = int(n_bootstrap)
         out["ci"] = {k: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] for k, v in reps.items()}
     return out

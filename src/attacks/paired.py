@@ -16,14 +16,16 @@ from typing import Any
 
 import numpy as np
 
-from .metrics import DEFAULT_FPRS, _point_metrics, _SortedScores, t_quantile_975
+from .metrics import (DEFAULT_FPRS, _point_metrics, _SortedScores, bootstrap_draws, cumulative,
+                      replicate_metrics, t_quantile_975)
 
 PAIRED_METRICS = ("auc",)  # plus tpr_at_fpr_<α> for every α
 
 
-def _weights(ss: _SortedScores, rank: np.ndarray, counts_pos: np.ndarray, counts_neg: np.ndarray):
-    """Per-example multiplicities (indexed by member rank / non-member rank) in this score set's sorted order."""
-    return counts_pos[rank[ss.order[ss.pos_idx]]], counts_neg[rank[ss.order[ss.neg_idx]]]
+def _sorted_counts(ss: _SortedScores, rank: np.ndarray, counts_pos: np.ndarray, counts_neg: np.ndarray):
+    """Replicates' multiplicities [B, n] (columns by member / non-member rank in example order) as
+    running totals in this score set's sorted order, for :func:`replicate_metrics`."""
+    return cumulative(counts_pos[:, rank[ss.order[ss.pos_idx]]]), cumulative(counts_neg[:, rank[ss.order[ss.neg_idx]]])
 
 
 def paired_bootstrap(scores_q: np.ndarray, scores_fp: np.ndarray, is_member: np.ndarray,
@@ -41,18 +43,15 @@ def paired_bootstrap(scores_q: np.ndarray, scores_fp: np.ndarray, is_member: np.
     mem, non = np.flatnonzero(y), np.flatnonzero(~y)
     rank = np.empty(y.size, dtype=np.int64)  # example index → its rank among members (or non-members)
     rank[mem], rank[non] = np.arange(mem.size), np.arange(non.size)
-    rng = np.random.default_rng(seed)
-    reps = {k: np.empty(int(n_bootstrap)) for k in keys}
-    for b in range(int(n_bootstrap)):
-        cp = np.bincount(rng.integers(0, mem.size, mem.size), minlength=mem.size)
-        cn = np.bincount(rng.integers(0, non.size, non.size), minlength=non.size)
-        a = _point_metrics(*q.roc(*_weights(q, rank, cp, cn)), fprs)
-        c = _point_metrics(*fp.roc(*_weights(fp, rank, cp, cn)), fprs)
-        for k in keys:
-            reps[k][b] = a[k] - c[k]
+    # the same draws as attack_metrics(seed) makes; here slot i is the i-th member in example order,
+    # so both score sets weight the same examples alike
+    cp, cn = bootstrap_draws(mem.size, non.size, int(n_bootstrap), seed).counts()
+    a = replicate_metrics(q, *_sorted_counts(q, rank, cp, cn), fprs)
+    c = replicate_metrics(fp, *_sorted_counts(fp, rank, cp, cn), fprs)
     out = {}
     for k in keys:
-        lo, hi = float(np.percentile(reps[k], 2.5)), float(np.percentile(reps[k], 97.5))
+        reps = a[k] - c[k]
+        lo, hi = float(np.percentile(reps, 2.5)), float(np.percentile(reps, 97.5))
         out[k] = {"delta": delta[k], "ci": [lo, hi], "significant": bool(lo > 0 or hi < 0)}
     return out
 

@@ -54,8 +54,9 @@ def log_sigmoid(phi: np.ndarray) -> np.ndarray:
     return -np.logaddexp(0.0, -np.asarray(phi, dtype=np.float64))
 
 
-def _log_mean_ref_prob(phi_ref: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """log mean_{selected refs} sigmoid(φ_ref) per example and query: [N, Q]."""
+def _log_mean_ref_prob(phi_ref: np.ndarray, mask: np.ndarray, log_p: np.ndarray | None = None) -> np.ndarray:
+    """log mean_{selected refs} sigmoid(φ_ref) per example and query: [N, Q]. ``log_p``:
+    log_sigmoid(phi_ref), if already computed."""
     phi_ref = np.asarray(phi_ref)
     mask = np.asarray(mask, dtype=bool)
     r, n, q = phi_ref.shape
@@ -66,7 +67,7 @@ def _log_mean_ref_prob(phi_ref: np.ndarray, mask: np.ndarray) -> np.ndarray:
     step = max(1, _CHUNK_ELEMENTS // max(1, r * q))
     for s in range(0, n, step):
         sl = slice(s, min(n, s + step))
-        lp = np.where(mask[:, sl, None], log_sigmoid(phi_ref[:, sl]), -np.inf)
+        lp = np.where(mask[:, sl, None], log_sigmoid(phi_ref[:, sl]) if log_p is None else log_p[:, sl], -np.inf)
         out[sl] = logsumexp(lp, axis=0) - np.log(count[sl])[:, None]
     return out
 
@@ -77,15 +78,18 @@ def rmia_log_ratio(
     phi_target: np.ndarray,
     offline_a: float | None = None,
     query_reduce: str = "ratio_mean",
+    log_ref: np.ndarray | None = None,
 ) -> np.ndarray:
     """log ratio(x) = log p(x|θ_t) − log p(x) for every example: [N].
 
     ``ref_mask`` [R, N]: the references averaged in p(x) (online: IN and OUT; offline: OUT only).
-    ``offline_a``: None for online; a ∈ [0, 1] for the offline approximation.
+    ``offline_a``: None for online; a ∈ [0, 1] for the offline approximation. ``log_ref``: the
+    references' log mean probability [N, Q] over ``ref_mask``, if already computed.
     """
     if query_reduce not in QUERY_REDUCES:
         raise ValueError(f"attack.query_reduce={query_reduce!r}: allowed {', '.join(QUERY_REDUCES)}")
-    log_ref = _log_mean_ref_prob(phi_ref, ref_mask)
+    if log_ref is None:
+        log_ref = _log_mean_ref_prob(phi_ref, ref_mask)
     if offline_a is not None:
         a = float(offline_a)
         if not 0.0 <= a <= 1.0:
@@ -121,14 +125,16 @@ def rmia(
     offline_a: float | None = None,
     query_reduce: str = "ratio_mean",
     population: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    log_ref: np.ndarray | None = None,
 ) -> np.ndarray:
     """RMIA score [N] (higher = member).
 
     ``population``: None (population = the examples themselves, with ``ref_mask``) or a triple
     (phi_ref_z [R, Z, Q], ref_mask_z [R, Z], phi_target_z [Z, Q]) already carrying its reference
-    selection (``src.attacks.run_attacks`` builds it from a :class:`Population`).
+    selection (``src.attacks.run_attacks`` builds it from a :class:`Population`). ``log_ref``: as in
+    :func:`rmia_log_ratio`, for the examples.
     """
-    lx = rmia_log_ratio(phi_ref, ref_mask, phi_target, offline_a, query_reduce)
+    lx = rmia_log_ratio(phi_ref, ref_mask, phi_target, offline_a, query_reduce, log_ref)
     if population is None:
         lz = lx
     else:

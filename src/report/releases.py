@@ -38,8 +38,8 @@ def release_results(cfg, keep: np.ndarray, rs) -> tuple[dict, dict]:
     fprs = tuple(float(f) for f in cfg.attack.get("fprs", (1e-2, 1e-3, 1e-4)))
     n_boot, seed = int(cfg.attack.get("bootstrap", 200)), int(cfg.seed)
     labels = [r.label for r in rs.releases]
-    joint = _evaluate(cfg, keep, rs.joint, names)
-    single = {lab: _evaluate(cfg, keep, rs.single[lab], names) for lab in labels}
+    joint = _evaluate(cfg, keep, rs.joint, names=names)
+    single = {lab: _evaluate(cfg, keep, rs.single[lab], names=names) for lab in labels}
     attacks = {}
     for name in names:
         vs = {lab: aggregate_paired([paired_bootstrap(rs.joint[t][name], rs.single[lab][t][name], keep[t], fprs,

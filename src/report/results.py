@@ -42,8 +42,13 @@ def job_dir() -> Path:
         return Path.cwd()
 
 
-def _evaluate(cfg, keep: np.ndarray, scores: dict[int, dict[str, np.ndarray]], names=None) -> dict:
-    from src.attacks.metrics import aggregate, alpha_key, attack_metrics, pooled_roc, roc_points
+def _evaluate(cfg, keep: np.ndarray, scores: dict[int, dict[str, np.ndarray]], weights=None,
+              views: dict | None = None, names=None) -> dict:
+    """Every attack's metrics (``names``, default the job's attacks) per target, across targets and
+    pooled; ``views`` (if given) receives each attack's pooled view {attack: PooledScores}, whose reads
+    the pooled paired Δ reuses."""
+    from src.attacks.metrics import aggregate, alpha_key, attack_metrics, roc_points
+    from src.attacks.pooled import PooledScores, pooled_metrics
 
     fprs = tuple(float(f) for f in cfg.attack.get("fprs", (1e-2, 1e-3, 1e-4)))
     n_boot = int(cfg.attack.get("bootstrap", 200))
@@ -60,7 +65,12 @@ def _evaluate(cfg, keep: np.ndarray, scores: dict[int, dict[str, np.ndarray]], n
         # a TPR at FPR α < 1/N non-members rests on zero false positives: kept, but flagged
         agg["resolved"] = {f"tpr_at_fpr_{alpha_key(a)}": all(p[f"fp_at_fpr_{alpha_key(a)}"] >= 1 for p in per_target)
                            for a in fprs}
-        fpr, tpr = pooled_roc([s[name] for s in scores.values()], [keep[t] for t in scores])
+        view = PooledScores([s[name] for s in scores.values()], [keep[t] for t in scores])
+        if views is not None:
+            views[name] = view
+        # the pooled ROC (all targets' examples, one threshold) with its interval (src/attacks/pooled.py)
+        agg["pooled"] = pooled_metrics(None, None, fprs, weights, view=view)
+        fpr, tpr = view.roc()
         pf, pt = roc_points(fpr, tpr)
         agg["per_target"] = per_target
         agg["targets"] = list(scores)
@@ -102,10 +112,15 @@ def build_results(cfg, data, pool, quantized, scores, fp_scores, refs, ref_out=N
     one also fills ``attacks_matched``. ``ref_out`` {kind: {target: pseudo-target non-member scores}}
     feeds the reference-calibrated thresholds (src/report/evidence.py). ``releases``: the joint
     attack over released versions (src/releases.py), or None."""
+    from src.attacks.pooled import example_weights
+
     kinds = list(scores)
     primary = scores[kinds[0]]
     keep = pool.keep
     tids = [q.index for q in quantized]
+    # one draw of bootstrap weights for every attack, quantized and FP alike (pairs the pooled Δ)
+    weights = example_weights([keep[t] for t in tids], int(cfg.attack.get("bootstrap", 200)), int(cfg.seed))
+    views: dict[str, dict] = {"fp": {}, "fp_attacks": {}, "matched": {}}
     fp_test = float(np.mean([pool.test_acc[t] for t in tids]))
     q_test = float(np.mean([q.test_acc for q in quantized]))
     utility = {"fp_test_acc": fp_test, "test_acc": q_test,
@@ -139,8 +154,8 @@ def build_results(cfg, data, pool, quantized, scores, fp_scores, refs, ref_out=N
         "config": OmegaConf.to_container(cfg, resolve=True),
         "job": job,
         "utility": utility,
-        "attacks": _evaluate(cfg, keep, primary),
-        "fp_attacks": _evaluate(cfg, keep, fp_scores),
+        "attacks": _evaluate(cfg, keep, primary, weights, views[kinds[0]]),
+        "fp_attacks": _evaluate(cfg, keep, fp_scores, weights, views["fp_attacks"]),
         # which pool: cache keys of its models (their manifests are in paths.cache_dir/models/)
         "pool": {"data": pool.model_keys[0]["data"] if pool.model_keys else None,
                  "model_keys": [cache_key(k) for k in pool.model_keys]},
@@ -157,8 +172,8 @@ def build_results(cfg, data, pool, quantized, scores, fp_scores, refs, ref_out=N
     if "matched" in refs:
         arrays["ref_phi"] = refs["matched"].astype(np.float32)
     if len(kinds) > 1:
-        results["attacks_matched"] = _evaluate(cfg, keep, scores["matched"])
-    _add_evidence(cfg, keep, quantized, results, scores, fp_scores, ref_out or {})
+        results["attacks_matched"] = _evaluate(cfg, keep, scores["matched"], weights, views["matched"])
+    _add_evidence(cfg, keep, quantized, results, scores, fp_scores, ref_out or {}, weights, views)
     for name in cfg.attack.names:
         arrays[f"attack_{name}"] = np.stack([primary[t][name] for t in tids]).astype(np.float64)
         if len(kinds) > 1:
@@ -183,8 +198,10 @@ def _convergence(quantized) -> dict:
     return {"convergence": {"summary": convergence_summary(per_target), "per_target": per_target}}
 
 
-def _add_evidence(cfg, keep, quantized, results, scores, fp_scores, ref_out) -> None:
-    """Paired Δ, calibration subsets, ε lower bound, per-example shifts, reference thresholds."""
+def _add_evidence(cfg, keep, quantized, results, scores, fp_scores, ref_out, weights=None, views=None) -> None:
+    """Paired Δ (per target and pooled), calibration subsets, ε lower bound, per-example shifts,
+    reference thresholds."""
+    from src.attacks.pooled import pooled_paired
     from src.quant import NEEDS_CALIBRATION
     from src.report.evidence import fp_evidence, quantized_evidence
 
@@ -196,6 +213,12 @@ def _add_evidence(cfg, keep, quantized, results, scores, fp_scores, ref_out) -> 
         extra = quantized_evidence(cfg, keep, scores[kind], fp_scores, ref_out.get(kind, {}), calib)
         for name, e in extra.items():
             results[block][name].update(e)
+            tids = list(scores[kind])
+            fprs = tuple(float(f) for f in cfg.attack.get("fprs", (1e-2, 1e-3, 1e-4)))
+            vq, vf = ((views or {}).get(k, {}).get(name) for k in (kind, "fp_attacks"))
+            results[block][name]["paired_pooled"] = pooled_paired(
+                [scores[kind][t][name] for t in tids], [fp_scores[t][name] for t in tids], [keep[t] for t in tids],
+                fprs, weights, views=(vq, vf) if vq is not None and vf is not None else None)
     for name, e in fp_evidence(cfg, keep, fp_scores, ref_out.get("fp", {})).items():
         results["fp_attacks"][name].update(e)
 
@@ -352,6 +375,7 @@ def print_results(results: dict) -> None:
             table.add_row(name, kind, _fmt(m["auc"], ci.get("auc")), delta, _fmt(m["balanced_accuracy"], pct=True),
                           *[_fmt(m.get(k), ok=ok[k], pct=True) for k in tprs], _eps(m.get("eps_lower_bound")))
     console.print(table)
+    _print_pooled(console, blocks + [("fp", results["fp_attacks"])], tprs)
     auc_ci, delta_ci = _ci_kinds(results)
     console.print("Rates (accuracy, TPR) in %; AUC and ΔAUC on the 0–1 scale (0.5 = chance).")
     console.print(f"AUC: P(member score > non-member score) + ½·P(tie). [95% CI]: {auc_ci}.")
@@ -366,6 +390,31 @@ def print_results(results: dict) -> None:
         from src.report.releases import print_releases
 
         print_releases(results)
+
+
+def _print_pooled(console, blocks, tprs: list[str]) -> None:
+    """The pooled ROC over targets beside the per-target mean: TPR at each FPR with its interval and
+    the false positives / non-member trials behind it, and the pooled paired Δ."""
+    from rich.table import Table
+
+    rows = [(kind, name, m) for kind, block in blocks for name, m in block.items() if m.get("pooled")]
+    if not rows:
+        return
+    table = Table("attack", "target", *[f"pooled TPR@{k[len('tpr_at_fpr_'):]} [95% CI] (FP / non-members)"
+                                        for k in tprs], "pooled ΔTPR vs FP [95% CI]")
+    for kind, name, m in rows:
+        p = m["pooled"]
+        cells = []
+        for k in tprs:
+            a = k[len("tpr_at_fpr_"):]
+            cells.append(f"{_fmt(p.get(k), (p.get('ci') or {}).get(k))} ({p.get(f'fp_at_fpr_{a}')} / "
+                         f"{p.get('n_nonmembers')})")
+        deltas = [f"{k[len('tpr_at_fpr_'):]}: {_fmt(d['delta'], d['ci'], signed=True)}" + ("*" if d.get("significant") else "")
+                  for k, d in (m.get("paired_pooled") or {}).items() if k in tprs]
+        table.add_row(name, kind, *cells, "; ".join(deltas) or "–")
+    console.print(table)
+    console.print("pooled: one ROC over all targets' members and non-members (one threshold). [95% CI]: targets "
+                  "resampled and examples reweighted, Student-t with T − 1 df, logit scale (docs/attacks.md).")
 
 
 def _resolved(m: dict, metric: str) -> bool:

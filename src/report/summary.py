@@ -48,9 +48,14 @@ CI_COLUMNS = tuple(f"{m}_ci_{end}" for m in METRICS for end in ("lo", "hi"))
 # paired Δ = metric(quantized) − metric(FP) on the same examples (src/attacks/paired.py)
 DELTA_METRICS = ("auc", "tpr_at_fpr_1e-2", "tpr_at_fpr_1e-3")
 DELTA_COLUMNS = tuple(f"delta_{m}{end}" for m in DELTA_METRICS for end in ("", "_ci_lo", "_ci_hi", "_significant"))
+# the pooled ROC over targets (src/attacks/pooled.py): TPR with CI, the non-member trials and false
+# positives behind it, and the paired Δ of pooled TPRs
+POOLED_COLUMNS = (("pooled_n_nonmembers",)
+                  + tuple(f"pooled_{m}{end}" for m in TPR_METRICS for end in ("", "_ci_lo", "_ci_hi", "_fp"))
+                  + tuple(f"delta_pooled_{m}{end}" for m in TPR_METRICS for end in ("", "_ci_lo", "_ci_hi")))
 COLUMNS = (
     ID_COLUMNS + ("control",) + UTILITY_COLUMNS + METRICS + ("n_nonmembers",) + RESOLVED_COLUMNS + CI_COLUMNS
-    + DELTA_COLUMNS
+    + DELTA_COLUMNS + POOLED_COLUMNS
     + ("eps_lower_bound", "dataset_display", "num_classes", "code_version", "job_dir")
 )
 
@@ -145,6 +150,16 @@ def _metric_row(base: dict, attack: str, m: dict) -> dict:
         lo, hi = (d.get("ci") or [None, None])[:2]
         row[f"delta_{k}"], row[f"delta_{k}_ci_lo"], row[f"delta_{k}_ci_hi"] = _float(d.get("delta")), _float(lo), _float(hi)
         row[f"delta_{k}_significant"] = d.get("significant")
+    pooled, pp = m.get("pooled") or {}, m.get("paired_pooled") or {}
+    row["pooled_n_nonmembers"] = pooled.get("n_nonmembers")
+    for k in TPR_METRICS:
+        lo, hi = ((pooled.get("ci") or {}).get(k) or [None, None])[:2]
+        row[f"pooled_{k}"], row[f"pooled_{k}_ci_lo"], row[f"pooled_{k}_ci_hi"] = _float(pooled.get(k)), _float(lo), _float(hi)
+        row[f"pooled_{k}_fp"] = pooled.get(f"fp_at_fpr_{k[len('tpr_at_fpr_'):]}")
+        d = pp.get(k) or {}
+        lo, hi = (d.get("ci") or [None, None])[:2]
+        row[f"delta_pooled_{k}"], row[f"delta_pooled_{k}_ci_lo"], row[f"delta_pooled_{k}_ci_hi"] = (
+            _float(d.get("delta")), _float(lo), _float(hi))
     # 95 % lower bound on ε for all targets at once; results.json files without the old estimate
     # beside it hold that estimate's mean under this key, which is no bound: left empty
     row["eps_lower_bound"] = _float(m.get("eps_lower_bound")) if "eps_max_over_thresholds" in m else None
@@ -329,7 +344,14 @@ def _cells(r: dict, metric: str) -> dict[str, str]:
         priv = _pct(r.get(metric)) + ci(r.get(f"{metric}_ci_lo"), r.get(f"{metric}_ci_hi"), _pct)
     else:
         priv = NOT_APPLICABLE if r.get(metric) is None else f"{r[metric]:.4f}"
-    return {"method": method_label(r), "bits": fmt_bits(r["bits"]),
+    pooled = NOT_APPLICABLE
+    if metric.startswith("tpr_at_fpr_") and r.get(f"pooled_{metric}") is not None:
+        pooled = (_pct(r[f"pooled_{metric}"]) + ci(r.get(f"pooled_{metric}_ci_lo"), r.get(f"pooled_{metric}_ci_hi"), _pct)
+                  + f" ({r.get(f'pooled_{metric}_fp')} FP / {r.get('pooled_n_nonmembers')})")
+        if r.get(f"delta_pooled_{metric}") is not None and r.get("quant") != "fp":
+            lo, hi = r.get(f"delta_pooled_{metric}_ci_lo"), r.get(f"delta_pooled_{metric}_ci_hi")
+            pooled += f"; Δ {100 * r[f'delta_pooled_{metric}']:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}]"
+    return {"method": method_label(r), "bits": fmt_bits(r["bits"]), "pooled": pooled,
             "policy": "full precision" if r["quant"] == "fp" else policy_label(r.get("policy"), r.get("dataset")),
             "targets": NOT_APPLICABLE if r.get("n_targets") is None else str(r["n_targets"]),
             "train": _pct(r.get("train_acc")), "auc": auc, "priv": priv,
@@ -341,12 +363,13 @@ def _headers(metric: str) -> dict[str, str]:
     priv = metric_label(metric) + (" (%)" if metric != "auc" else "") + " [95% CI]"
     return {"method": "method", "bits": "bits", "policy": "bit policy", "targets": "targets",
             "train": "train acc (%)", "test": "test acc (%)", "auc": "AUC [95% CI]", "priv": priv,
-            "delta": "ΔAUC vs FP [95% CI]"}
+            "delta": "ΔAUC vs FP [95% CI]",
+            "pooled": f"pooled {metric_label(metric)} (%) [95% CI] (false positives / non-members); Δ vs FP"}
 
 
 def _columns(metric: str) -> list[str]:
-    cols = ["method", "bits", "policy", "targets", "train", "test", "auc", "priv", "delta"]
-    return [c for c in cols if not (c == "priv" and metric == "auc")]
+    cols = ["method", "bits", "policy", "targets", "train", "test", "auc", "priv", "pooled", "delta"]
+    return [c for c in cols if not (c in ("priv", "pooled") and metric == "auc")]
 
 
 def _groups(rows: list[dict], attacks: list[str]) -> list[tuple[str, str, list[dict]]]:
@@ -371,6 +394,11 @@ def _notes(rows: list[dict], metric: str) -> list[str]:
     notes.append("Units: accuracies and TPRs in %; AUC and ΔAUC on the 0–1 scale (0.5 = chance).")
     if any(_is_true(r.get("collapsed")) for r in rows):
         notes.append(f"(collapsed) = {COLLAPSE_NOTE}.")
+    if metric.startswith("tpr_at_fpr_") and any(r.get(f"pooled_{metric}") is not None for r in rows):
+        notes.append("pooled: one ROC over all targets' members and non-members (one threshold), with the false "
+                     "positives and non-member trials behind its TPR; [95% CI]: targets resampled and examples "
+                     "reweighted, Student-t with k − 1 df, logit scale (docs/attacks.md); Δ: pooled TPR quantized − "
+                     "FP, paired, in percentage points.")
     if any(not _is_resolved(r, metric) for r in rows):
         ns = sorted({int(r["n_nonmembers"]) for r in rows if r.get("n_nonmembers") is not None})
         notes.append(f"{RESOLUTION_NOTE}; N ≈ {', '.join(map(str, ns))} non-members per target.")
@@ -386,7 +414,7 @@ def markdown_table(rows: list[dict], attack: str | list[str] | None, metric: str
     rows = [r for r in rows if r["attack"] in attacks]
     metric = metric or default_metric(rows)
     head, cols = _headers(metric), _columns(metric)
-    right = {"bits", "targets", "train", "test", "auc", "priv", "delta"}
+    right = {"bits", "targets", "train", "test", "auc", "priv", "pooled", "delta"}
     blocks = []
     for title, name, sub in _groups(rows, attacks):
         lines = [f"### {title} — attack: {name}", "",

@@ -234,6 +234,7 @@ def summary_values(results: dict) -> dict[str, float]:
                     out[f"{prefix}{attack}/{k}_ci_lo"] = lo_hi[0]
                     out[f"{prefix}{attack}/{k}_ci_hi"] = lo_hi[1]
             out.update({f"{prefix}{attack}/{k}": v for k, v in evidence_values(m).items()})
+            out.update({f"{prefix}{attack}/{k}": v for k, v in pooled_values(m).items()})
     if (results.get("quant") or {}).get("seconds") is not None:
         out["quant_seconds"] = results["quant"]["seconds"]
     conv = ((results.get("quant") or {}).get("convergence") or {}).get("summary")
@@ -243,6 +244,25 @@ def summary_values(results: dict) -> dict[str, float]:
     from src.report.releases import release_values
 
     out.update(release_values(results))  # attack.release: joint vs single releases
+    return out
+
+
+def pooled_values(m: dict) -> dict[str, float]:
+    """Flat numbers of the pooled ROC over targets (src/attacks/pooled.py): ``pooled/<metric>`` with
+    its CI, the non-member trials and false positives behind each TPR, and the pooled paired Δ."""
+    out: dict[str, float] = {}
+    pooled = m.get("pooled") or {}
+    for k, v in pooled.items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[f"pooled/{k}"] = v
+    for k, lo_hi in (pooled.get("ci") or {}).items():
+        if isinstance(lo_hi, (list, tuple)) and len(lo_hi) == 2:
+            out[f"pooled/{k}_ci_lo"], out[f"pooled/{k}_ci_hi"] = lo_hi
+    for k, d in (m.get("paired_pooled") or {}).items():
+        out[f"pooled/delta_{k}"] = d["delta"]
+        out[f"pooled/delta_{k}_ci_lo"], out[f"pooled/delta_{k}_ci_hi"] = d["ci"]
+        if d.get("significant") is not None:
+            out[f"pooled/delta_{k}_significant"] = int(bool(d["significant"]))
     return out
 
 
