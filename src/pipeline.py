@@ -19,6 +19,7 @@ from torch import nn
 from src.attacks.scores import SCORER_VERSION, compute_phi
 from src.cache import ArtifactStore, cache_key, versioned
 from src.data import ImageData, data_digest, keep_matrix
+from src.validate import describe_model, external_target
 from src.data.membership import independent_rows
 from src.models import build_model
 from src.quant import CONTROLS, FULL_PRECISION, NEEDS_CALIBRATION, QUANTIZERS, quantize
@@ -69,11 +70,6 @@ def _plain(node):
 
 def independent_targets(cfg) -> bool:
     return (cfg.get("membership") or {}).get("target", "pool") == "independent"
-
-
-def external_target(cfg) -> bool:
-    """``target=external``: the attacked model is a checkpoint trained outside the project."""
-    return (cfg.get("target") or {}).get("name", "pool") == "external"
 
 
 def is_external(cfg, index: int) -> bool:
@@ -161,12 +157,6 @@ def external_key(cfg, digest: str, members: np.ndarray) -> dict:
     return versioned({"kind": "external_model", "checkpoint": _file_sha256(cfg.target.checkpoint),
                       "model": _plain(cfg.model), "data": digest,
                       "members": hashlib.sha256(np.packbits(members).tobytes()).hexdigest()[:32]}, EXTERNAL_VERSION)
-
-
-def describe_model(cfg) -> str:
-    """``model=smallcnn (width=32)``: the configured architecture, for error lines."""
-    extra = ", ".join(f"{k}={v}" for k, v in _plain(cfg.model).items() if k != "name" and v is not None)
-    return f"model={cfg.model.name}" + (f" ({extra})" if extra else "")
 
 
 def external_model(cfg, data: ImageData, keep: np.ndarray, store: ArtifactStore, device: str,

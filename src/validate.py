@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 from src.data.augment import check_query
+from src.errors import ConfigError  # noqa: F401 (also imported from here)
 from src.data.datasets import DATASETS
 from src.models import MODELS
 from src.quant import CONTROLS, FULL_PRECISION, METHODS, NEEDS_CALIBRATION
@@ -33,8 +34,18 @@ OPTIONAL_KEYS = {"dataset": ("max_train", "max_test", "query_augment"),
                            "schedule")}
 
 
-class ConfigError(ValueError):
-    pass
+def external_target(cfg) -> bool:
+    """``target=external``: the attacked model is a checkpoint trained outside the project."""
+    return (cfg.get("target") or {}).get("name", "pool") == "external"
+
+
+def describe_model(cfg) -> str:
+    """``model=smallcnn (width=32)``: the configured architecture, for error lines."""
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.to_container(cfg.model, resolve=True) if OmegaConf.is_config(cfg.model) else dict(cfg.model)
+    extra = ", ".join(f"{k}={v}" for k, v in node.items() if k != "name" and v is not None)
+    return f"model={cfg.model.name}" + (f" ({extra})" if extra else "")
 
 
 def _need(cond: bool, msg: str) -> None:
@@ -546,7 +557,6 @@ def validate_external(cfg, num_classes: int, in_channels: int) -> None:
     """The external checkpoint loads strictly into the configured model (run before any training)."""
     from src.models import build_model
     from src.models.checkpoint import CheckpointError, load_strict
-    from src.pipeline import describe_model, external_target
 
     if not external_target(cfg):
         return
@@ -664,7 +674,7 @@ def _validate_attack(cfg, m: int) -> None:
         _float("attack.fprs", f, 0.0, 1.0, lo_open=True, hi_open=True)
     ref = cfg.attack.get("reference", "fp")
     _need(ref in ("fp", "matched", "both"), f"attack.reference={ref}: allowed: fp, matched, both")
-    from src.releases import parse_releases
+    from src.attacks.release_list import parse_releases
 
     try:
         parse_releases(cfg)

@@ -190,6 +190,6 @@ def test_help_is_a_short_guide():
     p = subprocess.run([PY, "-m", "src.main", "--help"], cwd=REPO, env=env(), capture_output=True, text=True,
                        timeout=120)
     assert p.returncode == 0
-    assert "quant      adaround, brecq, gptq, noise, none, obc, prune, rtn" in p.stdout
+    assert "quant      adaround, brecq, gptq, noise, none, obc, prune, qdrop, rtn" in p.stdout
     assert "_params" not in p.stdout and "_paper" not in p.stdout
     assert p.stdout.count("python -m src.main ") >= 5 and "outputs/runs/" in p.stdout

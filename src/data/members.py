@@ -151,11 +151,13 @@ def main(argv: list[str]) -> int:
     from hydra import compose, initialize_config_dir
 
     from src.data.datasets import DataError
-    from src.validate import CONF, expand_paths
 
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+    conf = Path(__file__).resolve().parents[2] / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
         cfg = compose("config", overrides=argv[1:])
-    expand_paths(cfg)
+    for node, key in ((cfg.paths, "data_dir"), (cfg.dataset, "root")):  # ``~`` is the user's home, as in jobs
+        if isinstance(node.get(key), str):
+            node[key] = str(Path(node[key]).expanduser())
     try:
         print(write_candidates(argv[0], cfg))
     except DataError as e:

@@ -32,7 +32,7 @@ def release_results(cfg, keep: np.ndarray, rs) -> tuple[dict, dict]:
     """(the ``releases`` block of results.json, its arrays for scores.npz) from a ReleaseScores."""
     from src.attacks.joint import joint_names
     from src.attacks.paired import aggregate_paired, paired_bootstrap
-    from src.report.results import _evaluate
+    from src.report.evaluate import evaluate_attacks as _evaluate
 
     names = joint_names(cfg.attack.names)
     fprs = tuple(float(f) for f in cfg.attack.get("fprs", (1e-2, 1e-3, 1e-4)))

@@ -27,6 +27,7 @@ from omegaconf import OmegaConf
 
 from src.cache import atomic_write_bytes, atomic_write_text, cache_key
 from src.report.collapse import COLLAPSE_NOTE, collapsed, collapse_threshold, num_classes_of
+from src.report.evaluate import evaluate_attacks as _evaluate
 from src.report.labels import BELOW_RESOLUTION, NOT_APPLICABLE, NOT_CERTIFIED
 
 METRIC_KEYS = ("auc", "balanced_accuracy", "tpr_at_fpr_1e-2", "tpr_at_fpr_1e-3", "tpr_at_fpr_1e-4")
@@ -40,43 +41,6 @@ def job_dir() -> Path:
         return Path(HydraConfig.get().runtime.output_dir)
     except Exception:
         return Path.cwd()
-
-
-def _evaluate(cfg, keep: np.ndarray, scores: dict[int, dict[str, np.ndarray]], weights=None,
-              views: dict | None = None, names=None) -> dict:
-    """Every attack's metrics (``names``, default the job's attacks) per target, across targets and
-    pooled; ``views`` (if given) receives each attack's pooled view {attack: PooledScores}, whose reads
-    the pooled paired Δ reuses."""
-    from src.attacks.metrics import aggregate, alpha_key, attack_metrics, roc_points
-    from src.attacks.pooled import PooledScores, pooled_metrics
-
-    fprs = tuple(float(f) for f in cfg.attack.get("fprs", (1e-2, 1e-3, 1e-4)))
-    n_boot = int(cfg.attack.get("bootstrap", 200))
-    out = {}
-    for name in (names or cfg.attack.names):
-        per_target = [attack_metrics(s[name], keep[t], fprs=fprs, n_bootstrap=n_boot, seed=int(cfg.seed))
-                      for t, s in scores.items()]
-        stats = aggregate(per_target)  # {metric: {mean, std, ci, n, values}}
-        agg = {k: v["mean"] for k, v in stats.items()}
-        agg["std"] = {k: v["std"] for k, v in stats.items()}
-        agg["ci"] = {k: v["ci"] for k, v in stats.items()}
-        agg["ci_kind"] = "t over targets" if len(per_target) > 1 else "bootstrap (members/non-members resampled)"
-        agg["n_targets"] = len(per_target)
-        # a TPR at FPR α < 1/N non-members rests on zero false positives: kept, but flagged
-        agg["resolved"] = {f"tpr_at_fpr_{alpha_key(a)}": all(p[f"fp_at_fpr_{alpha_key(a)}"] >= 1 for p in per_target)
-                           for a in fprs}
-        view = PooledScores([s[name] for s in scores.values()], [keep[t] for t in scores])
-        if views is not None:
-            views[name] = view
-        # the pooled ROC (all targets' examples, one threshold) with its interval (src/attacks/pooled.py)
-        agg["pooled"] = pooled_metrics(None, None, fprs, weights, view=view)
-        fpr, tpr = view.roc()
-        pf, pt = roc_points(fpr, tpr)
-        agg["per_target"] = per_target
-        agg["targets"] = list(scores)
-        agg["roc"] = {"fpr": [float(v) for v in pf], "tpr": [float(v) for v in pt]}
-        out[name] = agg
-    return out
 
 
 def _dataset_display(cfg) -> str:

@@ -142,7 +142,7 @@ def resolve_mode(mode: str | None = "auto") -> str:
     if mode in _ENV_MODES:
         return _ENV_MODES[mode]
     if mode != "auto":
-        from src.validate import ConfigError
+        from src.errors import ConfigError
 
         raise ConfigError(f"logger.mode={mode}: allowed: {', '.join(LOGGER_MODES)}")
     if env:
@@ -324,7 +324,7 @@ class WandbSink:
         lcfg = OmegaConf.select(self.cfg, "logger", default=None) or {}
         backend = str(lcfg.get("backend", "none")).lower()
         if backend not in BACKENDS:
-            from src.validate import ConfigError
+            from src.errors import ConfigError
 
             raise ConfigError(f"logger.backend={backend!r}: allowed: {', '.join(BACKENDS)} (or logger=wandb|none)")
         self.enabled = backend == "wandb"
