@@ -40,7 +40,7 @@ import numpy as np
 from .metrics import _check
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=1024)  # a job's targets × attacks × subsets have many sizes; n + 1 floats each
 def _cp_end(n: int, confidence: float, upper: bool) -> np.ndarray:
     """The lower (or upper) Clopper–Pearson end for k = 0..n, computed once per n: counts index it."""
     from scipy.stats import beta

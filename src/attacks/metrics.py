@@ -110,20 +110,26 @@ def replicate_metrics(ss: _SortedScores, cum_pos: np.ndarray, cum_neg: np.ndarra
     tp_all = cum_pos[:, -1].astype(np.float64)
     fp_all = cum_neg[:, -1].astype(np.float64)
     above = cum_pos[:, ss.b_lo].astype(np.float64)  # members ranked above each non-member group
-    if ss.b_simple:
-        through, n_lo, n_hi = above, cum_neg[:, :-1].astype(np.float64), cum_neg[:, 1:].astype(np.float64)
+    if ss.b_simple:  # one non-member per group: ΔFP is its multiplicity, TP = TP_prev
+        n_lo = cum_neg[:, :-1].astype(np.float64)
+        area = 2.0 * np.einsum("bg,bg->b", np.diff(cum_neg, axis=1).astype(np.float64), above)
     else:
         through = cum_pos[:, ss.b_hi].astype(np.float64)
         n_lo, n_hi = cum_neg[:, ss.b_nlo].astype(np.float64), cum_neg[:, ss.b_nhi].astype(np.float64)
-    area = np.einsum("bg,bg->b", n_hi - n_lo, above + through)  # integers < 2**53: exact
+        area = np.einsum("bg,bg->b", n_hi - n_lo, above + through)  # integers < 2**53: exact
     out = {"auc": area / (2.0 * tp_all * fp_all)}
     # (0, 0) and (1, 1) give 1/2; the same float expression as balanced_accuracy()
     ba = (1.0 - (n_lo / fp_all[:, None] + 1.0 - above / tp_all[:, None]) / 2.0).max(axis=1)
     out["balanced_accuracy"] = np.maximum(ba, 0.5)
     rows = np.arange(cum_pos.shape[0])
-    fpr = cum_neg / fp_all[:, None]
+    # non-members allowed above the threshold (fpr is non-decreasing): read on the first columns
+    # only, unless some row has not passed the largest α there
+    top = min(cum_neg.shape[1], int(2 * max(fprs, default=0) * fp_all.max()) + 16)
+    fpr = cum_neg[:, :top] / fp_all[:, None]
+    if top < cum_neg.shape[1] and not np.all(fpr[:, -1] > max(fprs)):
+        fpr = cum_neg / fp_all[:, None]
     for a in fprs:
-        j = (fpr <= a).sum(axis=1) - 1  # non-members allowed above the threshold (fpr is non-decreasing)
+        j = (fpr <= a).sum(axis=1) - 1
         out[f"tpr_at_fpr_{alpha_key(a)}"] = cum_pos[rows, ss.lo_ext[j]] / tp_all
     return out
 
