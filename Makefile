@@ -41,7 +41,8 @@ NUMERIC_TESTS := tests/test_adaround_brecq.py tests/test_grid.py tests/test_obc.
                  tests/test_attacks.py tests/test_metrics.py tests/test_gptq.py tests/test_evidence.py \
                  tests/test_controls.py tests/test_models.py tests/test_architectures.py tests/test_epsilon.py \
                  tests/test_obc_memory.py tests/test_precision.py tests/test_layer_overrides.py \
-                 tests/test_activation_quant.py tests/test_cpu_workers.py
+                 tests/test_activation_quant.py tests/test_cpu_workers.py tests/test_convergence.py tests/test_qdrop.py \
+                 tests/test_pooled.py tests/test_joint_release.py
 test-portable:  ## numeric tests again with ATEN_CPU_CAPABILITY=default and 2 threads (results must not hinge on one CPU)
 	ATEN_CPU_CAPABILITY=default PTQ_TEST_THREADS=2 OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q -m "not slow" $(NUMERIC_TESTS)
 
