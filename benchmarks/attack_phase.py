@@ -83,7 +83,7 @@ def worker(n_targets: int, out: Path, repeats: int) -> dict:
     rng = np.random.default_rng(1)  # each target calibrated on 1,024 of its members (the preset's n_calib)
     calib = {t: np.sort(rng.choice(np.flatnonzero(keep[t]), int(cfg.budget.n_calib), replace=False)) for t in targets}
     quantized = [P.QuantTarget(t, None, q_phi[t], 0.59, 0.98, {}, 0.0, calib[t], {}) for t in targets]
-    data = type("Data", (), {"y_train": torch.from_numpy(labels)})()
+    data = type("Data", (), {"y_train": torch.from_numpy(labels), "num_classes": 10})()
     best: dict[str, float] = {}
     for _ in range(repeats):
         clock = []  # (wall, this process's CPU) at each part's end: CPU seconds are what a loaded machine inflates least

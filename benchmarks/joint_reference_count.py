@@ -66,13 +66,13 @@ def measure(regime: str, sizes=SIZES, n: int = 2000, q: int = 2, reps: int = 3, 
     return out
 
 
-def main() -> None:
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--targets", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     for regime in ("copy", "independent"):
         print(f"second release: {regime}")
         print(f"{'n_models':>8}  {'attack':<18} {'fp alone':>8} {'2nd alone':>9} {'joint':>7} {'joint − best':>12}")

@@ -113,13 +113,13 @@ def coverage(world: World, n_targets: int, draws: int, n_boot: int = 200, seed: 
             **{f"bias_{k}": bias[k] / draws for k in bias}}
 
 
-def main() -> None:
+def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks.tpr_coverage", description=__doc__.splitlines()[0])
     p.add_argument("--draws", type=int, default=1000)
     p.add_argument("--boot", type=int, default=200)
     p.add_argument("--targets", type=int, nargs="+", default=[4, 16])
     p.add_argument("--seed", type=int, default=0)
-    a = p.parse_args()
+    a = p.parse_args(argv)
     print(f"95 % intervals, {a.draws} draws per cell, {a.boot} bootstrap replicates, α = 1e-3, "
           "2,000 members + 2,000 non-members per target")
     print(f"{'world':<26} {'T':>3} {'TPR':>7} {'cov':>6} {'width':>7} {'bias':>8}   {'Δ':>7} {'cov':>6} "

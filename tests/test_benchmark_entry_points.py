@@ -142,3 +142,34 @@ def test_gpu_check_every_section_smallest(tmp_path, monkeypatch):
     assert [j["quant"] for j in res["sections"]["mini_protocol"]["jobs"]] == ["adaround"]
     assert sorted(p.name for p in out.iterdir()) == ["gpu_check.json", "gpu_check.txt"]
     assert not (tmp_path / "wd").exists()
+
+
+def test_attack_phase_worker_smallest(tmp_path, capsys):
+    """The attack-phase benchmark's measured part (the job's attack phase on synthetic φ), 2 targets."""
+    from benchmarks import attack_phase
+
+    attack_phase.main(["--worker", "--targets", "2", "--out", str(tmp_path), "--repeats", "1"])
+    out = capsys.readouterr().out
+    assert '"total"' in out or "total" in out
+
+
+def test_tpr_coverage_smallest(capsys):
+    from benchmarks import tpr_coverage
+
+    tpr_coverage.main(["--draws", "10", "--boot", "10", "--targets", "4"])
+    assert "4" in capsys.readouterr().out
+
+
+def test_convergence_tiny(tmp_path, capsys):
+    from benchmarks import convergence
+
+    convergence.main(["--tiny", "--cache", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "60:1e-3" in out and "60:1e-2" in out and "FP test accuracy" in out
+
+
+def test_joint_reference_count_smallest(capsys):
+    from benchmarks import joint_reference_count
+
+    joint_reference_count.main(["--n", "200", "--reps", "1", "--targets", "2"])
+    assert capsys.readouterr().out.strip()
