@@ -321,3 +321,21 @@ def test_make_report_unknown_choice_is_one_line(tmp_path, arg, allowed):
     q = subprocess.run([sys.executable, "-m", "src.report.summary", str(sweep), "--" + arg.split("=")[0].lower(),
                         arg.split("=")[1]], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert q.returncode == 2 and q.stderr.strip() == ours[0] and q.stdout == ""
+
+
+def test_zoom_panel_draws_every_point_inside_its_box(tmp_path, figures):
+    """FP at 97 %, two quantized points within 8 % of the accuracy span of it (the crowded cluster that
+    earns a zoom), GPTQ just outside that cluster but inside the box's padding, and a far point that sets
+    the span (10 points). A point inside the dashed box must appear in the zoom, or the zoom hides it."""
+    jobs = [_job("rtn", 4.0, acc=0.969, seed=0.3), _job("obc", 4.0, acc=0.9625, seed=0.3),
+            _job("gptq", 4.0, acc=0.9615, seed=0.3), _job("rtn", 2.0, acc=0.87, seed=0.5)]
+    rows = S.rows_from_results(jobs)
+    P.privacy_utility(rows, "lira_online", tmp_path / "pu.png", metric="tpr_at_fpr_1e-2")
+    fig = figures[-1]
+    assert len(fig.axes) == 2 and fig.axes[1].get_title().startswith("zoom")
+    x0, x1 = fig.axes[1].get_xlim()
+    assert x0 <= 0.9615 <= x1  # the box reaches GPTQ ...
+    zoom_labels = [t.get_text() for t in fig.axes[1].texts]
+    assert sorted(zoom_labels) == ["4 bit", "4 bit", "4 bit", "FP"]  # ... so the zoom draws it; not 2 bit
+    legend = [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
+    assert "GPTQ" in legend

@@ -226,17 +226,18 @@ def _pu_points(ax, shown: list[dict], methods: list, metric: str, labels: list, 
         labels.append((r["test_acc"], y, point_label(r), "FP" if r["quant"] == "fp" else series_of(r)))
 
 
-def _zoom_panel(zax, ax, cluster: list[dict], ykey: str, draw) -> None:
-    """Draw ``cluster`` again in ``zax`` with limits around it (error bars included), and mark the zoomed
-    region on the main panel ``ax`` with a dashed box."""
+def _zoom_panel(zax, ax, cluster: list[dict], shown: list[dict], ykey: str, draw) -> None:
+    """Draw again in ``zax``, with limits around ``cluster`` (error bars included), every point of ``shown``
+    that falls inside those limits, so that the zoom hides nothing the dashed box on ``ax`` encloses."""
     from matplotlib.patches import Rectangle
 
-    draw(zax)
     xs = [r["test_acc"] for r in cluster]
     ys = [v for r in cluster for v in (r[ykey], r.get(f"{ykey}_ci_lo"), r.get(f"{ykey}_ci_hi")) if v is not None]
-    xpad = max(0.15 * (max(xs) - min(xs)), 0.002)
+    span = max(r["test_acc"] for r in shown) - min(r["test_acc"] for r in shown)
+    xpad = max(0.15 * (max(xs) - min(xs)), 0.01 * span, 1e-4)
     ypad = max(0.08 * (max(ys) - min(ys)), 1e-4)
     x0, x1, y0, y1 = min(xs) - xpad, max(xs) + xpad, min(ys) - ypad, max(ys) + ypad
+    draw(zax, [r for r in shown if x0 <= r["test_acc"] <= x1 and y0 <= r[ykey] <= y1])
     zax.set_xlim(x0, x1)
     zax.set_ylim(y0, y1)
     zax.margins(0)
@@ -293,10 +294,10 @@ def privacy_utility(rows: list[dict], attack: str | None, path: str | Path,
             zax = next(it)
             labels[zax], bars[zax] = [], []
 
-            def draw(z, cluster=cluster, zax=zax):
-                _pu_points(z, cluster, methods, metric, labels[zax], bars[zax])
+            def draw(z, inside, zax=zax):
+                _pu_points(z, inside, methods, metric, labels[zax], bars[zax])
 
-            _zoom_panel(zax, ax, cluster, metric, draw)
+            _zoom_panel(zax, ax, cluster, shown, metric, draw)
             _label_panel(zax, ylabel, "zoom: the dashed box", margins=False)
             if rate:
                 _pct_axis(zax.yaxis, False)
