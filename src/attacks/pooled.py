@@ -7,26 +7,20 @@ floor(α·n) per target, so TPR at 0.1 % FPR is resolved where a single target's
 What the interval is for. A target is one draw of (training run, membership split); its examples are
 draws from the data. The pooled TPR at FPR α estimates θ = the TPR at FPR α of the population
 mixture: member scores of a random target against non-member scores of a random target, one global
-threshold. Its error has two sources:
+threshold. docs/attacks.md derives the interval; in short, three variances of the read:
 
-* within targets (which examples were drawn): a bootstrap that reweights examples, targets fixed
-  (Poisson(1) weights; Hanley & MacGibbon 2006), gives its variance V_w from thousands of examples;
-* between targets (which targets were drawn): a bootstrap that resamples whole targets with their
-  examples (a cluster bootstrap: each target's contribution, example noise included, is one draw)
-  gives the *total* variance V_C·T/(T − 1) (the factor undoes the bootstrap's (T − 1)/T shrinkage of a
-  mean of T draws). A bootstrap, not the delete-one-target jackknife: the TPR is read at a quantile
-  of the non-member scores, and jackknife variances of quantiles are inconsistent.
+* V_C·T/(T − 1): resampling whole targets with their examples (cluster bootstrap; the factor undoes
+  its (T − 1)/T shrinkage of a mean of T draws);
+* V_J: deleting one target at a time (jackknife over targets), in expectation at least the variance
+  (Efron & Stein 1981); it catches the draws that lack the rare high-TPR or high-offset targets, where
+  the bootstrap spread is small exactly when the estimate is low;
+* V_w: Poisson(1) example weights, targets fixed (within-target noise, known precisely).
 
-V = max(V_C·T/(T − 1), V_w): the total is at least the within part, known precisely, which guards
-against the few-target estimate falling short. The interval uses Student-t with T − 1 df, because the
-variance rests on T targets, as a t-interval over targets does; for a TPR it is built on the logit
-scale (delta method, se/(p(1 − p))), which follows the right skew of a small rate, and mapped back.
-A two-level percentile bootstrap (targets, then examples) would count the example noise twice and use
-a normal quantile with T = 4 targets. With one target only V_w is left (an interval for that target).
-The paired Δ = TPR(quantized) − TPR(FP) uses the same weights and resampled targets for both score
-sets, so their shared noise cancels in Δ; its interval is linear. Coverage is shown by simulation
-on scores with a known pooled TPR and target-to-target variation (benchmarks/tpr_coverage.py,
-tests/test_pooled.py).
+V = max(V_C·T/(T − 1), V_J, V_w), Student-t with T − 1 df. A TPR's three variances are taken of the
+empirical logits of the reads (logit((x + ½)/(n + 1)), x = p·n of n members: finite at 0 and 1) and
+the interval mapped back; the paired Δ = TPR(quantized) − TPR(FP) is linear, with the same weights,
+resampled and deleted targets for both score sets, so their shared noise cancels. With one target
+only V_w is left. Coverage: benchmarks/tpr_coverage.py, tests/test_pooled.py.
 
 The TPR read is the conservative step of src/attacks/metrics.py (the largest TPR at FPR ≤ α). Its
 threshold lies just above the (k + 1)-th highest non-member score, k = floor(α·n), whose true FPR is
@@ -142,8 +136,9 @@ def example_weights(is_member: Sequence[np.ndarray], n_boot: int, seed: int) -> 
 
 
 def _reads(view: PooledScores, ew: ExampleWeights | None, fprs) -> dict[str, np.ndarray]:
-    """Point, between-target bootstrap (targets resampled, their examples kept) and within-target
-    bootstrap (examples reweighted, targets kept) reads of one pooled view, made once per weights."""
+    """Point, between-target bootstrap (targets resampled, their examples kept), delete-one-target
+    jackknife and within-target bootstrap (examples reweighted, targets kept) reads of one pooled
+    view, made once per weights."""
     key = (id(ew), tuple(fprs))
     if key not in view.reads:
         view.reads[key] = (ew, _make_reads(view, ew, fprs))  # ew kept alive: its id stays its own
@@ -157,40 +152,47 @@ def _make_reads(view: PooledScores, ew: ExampleWeights | None, fprs) -> dict[str
     if t >= 2 and ew is not None and ew.c is not None:
         c = ew.c.astype(np.float64)
         out["clus"] = step_reads(view, lambda at: c[:, view.target[at]], c @ view.n_pos, c @ view.n_neg, fprs)
+        keep = 1.0 - np.eye(t)  # row j: every target but j
+        out["jack"] = step_reads(view, lambda at: keep[:, view.target[at]], keep @ view.n_pos, keep @ view.n_neg, fprs)
     if ew is not None and ew.n_boot >= 2:
         out["boot"] = step_reads(view, lambda at: ew.w[:, view.order[at]], ew.w_pos, ew.w_neg, fprs)
     return out
 
 
-def components_interval(point: np.ndarray, clus: np.ndarray | None, boot: np.ndarray | None, n_targets: int,
-                        rate: bool) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """95 % intervals [F, 2] from the point estimates [F], the between-target (cluster) bootstrap
-    [B, F] and the within-target bootstrap [B, F] (either may be None); ``rate``: a TPR (interval on
-    the logit scale, in [0, 1]) rather than a Δ (linear, in [−1, 1]). Also its parts (se, df)."""
-    v_w = boot.var(axis=0, ddof=1) if boot is not None else np.zeros_like(point)
+def components_interval(point: np.ndarray, clus: np.ndarray | None, jack: np.ndarray | None, boot: np.ndarray | None,
+                        n_targets: int, n_members: int | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """95 % intervals [F, 2] from the point reads [F], the between-target (cluster) bootstrap [B, F],
+    the delete-one-target jackknife [T, F] and the within-target bootstrap [B, F] (any may be None).
+    ``n_members``: the reads are TPRs over that many members (interval on the empirical-logit scale,
+    in [0, 1]); None: a Δ (linear, in [−1, 1]). Also its parts (se on that scale, df)."""
+    rate = n_members is not None
+    read = np.asarray(point, float)
+    if rate:
+        n = float(n_members)
+        fwd = lambda p: np.log((p * n + 0.5) / ((1 - p) * n + 0.5))  # empirical logit (Cox 1970)
+        point, clus, jack, boot = (None if x is None else fwd(np.asarray(x, float)) for x in (point, clus, jack, boot))
+    v = boot.var(axis=0, ddof=1) if boot is not None else np.zeros_like(point)
     if clus is not None:
         t = int(n_targets)  # (T − 1)/T: the bootstrap variance of a mean of T draws, undone
-        v = np.maximum(clus.var(axis=0, ddof=1) * t / (t - 1), v_w)
+        v = np.maximum(v, clus.var(axis=0, ddof=1) * t / (t - 1))
+        if jack is not None:
+            v = np.maximum(v, (t - 1) / t * ((jack - jack.mean(axis=0)) ** 2).sum(axis=0))
         df = np.full(point.shape, float(t - 1))
     else:
-        v = v_w
         df = np.full(point.shape, float(boot.shape[0] - 1) if boot is not None else np.inf)
     q = np.array([t_quantile_975(int(d)) if np.isfinite(d) else 1.959964 for d in df])
     half = q * np.sqrt(v)
     lo, hi = point - half, point + half
-    if rate:
-        inner = (point > 0) & (point < 1) & (half > 0)
-        p = np.where(inner, point, 0.5)
-        lg, h = np.log(p / (1 - p)), half / (p * (1 - p))  # delta method: se(logit p) = se(p) / (p(1 − p))
-        lo = np.where(inner, 1 / (1 + np.exp(-(lg - h))), lo)
-        hi = np.where(inner, 1 / (1 + np.exp(-(lg + h))), hi)
+    if rate:  # back from the empirical logit: p = ((n + 1)·s − ½) / n, s = 1/(1 + e⁻ˣ)
+        back = lambda x: ((n + 1) * 0.5 * (1 + np.tanh(x / 2)) - 0.5) / n
+        lo, hi = np.where(half > 0, back(lo), read), np.where(half > 0, back(hi), read)  # no noise: the read
     bound = (0.0, 1.0) if rate else (-1.0, 1.0)
     ci = np.stack([np.clip(lo, *bound), np.clip(hi, *bound)], axis=1)
     return ci, {"se": np.sqrt(v), "df": df}
 
 
-CI_KIND = ("targets resampled (between) and examples reweighted (within): t with T − 1 df on the larger "
-           "variance; logit scale for TPR")
+CI_KIND = ("targets resampled and deleted (between), examples reweighted (within): t with T − 1 df on the "
+           "largest variance; logit scale for TPR")
 
 
 def pooled_metrics(scores: Sequence[np.ndarray] | None, is_member: Sequence[np.ndarray] | None, fprs: Sequence[float],
@@ -200,7 +202,8 @@ def pooled_metrics(scores: Sequence[np.ndarray] | None, is_member: Sequence[np.n
     fprs = tuple(float(a) for a in fprs)
     view = view or PooledScores(scores, is_member)
     r = _reads(view, weights, fprs)
-    ci, parts = components_interval(r["point"], r.get("clus"), r.get("boot"), view.n_targets, rate=True)
+    ci, parts = components_interval(r["point"], r.get("clus"), r.get("jack"), r.get("boot"), view.n_targets,
+                                    n_members=int(view.n_pos.sum()))
     n_neg = int(view.n_neg.sum())
     out: dict[str, Any] = {"auc": auc(*view.roc())}
     for i, a in enumerate(fprs):
@@ -217,12 +220,12 @@ def pooled_paired(scores_q: Sequence[np.ndarray], scores_fp: Sequence[np.ndarray
                   fprs: Sequence[float], weights: ExampleWeights | None = None,
                   views: tuple[PooledScores, PooledScores] | None = None) -> dict[str, Any]:
     """{tpr_at_fpr_<α>: {delta, ci, significant, df}}: Δ = pooled TPR(quantized) − pooled TPR(FP), the
-    same examples, weights and deleted targets for both."""
+    same examples, weights, resampled and deleted targets for both."""
     fprs = tuple(float(a) for a in fprs)
     vq, vf = views or (PooledScores(scores_q, is_member), PooledScores(scores_fp, is_member))
     rq, rf = _reads(vq, weights, fprs), _reads(vf, weights, fprs)
     d = {k: rq[k] - rf[k] for k in rq}
-    ci, parts = components_interval(d["point"], d.get("clus"), d.get("boot"), vq.n_targets, rate=False)
+    ci, parts = components_interval(d["point"], d.get("clus"), d.get("jack"), d.get("boot"), vq.n_targets)
     out = {}
     for i, a in enumerate(fprs):
         lo, hi = float(ci[i, 0]), float(ci[i, 1])
