@@ -47,7 +47,8 @@ def job_epsilons(job_dir: str | Path, attacks=None, confidence: float = 0.95, se
             for i, t in enumerate(tids):
                 s = z[f"{prefix}{name}"][i]
                 b = eps_lower_bound(s, keep[t], confidence, seed, fraction)
-                per.append({"target": t, "label": labels[t], "epsilon": b["epsilon"], "threshold": b["threshold"], "side": b["side"],
+                per.append({"target": t, "label": labels[t], "epsilon": b["epsilon"], "threshold": b["threshold"],
+                            "side": b["side"],
                             "eps_max_over_thresholds": eps_max_over_thresholds(s, keep[t], confidence)["epsilon"]})
             stored = ((res.get(block) or {}).get(name) or {}).get("eps_lower_bound")
             out.append({"block": block, "attack": name, "eps_lower_bound": eps_over_targets(per),
@@ -76,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     pct = f"{a.confidence:.0%}"
     w = max([6] + [len(t["label"]) for r in rows for t in r["per_target"]])  # a checkpoint's name is wider
-    print(f"{'block':<16} {'attack':<14} {'target':>{w}}  {'ε ≥ (' + pct + ')':>10}  {'old max':>8}  threshold / side")
+    print(f"{'block':<16} {'attack':<14} {'target':>{w}}  {'ε ≥ (' + pct + ')':>10}  {'old max':>8}  "
+          "threshold / side")
     for r in rows:
         for t in r["per_target"]:
             print(f"{r['block']:<16} {r['attack']:<14} {t['label']:>{w}}  {t['eps_lower_bound']:>10.3f}  "
