@@ -358,19 +358,7 @@ def section_bench(ctx: Context, sec: dict, deadline):
     bench._free(ctx.device)
     ctx.checkpoint()
     for v in ctx.prof["variants"]:
-        if ctx.left(deadline) <= 0:
-            row = {"error": "skipped: time budget"}
-        else:
-            try:
-                row = bench.bench_fast(data, spec, ctx.device, v)
-            except Exception as e:
-                row = {"error": _error(e)}
-        if "error" in row:
-            row.update(models_per_step=8 if v.endswith("_k8") else spec["k"], batch=spec["batch"])
-        res["fast"]["variants"][v] = row
-        bench._free(ctx.device)
-        bench.summarise(res)
-        ctx.checkpoint()
+        _bench_variant(ctx, sec, data, spec, v, deadline)
     res["compile"] = "not run here (its cold compile takes minutes): see make bench"
     if "ratio" not in res:
         raise RuntimeError("no ratio: " + (res["reference"].get("error") or "every fast variant failed"))
@@ -382,19 +370,26 @@ def section_bench_graphs(ctx: Context, sec: dict, deadline):
     spec = ctx.bench_spec()
     data = ctx.bench_data(spec, sec)
     for v in ctx.prof["deferred_variants"]:
-        if ctx.left(deadline) <= 0:
-            row = {"error": "skipped: time budget"}
-        else:
-            try:
-                row = bench.bench_fast(data, spec, ctx.device, v)
-            except Exception as e:
-                row = {"error": _error(e)}
-        if "error" in row:
-            row.update(models_per_step=8 if v.endswith("_k8") else spec["k"], batch=spec["batch"])
-        sec.setdefault("fast", {"variants": {}})["variants"][v] = row
-        bench._free(ctx.device)
-        bench.summarise(sec)
-        ctx.checkpoint()
+        _bench_variant(ctx, sec, data, spec, v, deadline)
+
+
+def _bench_variant(ctx: Context, sec: dict, data, spec: dict, v: str, deadline) -> None:
+    """Time fast-path variant ``v`` into ``sec["fast"]["variants"][v]`` (an error row, with the
+    models per step and batch it would have used, when it fails or the time budget is spent), then
+    refresh the section's summary and checkpoint it."""
+    if ctx.left(deadline) <= 0:
+        row = {"error": "skipped: time budget"}
+    else:
+        try:
+            row = bench.bench_fast(data, spec, ctx.device, v)
+        except Exception as e:
+            row = {"error": _error(e)}
+    if "error" in row:
+        row.update(models_per_step=8 if v.endswith("_k8") else spec["k"], batch=spec["batch"])
+    sec.setdefault("fast", {"variants": {}})["variants"][v] = row
+    bench._free(ctx.device)
+    bench.summarise(sec)
+    ctx.checkpoint()
 
 
 # ------------------------------------------------------------------------------ 2. fast vs plain

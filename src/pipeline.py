@@ -27,6 +27,7 @@ from src.quant.activation import restore as restore_act_quant
 from src.quant.bn_fold import fold_batchnorm
 from src.quant.policy import Overrides
 from src.quant.policy import layer_bits as resolve_layer_bits
+from src.report.labels import target_label
 from src.training import TRAINER_VERSION, Recipe, evaluate_accuracy, resolve_precision, train_models, use_fast_path
 from src.training.fast import fast_precision
 from src.workers import spawn_pool
@@ -402,7 +403,8 @@ def bn_tune(cfg, data: ImageData, keep: np.ndarray, index: int, model: nn.Module
     gen = torch.Generator().manual_seed(int(cfg.seed) + index)
     used = retune_batchnorm(model, images, int(cfg.quant.get("bn_tune_batches", 100)),
                             int(cfg.quant.get("bn_tune_batch_size", 128)), gen, augment, device)
-    log.info("bn_tune: BatchNorm statistics of model %d re-estimated on %d %s images", index, len(chosen), source)
+    log.info("bn_tune: BatchNorm statistics of model %s re-estimated on %d %s images", target_label(cfg, index),
+             len(chosen), source)
     return np.unique(chosen[used.numpy()])
 
 
@@ -451,7 +453,7 @@ def _quantized_artifact(cfg, data: ImageData, keep: np.ndarray, index: int, fp_m
     how = (f"{CONTROLS[cfg.quant.name]}={cfg.quant[CONTROLS[cfg.quant.name]]}" if cfg.quant.name in CONTROLS
            else f"{cfg.bits} bits ({cfg.bitwidth.policy} policy"
            + (f"; {overrides.describe()})" if overrides.active() else ")"))
-    log.info("quantize: model %d with %s at %s, %s", index, cfg.quant.name, how,
+    log.info("quantize: model %s with %s at %s, %s", target_label(cfg, index), cfg.quant.name, how,
              f"{len(idx)} {source} calibration images" if source else "no calibration images")
     augment = calibration_augment(cfg, data)
     res = quantize(fp_model, float(cfg.bits), qcfg, cfg.bitwidth.policy, calib_x, cfg.dataset.name, device,

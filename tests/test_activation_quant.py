@@ -9,24 +9,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from src.models import build_model
+from _helpers import quant_cfg, random_images, smallcnn
 from src.quant import activation
-from src.quant.interface import quant_config, quantize
-
-
-def _model(seed: int = 0):
-    torch.manual_seed(seed)
-    return build_model(OmegaConf.create({"name": "smallcnn", "width": 8}), 10, 3).eval()
-
-
-def _x(n: int = 96, seed: int = 1):
-    return torch.randn(n, 3, 16, 16, generator=torch.Generator().manual_seed(seed))
-
-
-def _qcfg(name: str, *overrides: str):
-    q = quant_config(name, overrides)
-    q.progress = False
-    return q
+from src.quant.interface import quantize
 
 
 def _inputs(model, x):
@@ -51,8 +36,9 @@ def _inputs(model, x):
 def test_quantized_inputs_take_at_most_2_to_the_b_values(bits):
     """Every quantized layer computes with at most 2^b distinct input values (8 at the first layer,
     which reads the image at 8 bits by default), on the grid k·s of its recorded step and sign."""
-    res = quantize(_model(), 4, _qcfg("rtn", f"quant.act_bits={bits}"), "uniform", _x(), "digits", "cpu")
-    seen = _inputs(res.model, _x(64, seed=2))
+    res = quantize(smallcnn(), 4, quant_cfg("rtn", f"quant.act_bits={bits}"), "uniform", random_images(), "digits",
+                   "cpu")
+    seen = _inputs(res.model, random_images(64, seed=2))
     assert set(seen) == set(res.act) and len(seen) == 7
     for name, t in seen.items():
         spec = res.act[name]
@@ -94,13 +80,13 @@ def test_brecq_learns_the_step_and_beats_rtn():
     not; and W2A4 BRECQ reproduces the FP network's output better than W2A4 RTN (the same activation
     grid, calibrated ranges only). The margin is a factor 0.8 of RTN's error: block reconstruction at
     2 bits typically removes most of it, so this leaves room for other CPUs' rounding."""
-    m, x = _model(), _x()
+    m, x = smallcnn(), random_images()
     common = ("quant.act_bits=4", "quant.iters=300", "quant.n_calib=96")
-    learned = quantize(m, 2, _qcfg("brecq", *common), "uniform", x, "digits", "cpu")
-    fixed = quantize(m, 2, _qcfg("brecq", *common, "quant.act_learn=false"), "uniform", x, "digits", "cpu")
+    learned = quantize(m, 2, quant_cfg("brecq", *common), "uniform", x, "digits", "cpu")
+    fixed = quantize(m, 2, quant_cfg("brecq", *common, "quant.act_learn=false"), "uniform", x, "digits", "cpu")
     moved = [abs(learned.act[n]["step"] / fixed.act[n]["step"] - 1) for n in ("layer1.0.conv2", "layer2.0.conv2")]
     assert max(moved) > 1e-3, moved
-    rtn = quantize(m, 2, _qcfg("rtn", "quant.act_bits=4"), "uniform", x, "digits", "cpu")
+    rtn = quantize(m, 2, quant_cfg("rtn", "quant.act_bits=4"), "uniform", x, "digits", "cpu")
     with torch.no_grad():
         ref = m(x)
         err_brecq = (learned.model(x) - ref).pow(2).mean().item()
@@ -112,9 +98,9 @@ def test_brecq_learns_the_step_and_beats_rtn():
 def test_weight_only_is_unchanged_by_the_act_keys(name):
     """act_bits=null gives exactly the weights and export of a config without any act_* key (the code
     before activations existed): the keys add nothing, and no quantizer is attached."""
-    m, x = _model(), _x()
+    m, x = smallcnn(), random_images()
     extra = ("quant.iters=20",) if name == "adaround" else ()
-    with_keys = _qcfg(name, *extra)
+    with_keys = quant_cfg(name, *extra)
     assert with_keys.act_bits is None
     without = OmegaConf.create({k: v for k, v in OmegaConf.to_container(with_keys).items() if not k.startswith("act_")})
     a = quantize(m, 2, with_keys, "uniform", x, "digits", "cpu")

@@ -21,8 +21,8 @@ from omegaconf import OmegaConf
 from torch import nn
 from torch.func import functional_call
 
-from src.data import load_dataset, normalize
-from src.models import SmallResNet, residual_blocks
+from _helpers import digits_resnet
+from src.models import residual_blocks
 from src.quant import quantize
 from src.quant.adaround import layer_units, quantize_adaround, relu_followed_layers
 from src.quant.bn_fold import fold_batchnorm
@@ -38,23 +38,7 @@ ITERS, LR = 300, 1e-2  # see the module docstring
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    data = load_dataset(OmegaConf.create({"name": "digits"}), str(tmp_path_factory.mktemp("data")))
-    x = normalize(data.x_train, data.mean, data.std)
-    xte = normalize(data.x_test, data.mean, data.std)
-    g = torch.Generator().manual_seed(0)
-    torch.manual_seed(0)
-    model = SmallResNet(10, 1, 16)
-    opt = torch.optim.Adam(model.parameters(), 3e-3)
-    for _ in range(8):
-        model.train()
-        perm = torch.randperm(len(x), generator=g)
-        for i in range(0, len(x), 64):
-            idx = perm[i:i + 64]
-            loss = F.cross_entropy(model(x[idx]), data.y_train[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    model.eval()
+    model, x, xte, data = digits_resnet(str(tmp_path_factory.mktemp("data")), epochs=8)
     with torch.no_grad():
         acc = (model(xte).argmax(1) == data.y_test).float().mean().item()
     assert acc > 0.9

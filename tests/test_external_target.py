@@ -8,7 +8,10 @@ paper and the file layout alone.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
 import math
 import subprocess
 
@@ -33,10 +36,27 @@ def _strip_ids(obj):
     return obj
 
 
+def _run_capturing(run, cfg) -> tuple[dict, str]:
+    """``run(cfg)`` with what it prints to the console and logs (src.*, INFO) captured as text."""
+    out, handler = io.StringIO(), logging.StreamHandler(io.StringIO())
+    logger = logging.getLogger("src")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        with contextlib.redirect_stdout(out):
+            results = run(cfg)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    return results, out.getvalue() + handler.stream.getvalue()
+
+
 @pytest.fixture(scope="module")
 def round_trip(tmp_path_factory):
     """The internal job (pool model 1 attacked, models 0, 2, 3 as references) and the same model
-    saved as a state_dict + members file and audited through ``target=external``."""
+    saved as a state_dict + members file and audited through ``target=external``; with each job's
+    console output and log ({"internal": text, "external": text})."""
     from _main_runner import compose
 
     from src import pipeline as P
@@ -52,7 +72,7 @@ def round_trip(tmp_path_factory):
         (tmp / "internal").mkdir()
         os.chdir(tmp / "internal")
         cfg = compose(base)
-        internal = run(cfg)
+        internal, internal_text = _run_capturing(run, cfg)
         # the user's files: the pool model's weights and its members, as indices in the candidate order
         from src.main import prepare
 
@@ -64,14 +84,14 @@ def round_trip(tmp_path_factory):
         os.chdir(tmp / "external")
         ext_cfg = compose(merge(base, ["target=external", f"target.checkpoint={tmp / 'model.pt'}",
                                        f"target.members={tmp / 'members.txt'}", "target.leave_out=[1]"]))
-        external = run(ext_cfg)
+        external, external_text = _run_capturing(run, ext_cfg)
     finally:
         os.chdir(cwd)
-    return internal, external, tmp
+    return internal, external, tmp, {"internal": internal_text, "external": external_text}
 
 
 def test_round_trip_identical(round_trip):
-    internal, external, tmp = round_trip
+    internal, external, tmp, _ = round_trip
     assert external["job"]["targets"] == [4]  # the row after the 4 pool models
     for block in ("attacks", "fp_attacks", "utility"):
         assert _strip_ids(external[block]) == _strip_ids(internal[block]), block
@@ -117,7 +137,7 @@ def _auc(scores, members):
 def test_export_reproduces_auc(round_trip, tmp_path):
     """The files ``export_lira`` writes, read as the LiRA reference code reads them (a folder per
     model with keep.npy and scores/*.npy, the last file in name order), give the job's AUCs."""
-    _, external, tmp = round_trip
+    _, external, tmp, _ = round_trip
     out = tmp_path / "lira"
     p = subprocess.run([PY, "-m", "src.report.export_lira", str(tmp / "external"), str(out)], cwd=REPO, env=env(),
                        capture_output=True, text=True, timeout=120)
@@ -144,6 +164,51 @@ def test_export_reproduces_auc(round_trip, tmp_path):
         assert math.isclose(loss, metrics["loss"]["per_target"][0]["auc"], abs_tol=1e-12), view
     index = json.loads((out / "index.json").read_text())
     assert index["target4-fp"]["references"] == [0, 2, 3]
+    # the folders keep the row number (the data's id); the index and the printed lines name the model
+    assert index["target4-fp"]["target"] == 4 and index["target4-fp"]["label"] == "external (model.pt)"
+    assert f"{out / 'target4-fp'}: target external (model.pt), fp, 3 references (fp)" in p.stdout.splitlines()
+
+
+def test_external_target_named_in_reports(round_trip, capsys):
+    """Wherever a target is named for a reader (console title, log, results.json's display names, the
+    ε table) the external model is ``external (<checkpoint file name>)``, not the keep row after the
+    pool; the row stays the target's id in the data. The pool job is still named by its index."""
+    from src.report import epsilon
+
+    internal, external, tmp, text = round_trip
+    assert external["job"]["targets"] == [4] and external["job"]["target_labels"] == ["external (model.pt)"]
+    assert internal["job"]["targets"] == [1] and internal["job"]["target_labels"] == ["1"]
+    title = next(ln for ln in text["external"].splitlines() if "reference=fp" in ln)
+    assert title.endswith(" / rtn 4-bit  target external (model.pt)  reference=fp")
+    assert "quantize: model external (model.pt) with rtn" in text["external"]
+    assert "targets [1]  reference=fp" in text["internal"] and "quantize: model 1 with rtn" in text["internal"]
+
+    assert epsilon.main([str(tmp / "external"), "--attack", "loss"]) == 0
+    rows = [ln.split() for ln in capsys.readouterr().out.splitlines() if ln.startswith(("attacks ", "fp_attacks "))]
+    per_target = [r for r in rows if r[2] != "all"]
+    assert len(per_target) == 2 and all(r[2:4] == ["external", "(model.pt)"] for r in per_target)
+    assert all(p["target"] == 4 for r in epsilon.job_epsilons(tmp / "external", ["loss"]) for p in r["per_target"])
+
+
+def test_rounding_convergence_names_the_external_target():
+    """The worst-unit line of learned rounding names the external target by its checkpoint; the
+    per-target records stay keyed by the keep row."""
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from src.report.results import _convergence
+
+    unit = {"unit": "stem", "layers": ["stem"], "iters": 10, "n_vars": 100, "unsettled": 0.2, "soft_loss": 1.0,
+            "hard_loss": 3.0}
+    cfg = OmegaConf.create({"n_models": 16, "target": {"name": "external", "checkpoint": "/a/b/mine.pt"}})
+    conv = _convergence(cfg, [SimpleNamespace(index=16, convergence=[unit])])["convergence"]
+    assert conv["summary"]["worst"] == {"unsettled": "target external (mine.pt) stem",
+                                        "hard_over_soft": "target external (mine.pt) stem"}
+    assert list(conv["per_target"]) == ["16"]
+    pool = OmegaConf.create({"n_models": 16, "target": {"name": "pool"}})
+    assert _convergence(pool, [SimpleNamespace(index=3, convergence=[unit])])["convergence"]["summary"]["worst"][
+        "unsettled"] == "target 3 stem"
 
 
 # ------------------------------------------------------------------------------------------- bad input

@@ -12,11 +12,10 @@ import json
 
 import pytest
 import torch
-import torch.nn.functional as F
 from omegaconf import OmegaConf
 
+from _helpers import digits_resnet
 from _main_runner import TINY, merge, run_main
-from src.data import load_dataset, normalize
 from src.models import SmallResNet
 from src.quant import quantize
 from src.quant.bn_fold import fold_batchnorm
@@ -30,23 +29,9 @@ LAYERS = ["conv1", "layer1.0.conv1", "layer1.0.conv2", "layer2.0.conv1", "layer2
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """SmallResNet trained for a few seconds on the embedded digits."""
-    data = load_dataset(OmegaConf.create({"name": "digits"}), str(tmp_path_factory.mktemp("data")))
-    x = normalize(data.x_train, data.mean, data.std)
-    g = torch.Generator().manual_seed(0)
-    torch.manual_seed(0)
-    model = SmallResNet(10, 1, 16)
-    opt = torch.optim.Adam(model.parameters(), 3e-3)
-    for _ in range(4):
-        model.train()
-        perm = torch.randperm(len(x), generator=g)
-        for i in range(0, len(x), 64):
-            idx = perm[i:i + 64]
-            loss = F.cross_entropy(model(x[idx]), data.y_train[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+    model, x, _, _ = digits_resnet(str(tmp_path_factory.mktemp("data")), epochs=4)
     # BN statistics away from their init, so folding changes the weights (a folded copy is not a no-op)
-    return model.eval(), x[:256]
+    return model, x[:256]
 
 
 def qcfg(name: str, **kw):

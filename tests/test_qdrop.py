@@ -9,32 +9,15 @@ import copy
 
 import pytest
 import torch
-import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import nn
 
-from src.models import SmallResNet, build_model
+from _helpers import digits_resnet, quant_cfg, random_images, smallcnn
 from src.quant import activation, quantize
 from src.quant.bn_fold import fold_batchnorm
 from src.quant.brecq import quantize_brecq
 from src.quant.calibration import capture
-from src.quant.interface import quant_config
 from src.quant.qdrop import ActivationDrop, check_drop_prob, quantize_qdrop
-
-
-def _model(seed: int = 0):
-    torch.manual_seed(seed)
-    return build_model(OmegaConf.create({"name": "smallcnn", "width": 8}), 10, 3).eval()
-
-
-def _x(n: int = 96, seed: int = 1):
-    return torch.randn(n, 3, 16, 16, generator=torch.Generator().manual_seed(seed))
-
-
-def _qcfg(name: str, *overrides: str):
-    q = quant_config(name, overrides)
-    q.progress = False
-    return q
 
 
 def _steps(res) -> dict[str, float]:
@@ -48,17 +31,17 @@ def test_p0_is_brecq_with_learned_steps(monkeypatch):
     drawn = []
     mask = ActivationDrop.mask
     monkeypatch.setattr(ActivationDrop, "mask", lambda self, like: drawn.append(1) or mask(self, like))
-    m, x = _model(), _x()
+    m, x = smallcnn(), random_images()
     common = ("quant.act_bits=4", "quant.iters=60", "quant.n_calib=96", "quant.lr=1e-2")
-    brecq = quantize(m, 2, _qcfg("brecq", *common), "uniform", x, "digits", "cpu")
-    qd = quantize(m, 2, _qcfg("qdrop", *common, "quant.drop_prob=0", "quant.act_grad_scale=false"), "uniform", x,
+    brecq = quantize(m, 2, quant_cfg("brecq", *common), "uniform", x, "digits", "cpu")
+    qd = quantize(m, 2, quant_cfg("qdrop", *common, "quant.drop_prob=0", "quant.act_grad_scale=false"), "uniform", x,
                   "digits", "cpu")
     assert len(drawn) > 60  # one or more masks per step of every block
     assert brecq.export.keys() == qd.export.keys()
     for n in brecq.export:
         assert torch.equal(brecq.export[n]["codes"], qd.export[n]["codes"]), n
     assert _steps(brecq) == _steps(qd)
-    fixed = quantize(m, 2, _qcfg("brecq", *common, "quant.act_learn=false"), "uniform", x, "digits", "cpu")
+    fixed = quantize(m, 2, quant_cfg("brecq", *common, "quant.act_learn=false"), "uniform", x, "digits", "cpu")
     assert _steps(fixed) != _steps(qd)  # the steps were learned, not left at their MSE start
 
 
@@ -107,9 +90,9 @@ def test_drop_is_per_element_with_rate_p_and_never_at_eval(monkeypatch):
     input (conv1 and the 1×1 downsample of layer2.0) share one mask. After the reconstruction no
     quantizer drops: the output is x̂ everywhere, the same in two forwards."""
     records = _record_drops(monkeypatch)
-    m, x = _model(), _x()
+    m, x = smallcnn(), random_images()
     p = 0.3
-    res = quantize(m, 2, _qcfg("qdrop", "quant.act_bits=4", "quant.iters=20", "quant.n_calib=96",
+    res = quantize(m, 2, quant_cfg("qdrop", "quant.act_bits=4", "quant.iters=20", "quant.n_calib=96",
                                f"quant.drop_prob={p}"), "uniform", x, "digits", "cpu")
     dropped = eligible = both = pairs = 0
     entry_masks: dict[tuple, list] = {}
@@ -170,10 +153,10 @@ def test_grad_scale_is_lsqs():
 
 def test_weight_only_is_brecq():
     """Without act_bits there is nothing to drop: QDrop's weights equal BRECQ's (the same keys)."""
-    m, x = _model(), _x()
+    m, x = smallcnn(), random_images()
     common = ("quant.iters=40", "quant.n_calib=96", "quant.lr=1e-2")
-    a = quantize(m, 2, _qcfg("brecq", *common), "uniform", x, "digits", "cpu")
-    b = quantize(m, 2, _qcfg("qdrop", *common), "uniform", x, "digits", "cpu")
+    a = quantize(m, 2, quant_cfg("brecq", *common), "uniform", x, "digits", "cpu")
+    b = quantize(m, 2, quant_cfg("qdrop", *common), "uniform", x, "digits", "cpu")
     sa, sb = a.model.state_dict(), b.model.state_dict()
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
@@ -207,31 +190,14 @@ def test_quant_key(tiny_cfg):
 
 
 @pytest.fixture(scope="module")
-def digits_resnet(tmp_path_factory):
-    from src.data import load_dataset, normalize
-
-    data = load_dataset(OmegaConf.create({"name": "digits"}), str(tmp_path_factory.mktemp("data")))
-    x, xte = normalize(data.x_train, data.mean, data.std), normalize(data.x_test, data.mean, data.std)
-    g = torch.Generator().manual_seed(0)
-    torch.manual_seed(0)
-    model = SmallResNet(10, 1, 16)
-    opt = torch.optim.Adam(model.parameters(), 3e-3)
-    for _ in range(8):
-        model.train()
-        perm = torch.randperm(len(x), generator=g)
-        for i in range(0, len(x), 64):
-            idx = perm[i:i + 64]
-            loss = F.cross_entropy(model(x[idx]), data.y_train[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    model.eval()
+def trained_resnet(tmp_path_factory):
+    model, x, xte, _ = digits_resnet(str(tmp_path_factory.mktemp("data")), epochs=8)
     fold_batchnorm(model)
     return model, x, xte
 
 
 @pytest.mark.slow
-def test_w2a2_block_heldout_error_vs_brecq(digits_resnet):
+def test_w2a2_block_heldout_error_vs_brecq(trained_resnet):
     """W2A2 on one block (layer2.0 of a SmallResNet trained on digits, 128 calibration images, 500
     steps at lr 1e-2): the block-output error on 1,000+ held-out test images, every activation
     quantized, for QDrop (p = 0.5) and BRECQ.
@@ -248,7 +214,7 @@ def test_w2a2_block_heldout_error_vs_brecq(digits_resnet):
     asserted: both reconstructions beat round-to-nearest weights with the same calibrated activation
     grid by a wide margin (×0.8; both remove far more of RTN's error on every CPU tried), and QDrop
     stays within 25 % of BRECQ (measured: ≤ 8 %)."""
-    model, x, xte = digits_resnet
+    model, x, xte = trained_resnet
     blk = "layer2.0"
     layers = [n for n, m in model.named_modules() if n.startswith(blk + ".") and isinstance(m, (nn.Conv2d, nn.Linear))]
     cfg = OmegaConf.create({"iters": 500, "batch_size": 32, "lr": 1e-2, "reg_lambda": 0.01, "warmup": 0.2,

@@ -54,7 +54,7 @@ def sweep_config(config: DictConfig, sweep_dir: Path, results: list[dict]) -> di
             "num": int(d.name) if d.name.isdigit() else d.name,
             "overrides": _overrides(d / ".hydra" / "overrides.yaml"),
             **{k: job.get(k) for k in ("dataset", "model", "quant", "bits", "policy", "layers", "act_bits", "reference",
-                                       "targets")},
+                                       "targets", "target_labels")},
             **({"control": job["control"]} if job.get("control") else {}),
         })
     return {"sweep": {"dir": str(sweep_dir), "stamp": sweep_dir.name, "overrides": task,

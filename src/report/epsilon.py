@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from src.attacks.epsilon import SELECT_FRACTION, eps_lower_bound, eps_max_over_thresholds, eps_over_targets
+from src.report.labels import target_label
 
 # scores.npz array prefix → results.json block
 BLOCKS = (("attack_", "attacks"), ("matched_attack_", "attacks_matched"), ("fp_attack_", "fp_attacks"))
@@ -26,7 +27,8 @@ def job_epsilons(job_dir: str | Path, attacks=None, confidence: float = 0.95, se
                  fraction: float = SELECT_FRACTION) -> list[dict]:
     """One dict per (block, attack): {"block", "attack", "eps_lower_bound" (min over targets),
     "eps_max_over_thresholds" (mean over targets), "stored" (results.json's eps_lower_bound),
-    "per_target": [{"target", "eps_lower_bound", "eps_max_over_thresholds", "threshold", "side"}]}."""
+    "per_target": [{"target", "label" (its display name), "eps_lower_bound", "eps_max_over_thresholds",
+    "threshold", "side"}]}."""
     job = Path(job_dir)
     z = np.load(job / "scores.npz")
     res_path = job / "results.json"
@@ -34,6 +36,7 @@ def job_epsilons(job_dir: str | Path, attacks=None, confidence: float = 0.95, se
     if seed is None:
         seed = int((res.get("config") or {}).get("seed", 0))
     keep, tids = z["keep"], [int(t) for t in z["target_ids"]]
+    labels = {t: target_label(res.get("config"), t) for t in tids}
     out = []
     for prefix, block in BLOCKS:
         names = sorted(k[len(prefix):] for k in z.files if k.startswith(prefix))
@@ -44,13 +47,14 @@ def job_epsilons(job_dir: str | Path, attacks=None, confidence: float = 0.95, se
             for i, t in enumerate(tids):
                 s = z[f"{prefix}{name}"][i]
                 b = eps_lower_bound(s, keep[t], confidence, seed, fraction)
-                per.append({"target": t, "epsilon": b["epsilon"], "threshold": b["threshold"], "side": b["side"],
+                per.append({"target": t, "label": labels[t], "epsilon": b["epsilon"], "threshold": b["threshold"],
+                            "side": b["side"],
                             "eps_max_over_thresholds": eps_max_over_thresholds(s, keep[t], confidence)["epsilon"]})
             stored = ((res.get(block) or {}).get(name) or {}).get("eps_lower_bound")
             out.append({"block": block, "attack": name, "eps_lower_bound": eps_over_targets(per),
                         "eps_max_over_thresholds": float(np.mean([p["eps_max_over_thresholds"] for p in per])),
                         "stored": stored,
-                        "per_target": [{"target": p["target"], "eps_lower_bound": p["epsilon"],
+                        "per_target": [{"target": p["target"], "label": p["label"], "eps_lower_bound": p["epsilon"],
                                         "eps_max_over_thresholds": p["eps_max_over_thresholds"],
                                         "threshold": p["threshold"], "side": p["side"]} for p in per]})
     return out
@@ -72,13 +76,15 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(rows, indent=1))
         return 0
     pct = f"{a.confidence:.0%}"
-    print(f"{'block':<16} {'attack':<14} {'target':>6}  {'ε ≥ (' + pct + ')':>10}  {'old max':>8}  threshold / side")
+    w = max([6] + [len(t["label"]) for r in rows for t in r["per_target"]])  # a checkpoint's name is wider
+    print(f"{'block':<16} {'attack':<14} {'target':>{w}}  {'ε ≥ (' + pct + ')':>10}  {'old max':>8}  "
+          "threshold / side")
     for r in rows:
         for t in r["per_target"]:
-            print(f"{r['block']:<16} {r['attack']:<14} {t['target']:>6}  {t['eps_lower_bound']:>10.3f}  "
+            print(f"{r['block']:<16} {r['attack']:<14} {t['label']:>{w}}  {t['eps_lower_bound']:>10.3f}  "
                   f"{t['eps_max_over_thresholds']:>8.3f}  {t['threshold']:.4g} / {t['side']}")
         stored = "" if r["stored"] is None else f"  (results.json eps_lower_bound: {r['stored']:.3f})"
-        print(f"{r['block']:<16} {r['attack']:<14} {'all':>6}  {r['eps_lower_bound']:>10.3f}  "
+        print(f"{r['block']:<16} {r['attack']:<14} {'all':>{w}}  {r['eps_lower_bound']:>10.3f}  "
               f"{r['eps_max_over_thresholds']:>8.3f}  min over targets / mean of old{stored}")
     print(f"\nε ≥: {pct} lower bound (threshold chosen on {SELECT_FRACTION:.0%} of each class, certified on "
           "the rest); 'all' = valid for every target at once. old max: uncorrected maximum over ROC "

@@ -17,7 +17,7 @@ the job attacked it with:
     <out>/target<t>-quantized-matched/  attack.reference=both only: the quantized references
         experiment-ref<m>/keep.npy, scores/final.npy, scores.npy     reference m (pool model m)
         experiment-target/keep.npy, scores/final.npy, scores.npy     the target
-    <out>/index.json                    per folder: target row, precision, reference models, queries
+    <out>/index.json                    per folder: target row and name, precision, reference models, queries
     <out>/y_train.npy                   the candidates' labels (the reference code's score.py reads it)
 
 A folder holds nothing but the model folders, so either script can be pointed at it.
@@ -29,6 +29,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
+from src.report.labels import target_label
 
 SCORE_NAME = "final.npy"
 
@@ -83,7 +85,8 @@ def export(job_dir: str | Path, out: str | Path) -> dict:
         for m in v["references"]:
             _write_model(d / f"experiment-ref{m:03d}", arrays["keep"][m], v["ref_phi"][m])
         _write_model(d / "experiment-target", arrays["keep"][v["target"]], v["target_phi"])
-        index[name] = {"target": v["target"], "precision": v["precision"], "reference_kind": v["reference_kind"],
+        index[name] = {"target": v["target"], "label": target_label(results["config"], v["target"]),
+                       "precision": v["precision"], "reference_kind": v["reference_kind"],
                        "references": v["references"], "queries": queries,
                        "n_examples": int(arrays["keep"].shape[1])}
     np.save(out / "y_train.npy", arrays["labels"])
@@ -105,7 +108,7 @@ def main(argv: list[str]) -> int:
         return 2
     index = export(job_dir, out)
     for name, v in index.items():
-        print(f"{out / name}: target {v['target']} ({v['precision']}), {len(v['references'])} references "
+        print(f"{out / name}: target {v['label']}, {v['precision']}, {len(v['references'])} references "
               f"({v['reference_kind']})")
     return 0
 

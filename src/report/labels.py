@@ -50,6 +50,31 @@ def dataset_display(job: dict, config: dict | None = None) -> str:
     return _DATASET_NAMES.get(name, name)
 
 
+def target_label(config: Any, index: int) -> str:
+    """A target's name for display: its pool index, or for ``target=external`` (the one keep-matrix row
+    after the pool) ``external (<checkpoint file name>)``. The index stays the target's id in the data.
+    ``config``: the job's config (a DictConfig, or results.json's ``config``)."""
+    t = (config.get("target") if config is not None else None) or {}
+    if t.get("name") == "external" and int(index) == int(config.get("n_models", -1)):
+        return f"external ({Path(str(t.get('checkpoint'))).name})"
+    return str(int(index))
+
+
+def target_labels(job: dict, config: Any = None) -> list[str]:
+    """The display names of a job's targets: results.json's ``job.target_labels``, or derived from its
+    config for files written before it."""
+    labels = (job or {}).get("target_labels")
+    return [str(v) for v in labels] if labels else [target_label(config, t) for t in (job or {}).get("targets") or []]
+
+
+def targets_text(job: dict, config: Any = None) -> str:
+    """``targets [0, 1, 2]`` for pool models; ``target external (mine.pt)`` for an audited checkpoint."""
+    labels = target_labels(job, config)
+    if len(labels) == 1 and not labels[0].isdigit():
+        return f"target {labels[0]}"
+    return f"targets [{', '.join(labels)}]"
+
+
 def policy_label(policy: Any, dataset: Any = None) -> str:
     """The bit policy in words; ``paper`` on TinyImageNet keeps the last layer at 8 bits at every width."""
     if str(policy) == "paper" and str(dataset).lower() == "tinyimagenet":

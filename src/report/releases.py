@@ -179,7 +179,7 @@ def plot_roc(directory: Path, results: dict) -> Path | None:
         return None
     try:
         from src.report import plots
-        from src.report.labels import dataset_display, series_style
+        from src.report.labels import dataset_display, series_style, targets_text
 
         name = "lira_online" if "lira_online" in block["attacks"] else next(iter(block["attacks"]))
         a = block["attacks"][name]
@@ -206,7 +206,7 @@ def plot_roc(directory: Path, results: dict) -> Path | None:
         ax.set_ylabel("true positive rate (%)")
         job = results["job"]
         ax.set_title(f"{dataset_display(job, results.get('config'))} / {job['model']} / {job['quant']} {job['bits']:g}-bit — {name}, "
-                     f"targets {job['targets']}", fontsize=10)
+                     f"{targets_text(job, results.get('config'))}", fontsize=10)
         ax.grid(True, which="both", alpha=0.2)
         ax.legend(fontsize=8, loc="lower right")
         return plots._finish(fig, Path(directory) / "releases.png")

@@ -28,7 +28,7 @@ from omegaconf import OmegaConf
 from src.cache import atomic_write_bytes, atomic_write_text, cache_key
 from src.report.collapse import COLLAPSE_NOTE, collapsed, collapse_threshold, num_classes_of
 from src.report.evaluate import evaluate_attacks as _evaluate
-from src.report.labels import BELOW_RESOLUTION, NOT_APPLICABLE, NOT_CERTIFIED
+from src.report.labels import BELOW_RESOLUTION, NOT_APPLICABLE, NOT_CERTIFIED, target_label
 
 METRIC_KEYS = ("auc", "balanced_accuracy", "tpr_at_fpr_1e-2", "tpr_at_fpr_1e-3", "tpr_at_fpr_1e-4")
 
@@ -100,7 +100,8 @@ def build_results(cfg, data, pool, quantized, scores, fp_scores, refs, ref_out=N
     job = {"dataset": cfg.dataset.name, "dataset_display": _dataset_display(cfg), "model": cfg.model.name,
            "quant": cfg.quant.name,
            "bits": 32.0 if cfg.quant.name in ("none", "fp") else float(cfg.bits),
-           "policy": cfg.bitwidth.policy, "targets": tids, "reference": cfg.attack.get("reference", "fp"),
+           "policy": cfg.bitwidth.policy, "targets": tids, "target_labels": [target_label(cfg, t) for t in tids],
+           "reference": cfg.attack.get("reference", "fp"),
            "n_models": int(cfg.n_models), "n_examples": int(keep.shape[1]), "num_classes": int(data.num_classes)}
     utility["collapsed"] = collapsed(q_test, fp_test, data.num_classes)
     from src.quant import CONTROLS, FULL_PRECISION
@@ -127,7 +128,7 @@ def build_results(cfg, data, pool, quantized, scores, fp_scores, refs, ref_out=N
                   # input quantizers per target: {target: {layer: {bits, signed, step}}}
                   **({"act": {str(q.index): q.act for q in quantized}} if any(q.act for q in quantized) else {}),
                   "seconds": [q.seconds for q in quantized],
-                  **_convergence(quantized),
+                  **_convergence(cfg, quantized),
                   "calib_idx": {str(q.index): [int(i) for i in q.calib_idx] for q in quantized}},
     }
     arrays = {"phi": pool.phi.astype(np.float32), "keep": keep.astype(bool),
@@ -151,15 +152,17 @@ def build_results(cfg, data, pool, quantized, scores, fp_scores, refs, ref_out=N
     return _clean(results), arrays
 
 
-def _convergence(quantized) -> dict:
+def _convergence(cfg, quantized) -> dict:
     """Learned rounding (AdaRound, BRECQ): per target and unit, the unsettled share of h(V) and the
-    soft and hard reconstruction losses, and the worst unit (src/quant/rounding.py)."""
+    soft and hard reconstruction losses, and the worst unit (src/quant/rounding.py), named by the
+    target's display name."""
     from src.quant.rounding import convergence_summary
 
     per_target = {str(q.index): q.convergence for q in quantized if q.convergence}
     if not per_target:
         return {}
-    return {"convergence": {"summary": convergence_summary(per_target), "per_target": per_target}}
+    named = {target_label(cfg, q.index): q.convergence for q in quantized if q.convergence}
+    return {"convergence": {"summary": convergence_summary(named), "per_target": per_target}}
 
 
 def _add_evidence(cfg, keep, quantized, results, scores, fp_scores, ref_out, weights=None, views=None) -> None:
@@ -223,16 +226,17 @@ def _per_example_plot(directory: Path, results: dict, arrays: dict) -> None:
     try:
         from src.report.plots import per_example_scatter
 
-        from src.report.labels import dataset_display
+        from src.report.labels import dataset_display, target_labels
 
         t = int(arrays["target_ids"][0])
         job = results["job"]
+        label = target_labels(job, results.get("config"))[0]
         what = (f"{job['control']['key']}={job['control']['value']:g}" if job.get("control")
                 else f"{job['bits']:g} bit")
         from src.report.labels import attack_display, model_display, quant_display
 
         title = (f"{dataset_display(job, results.get('config'))} / {model_display(job['model'])} / "
-                 f"{quant_display(job['quant'])} {what} — {attack_display(name)}, target {t}")
+                 f"{quant_display(job['quant'])} {what} — {attack_display(name)}, target {label}")
         shifts = (results["attacks"][name].get("per_example") or {}).get("per_target") or [None]
         per_example_scatter(arrays[f"fp_attack_{name}"][0], arrays[f"attack_{name}"][0], arrays["keep"][t],
                             name, directory / "per_example.png", title=title, stats=shifts[0])
@@ -293,7 +297,7 @@ def print_results(results: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from src.report.labels import RESOLUTION_NOTE, dataset_display, metric_label, policy_label
+    from src.report.labels import RESOLUTION_NOTE, dataset_display, metric_label, policy_label, targets_text
 
     job, u = results["job"], results["utility"]
     bits = "fp" if job["quant"] in ("none", "fp") else f"{job['bits']:g}-bit"
@@ -302,7 +306,7 @@ def print_results(results: dict) -> None:
     if job.get("policy") not in (None, "uniform", "fp") and job["quant"] not in ("none", "fp"):
         bits += f" ({policy_label(job['policy'], job.get('dataset'))})"
     title = (f"{dataset_display(job, results.get('config'))} / {job['model']} / {job['quant']} {bits}  "
-             f"targets {job['targets']}  reference={job['reference']}")
+             f"{targets_text(job, results.get('config'))}  reference={job['reference']}")
     console = Console(width=220)  # the table at its natural width (no wrapped or cut cells)
     console.print(f"[bold]{title}[/bold]")
     console.print(f"test accuracy {100 * u['test_acc']:.2f} % (full precision {100 * u['fp_test_acc']:.2f} %, drop "

@@ -510,7 +510,7 @@ class WandbSink:
 
         job = results.get("job") or {}
         meta = {k: job.get(k) for k in ("dataset", "model", "quant", "bits", "policy", "layers", "act_bits", "reference",
-                                         "targets")}
+                                         "targets", "target_labels")}
         meta["test_acc"] = (results.get("utility") or {}).get("test_acc")
         for attack, m in (results.get("attacks") or {}).items():
             meta.update({f"{attack}/{k}": m.get(k) for k in METRICS if m.get(k) is not None})
