@@ -16,7 +16,8 @@ PY=${PYTHON:-python3}
 SCRATCH=$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")
 trap 'rm -rf "$SCRATCH"' EXIT
 if "$PY" -m pip --version >/dev/null 2>&1; then
-  "$PY" -m pip install -q --no-index --no-deps --no-cache-dir --disable-pip-version-check --target "$SCRATCH/site" "$BUNDLE"/*.whl
+  "$PY" -m pip install -q --no-index --no-deps --no-cache-dir --disable-pip-version-check \
+    --target "$SCRATCH/site" "$BUNDLE"/*.whl
 else  # a pure-Python wheel is a zip of its site-packages files
   for w in "$BUNDLE"/*.whl; do "$PY" -m zipfile -e "$w" "$SCRATCH/site"; done
 fi
@@ -28,7 +29,8 @@ fi
 # byte code, temp files and the caches of torch (Inductor, Triton, CUDA's kernel JIT) and Matplotlib go
 # to the scratch folder too: nothing lands in the repository, $HOME or the temp dir outside it
 mkdir -p "$SCRATCH/tmp"
-TMPDIR="$SCRATCH/tmp" PYTHONPATH="$SCRATCH/site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 PYTHONPYCACHEPREFIX="$SCRATCH/pycache" \
+TMPDIR="$SCRATCH/tmp" PYTHONPATH="$SCRATCH/site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 \
+  PYTHONPYCACHEPREFIX="$SCRATCH/pycache" \
   TORCHINDUCTOR_CACHE_DIR="$SCRATCH/inductor" TRITON_CACHE_DIR="$SCRATCH/triton" \
   CUDA_CACHE_PATH="$SCRATCH/nv" MPLCONFIGDIR="$SCRATCH/mpl" XDG_CACHE_HOME="$SCRATCH/cache" \
   "$PY" -m benchmarks.gpu_check --out "$OUT" --workdir "$SCRATCH/work" "$@"
