@@ -1119,7 +1119,8 @@ def main(argv=None) -> dict:
     p = _Parser(prog="python -m benchmarks.gpu_check", description=__doc__.split("\n\n")[0])
     cuda = torch.cuda.is_available()
     p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if cuda else "cpu")
-    p.add_argument("--tiny", action="store_true", help="tiny sizes (CPU check of every section, < 3 min)")
+    p.add_argument("--tiny", action="store_true",
+                   help="tiny sizes (a CPU check of every section's code path, not of speed)")
     p.add_argument("--data", default=None, help="image folder with train/<class>/* and test/<class>/* "
                    "(e.g. the CIFAR-10 JPEGs); default: torchvision's CIFAR-10 download (or generated with --tiny)")
     p.add_argument("--out", default="outputs/gpu_check",
