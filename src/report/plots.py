@@ -11,6 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -150,7 +152,22 @@ def _legend(ax, styles: dict[str, dict] | None = None, **kw) -> None:
         if lab in uniq:
             uniq[lab] = Line2D([], [], linestyle="none", markersize=8, **st)
     if uniq:
+        kw.setdefault("loc", _emptiest_corner(ax))
         ax.legend(uniq.values(), uniq.keys(), fontsize=8, **kw)
+
+
+def _emptiest_corner(ax) -> str:
+    """The axes corner whose legend-sized box (40 % × 35 % of the panel) holds the fewest drawn points
+    (markers and error-bar caps): matplotlib's "best" weighs line segments, so on panels of error
+    bars it can cover the points themselves."""
+    ax.get_xlim(), ax.get_ylim()  # settle the autoscaled limits before mapping to axes coordinates
+    to_axes = ax.transData + ax.transAxes.inverted()
+    pts = [to_axes.transform(xy) for line in ax.lines for xy in line.get_xydata()
+           if np.all(np.isfinite(xy))]
+    boxes = {"upper left": (0, 0.4, 0.65, 1), "upper right": (0.6, 1, 0.65, 1),
+             "lower left": (0, 0.4, 0, 0.35), "lower right": (0.6, 1, 0, 0.35)}
+    count = {loc: sum(x0 <= x <= x1 and y0 <= y <= y1 for x, y in pts) for loc, (x0, x1, y0, y1) in boxes.items()}
+    return min(boxes, key=lambda loc: count[loc])  # ties: the first, upper left
 
 
 def point_label(r: dict) -> str:

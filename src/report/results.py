@@ -226,11 +226,12 @@ def _per_example_plot(directory: Path, results: dict, arrays: dict) -> None:
     try:
         from src.report.plots import per_example_scatter
 
-        from src.report.labels import dataset_display, target_labels
+        from src.report.labels import dataset_display, target_label, target_labels
 
         t = int(arrays["target_ids"][0])
         job = results["job"]
-        label = target_labels(job, results.get("config"))[0]
+        ids, labels = [int(v) for v in job.get("targets") or []], target_labels(job, results.get("config"))
+        label = labels[ids.index(t)] if t in ids and len(labels) == len(ids) else target_label(results.get("config"), t)
         what = (f"{job['control']['key']}={job['control']['value']:g}" if job.get("control")
                 else f"{job['bits']:g} bit")
         from src.report.labels import attack_display, model_display, quant_display
