@@ -142,3 +142,34 @@ def test_job_evidence_recomputes_from_exports(tiny_cfg, run_job):
                 [p["epsilon"] for p in b["eps_lower_bound_per_target"]], abs=1e-12)
         assert set(block["reference_threshold"]["ppv"]) == {"0.01", "0.1", "0.5"}
         assert "reference_threshold" in res["fp_attacks"][name]
+
+
+@pytest.mark.parametrize("n_targets", [1, 3])
+def test_subset_metrics_equal_each_subset_evaluated_on_its_own(n_targets):
+    """The calibration subsets' block equals attack_metrics on each subset's examples (with
+    bootstrap replicates), summarised over targets by aggregate: the mean, and as interval the
+    t-interval over ≥ 2 targets or the one target's bootstrap interval."""
+    from src.attacks.metrics import aggregate
+    from src.report.evidence import subset_metrics
+
+    rng = np.random.default_rng(1)
+    n, fprs = 400, (1e-2, 1e-1)
+    keep = rng.random((n_targets, n)) < 0.5
+    scores, calib = {}, {}
+    for t in range(n_targets):
+        scores[t] = {"q": {"loss": rng.normal(size=n) + keep[t]}, "fp": {"loss": rng.normal(size=n) + 1.2 * keep[t]}}
+        calib[t] = ("members", np.sort(rng.choice(np.flatnonzero(keep[t]), 60, replace=False)))
+    got = subset_metrics(scores, keep, calib, "loss", fprs, 50, 0)
+    for part in ("calibration_members", "other_members"):
+        for kind, key in (("quantized", "q"), ("fp", "fp")):
+            per = []
+            for t, (_, idx) in calib.items():
+                pos = np.zeros(n, bool)
+                pos[idx] = True
+                if part == "other_members":
+                    pos = keep[t] & ~pos
+                sel = pos | ~keep[t]
+                per.append(attack_metrics(scores[t][key]["loss"][sel], pos[sel], fprs=fprs, n_bootstrap=50, seed=0))
+            stats_ = aggregate(per)
+            assert got[part][kind] == {**{k: v["mean"] for k, v in stats_.items()},
+                                       "ci": {k: v["ci"] for k, v in stats_.items()}}, (part, kind)

@@ -232,3 +232,41 @@ def test_batched_bootstrap_equals_one_roc_per_replicate(ties):
         if k in p:
             np.testing.assert_allclose(p[k]["ci"], np.percentile(reps[:, i], [2.5, 97.5]), rtol=0, atol=1e-12)
     assert set(p) == {"auc", *keys[2:]}
+
+
+def test_draws_shared_by_score_sets_read_like_fresh_ones():
+    """attack_metrics on two score sets with the same member/non-member counts reads the same cached
+    draws (their running totals, FPR + 1 per non-member, the non-members each α allows); each set's
+    CIs must still equal those of its replicates' ROCs rebuilt one by one (1e-12: integer counts in
+    every numerator and denominator), whichever set read the draws first."""
+    fprs = (1e-2, 1e-1)
+    s, y = data(n=500, seed=11)
+    s2 = np.where(y, s * 0.3, -s)  # another ranking of the same labels
+    keys = ["auc", "balanced_accuracy"] + [f"tpr_at_fpr_{alpha_key(a)}" for a in fprs]
+    for sc in (s, s2, s):
+        m = attack_metrics(sc, y, fprs=fprs, n_bootstrap=40, seed=3)
+        reps = _per_replicate_loop(sc, y, fprs, 40, 3)
+        for i, k in enumerate(keys):
+            np.testing.assert_allclose(m["ci"][k], np.percentile(reps[:, i], [2.5, 97.5]), rtol=0, atol=1e-12)
+
+
+def test_percentile_ci_and_reordered_totals_equal_the_plain_computation():
+    """The batched helpers give exactly what the one-at-a-time computation gives: percentile_ci the
+    2.5/97.5 percentiles of each metric's replicates by np.percentile one metric at a time (ties and
+    repeated values included), reordered the running totals of the counts' columns taken in the
+    given order (integers: equal, not close)."""
+    from src.attacks.metrics import bootstrap_draws, cumulative, percentile_ci, reordered
+
+    rng = np.random.default_rng(0)
+    reps = {"a": rng.normal(size=200), "b": np.round(rng.normal(size=200), 1), "c": np.full(200, 0.25),
+            "d": rng.integers(0, 5, 200) / 7}
+    ci = percentile_ci(reps)
+    for k, v in reps.items():
+        assert ci[k] == [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))], k
+    d = bootstrap_draws(37, 23, 50, 4)
+    cp, cn = d.counts()
+    pos, neg = rng.permutation(37), rng.permutation(23)
+    t = reordered(*d.slot_counts(), pos, neg)
+    np.testing.assert_array_equal(t.cum_pos, cumulative(cp[:, pos]))
+    np.testing.assert_array_equal(t.cum_neg, cumulative(cn[:, neg]))
+    np.testing.assert_array_equal(t.d_neg, cn[:, neg])

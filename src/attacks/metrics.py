@@ -62,21 +62,24 @@ class _SortedScores:
         order = np.argsort(-s, kind="mergesort")
         self.order = order  # sorted position → example index
         srt = s[order]
-        self.ends = np.flatnonzero(np.r_[srt[1:] != srt[:-1], True])  # last index of each tie group
+        self.ends = np.flatnonzero(np.append(srt[1:] != srt[:-1], True))  # last index of each tie group
         self.y = y[order]
         self.pos_idx = np.flatnonzero(self.y)  # sorted positions of members
         self.neg_idx = np.flatnonzero(~self.y)
         self.n_pos, self.n_neg = int(self.pos_idx.size), int(self.neg_idx.size)
-        starts = np.r_[0, self.ends[:-1] + 1]
-        m0 = np.r_[0, np.cumsum(self.y)]  # members before each position
-        n0 = np.r_[0, np.cumsum(~self.y)]
+        starts = np.concatenate(([0], self.ends[:-1] + 1))
+        m0 = _running_count(self.y)  # members before each position
+        n0 = _running_count(~self.y)
         m_lo, m_hi, n_lo, n_hi = m0[starts], m0[self.ends + 1], n0[starts], n0[self.ends + 1]
         has_neg = n_hi > n_lo
         self.b_lo, self.b_hi, self.b_nlo, self.b_nhi = m_lo[has_neg], m_hi[has_neg], n_lo[has_neg], n_hi[has_neg]
         # no ties that involve a non-member: one group per non-member, no member in it
         self.b_simple = bool(np.array_equal(self.b_lo, self.b_hi) and np.all(self.b_nhi - self.b_nlo == 1))
-        group = np.repeat(np.arange(self.ends.size), np.diff(np.r_[-1, self.ends]))
-        self.lo_ext = np.r_[m_lo[group[self.neg_idx]], self.n_pos]
+        if self.b_simple:  # each non-member its own group: the members above it
+            self.lo_ext = np.append(self.b_lo, self.n_pos)
+        else:
+            group = np.repeat(np.arange(self.ends.size), np.diff(self.ends, prepend=-1))
+            self.lo_ext = np.append(m_lo[group[self.neg_idx]], self.n_pos)
 
     def roc(self, w_pos: np.ndarray | None = None, w_neg: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(fpr, tpr) with integer per-example weights (multiplicities) on members/non-members."""
@@ -87,7 +90,14 @@ class _SortedScores:
         wn[self.neg_idx] = 1 if w_neg is None else w_neg
         tp = np.cumsum(wp)[self.ends]
         fp = np.cumsum(wn)[self.ends]
-        return np.r_[0.0, fp / fp[-1]], np.r_[0.0, tp / tp[-1]]
+        return np.concatenate(([0.0], fp / fp[-1])), np.concatenate(([0.0], tp / tp[-1]))
+
+
+def _running_count(mask: np.ndarray) -> np.ndarray:
+    """[n] bool → [n + 1] int64: how many are True before each position (0 first)."""
+    out = np.zeros(mask.size + 1, dtype=np.int64)
+    np.cumsum(mask, out=out[1:])
+    return out
 
 
 def cumulative(counts: np.ndarray) -> np.ndarray:
@@ -97,47 +107,97 @@ def cumulative(counts: np.ndarray) -> np.ndarray:
     return out
 
 
-def replicate_metrics(ss: _SortedScores, cum_pos: np.ndarray, cum_neg: np.ndarray,
-                      fprs: Sequence[float]) -> dict[str, np.ndarray]:
+class Totals:
+    """Running totals of B replicates' multiplicities in one sorted order (``cum_pos`` [B, n_pos + 1],
+    ``cum_neg`` [B, n_neg + 1], from :func:`cumulative`) and the reads that depend on them alone: the
+    replicates' totals, the non-members' multiplicities, each non-member's FPR + 1 (balanced
+    accuracy) and the non-members each α allows above the threshold (TPR at FPR). With one draw slot
+    per sorted member / non-member (:func:`attack_metrics`) every attack on the same (members,
+    non-members) reads the same totals, so these are made once per draws, when first read."""
+
+    def __init__(self, cum_pos: np.ndarray, cum_neg: np.ndarray, d_neg: np.ndarray | None = None) -> None:
+        self.cum_pos, self.cum_neg = cum_pos, cum_neg
+        self.tp_all = cum_pos[:, -1].astype(np.float64)
+        self.fp_all = cum_neg[:, -1].astype(np.float64)
+        self._d_neg, self._rate1 = d_neg, None
+        self._allowed: dict[tuple, list[np.ndarray]] = {}
+
+    @property
+    def d_neg(self) -> np.ndarray:
+        """[B, n_neg] the non-members' multiplicities, in sorted order."""
+        if self._d_neg is None:
+            self._d_neg = np.diff(self.cum_neg, axis=1)
+        return self._d_neg
+
+    @property
+    def rate1(self) -> np.ndarray:
+        """[B, n_neg] FPR + 1 at the ROC point just above each non-member (no non-member ties)."""
+        if self._rate1 is None:
+            self._rate1 = self.cum_neg[:, :-1] / self.fp_all[:, None] + 1.0
+        return self._rate1
+
+    def allowed(self, fprs: tuple[float, ...]) -> list[np.ndarray]:
+        """Per α, [B] the non-members ranked above each replicate's threshold: the last running
+        total with FPR ≤ α (FPR is non-decreasing). Read on the first columns only, unless some
+        replicate has not passed the largest α there."""
+        if fprs not in self._allowed:
+            cum_neg, fp_all = self.cum_neg, self.fp_all
+            top = min(cum_neg.shape[1], int(2 * max(fprs, default=0) * fp_all.max()) + 16)
+            fpr = cum_neg[:, :top] / fp_all[:, None]
+            if top < cum_neg.shape[1] and not np.all(fpr[:, -1] > max(fprs)):
+                fpr = cum_neg / fp_all[:, None]
+            self._allowed[fprs] = [(fpr <= a).sum(axis=1) - 1 for a in fprs]
+        return self._allowed[fprs]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(x.nbytes for x in (self.cum_pos, self.cum_neg, self._d_neg, self._rate1) if x is not None)
+
+
+def replicate_metrics(ss: _SortedScores, totals: Totals, fprs: Sequence[float]) -> dict[str, np.ndarray]:
     """The metrics of :func:`_point_metrics` for B bootstrap replicates at once, [B] each.
 
-    ``cum_pos`` [B, n_pos + 1] / ``cum_neg`` [B, n_neg + 1]: running totals of the replicates'
-    multiplicities of the members / non-members in ``ss``'s sorted order (:func:`cumulative`). The
-    same numbers as the replicates' ROC curves read one by one: AUC by the trapezoid rule in exact
-    integer counts (ΣΔFP·(TP + TP_prev) / 2·TP·FP); balanced accuracy and TPR at FPR from the ROC
-    points just before each non-member group, where the maximum and the step read lie (member-only
-    groups between them only raise the TPR at the same FPR)."""
-    tp_all = cum_pos[:, -1].astype(np.float64)
-    fp_all = cum_neg[:, -1].astype(np.float64)
+    ``totals``: running totals of the replicates' multiplicities of the members / non-members in
+    ``ss``'s sorted order. The same numbers as the replicates' ROC curves read one by one: AUC by the
+    trapezoid rule in exact integer counts (ΣΔFP·(TP + TP_prev) / 2·TP·FP); balanced accuracy and
+    TPR at FPR from the ROC points just before each non-member group, where the maximum and the step
+    read lie (member-only groups between them only raise the TPR at the same FPR)."""
+    fprs = tuple(float(a) for a in fprs)
+    cum_pos, cum_neg, tp_all, fp_all = totals.cum_pos, totals.cum_neg, totals.tp_all, totals.fp_all
     above = cum_pos[:, ss.b_lo].astype(np.float64)  # members ranked above each non-member group
+    # sums of integer products < 2**53: exact in float64 whatever the summation order
     if ss.b_simple:  # one non-member per group: ΔFP is its multiplicity, TP = TP_prev
-        n_lo = cum_neg[:, :-1].astype(np.float64)
-        area = 2.0 * np.einsum("bg,bg->b", np.diff(cum_neg, axis=1).astype(np.float64), above)
+        rate1 = totals.rate1
+        area = 2.0 * np.einsum("bg,bg->b", totals.d_neg, above)
     else:
         through = cum_pos[:, ss.b_hi].astype(np.float64)
         n_lo, n_hi = cum_neg[:, ss.b_nlo].astype(np.float64), cum_neg[:, ss.b_nhi].astype(np.float64)
-        area = np.einsum("bg,bg->b", n_hi - n_lo, above + through)  # integers < 2**53: exact
+        area = np.einsum("bg,bg->b", n_hi - n_lo, above + through)
+        rate1 = n_lo / fp_all[:, None] + 1.0
     out = {"auc": area / (2.0 * tp_all * fp_all)}
-    # (0, 0) and (1, 1) give 1/2; the same float expression as balanced_accuracy()
-    ba = (1.0 - (n_lo / fp_all[:, None] + 1.0 - above / tp_all[:, None]) / 2.0).max(axis=1)
-    out["balanced_accuracy"] = np.maximum(ba, 0.5)
+    # the float expression of balanced_accuracy(), 1 − (FPR + 1 − TPR)/2, maximised: y ↦ 1 − y/2 is
+    # non-increasing in floating point too, so its maximum is its value at the smallest y
+    y = np.divide(above, tp_all[:, None], out=above)
+    np.subtract(rate1, y, out=y)
+    out["balanced_accuracy"] = np.maximum(1.0 - y.min(axis=1) / 2.0, 0.5)  # (0, 0) and (1, 1) give 1/2
     rows = np.arange(cum_pos.shape[0])
-    # non-members allowed above the threshold (fpr is non-decreasing): read on the first columns
-    # only, unless some row has not passed the largest α there
-    top = min(cum_neg.shape[1], int(2 * max(fprs, default=0) * fp_all.max()) + 16)
-    fpr = cum_neg[:, :top] / fp_all[:, None]
-    if top < cum_neg.shape[1] and not np.all(fpr[:, -1] > max(fprs)):
-        fpr = cum_neg / fp_all[:, None]
-    for a in fprs:
-        j = (fpr <= a).sum(axis=1) - 1
+    for a, j in zip(fprs, totals.allowed(fprs)):
         out[f"tpr_at_fpr_{alpha_key(a)}"] = cum_pos[rows, ss.lo_ext[j]] / tp_all
     return out
+
+
+def percentile_ci(reps: dict[str, np.ndarray]) -> dict[str, list[float]]:
+    """{metric: [2.5, 97.5] percentiles} of every metric's replicates, in one call."""
+    keys = list(reps)
+    lo, hi = np.percentile(np.stack([reps[k] for k in keys]), [2.5, 97.5], axis=1)
+    return {k: [float(lo[i]), float(hi[i])] for i, k in enumerate(keys)}
 
 
 class _Draws:
     """The bootstrap's multiplicities of one (members, non-members, replicates, seed): replicate b
     resamples n_pos members and then n_neg non-members with replacement, b = 0, 1, … from one
-    seeded generator. Kept as running totals ([B, n + 1] int32) for :func:`replicate_metrics`."""
+    seeded generator. Kept as running totals ([B, n + 1] int32, :class:`Totals`) for
+    :func:`replicate_metrics`."""
 
     def __init__(self, n_pos: int, n_neg: int, n_boot: int, seed: int) -> None:
         rng = np.random.default_rng(seed)
@@ -146,16 +206,38 @@ class _Draws:
         for b in range(n_boot):
             cp[b] = np.bincount(rng.integers(0, n_pos, n_pos), minlength=n_pos)
             cn[b] = np.bincount(rng.integers(0, n_neg, n_neg), minlength=n_neg)
-        self.cum_pos, self.cum_neg = cumulative(cp), cumulative(cn)
-        self.nbytes = self.cum_pos.nbytes + self.cum_neg.nbytes
+        self.totals = Totals(cumulative(cp), cumulative(cn), cn)
+        self._slots: tuple[np.ndarray, np.ndarray] | None = None
+
+    @property
+    def nbytes(self) -> int:
+        return self.totals.nbytes + sum(x.nbytes for x in self._slots or ())
 
     def counts(self) -> tuple[np.ndarray, np.ndarray]:
         """Per-replicate multiplicities of member i / non-member i (their i-th draw slot)."""
-        return np.diff(self.cum_pos, axis=1), np.diff(self.cum_neg, axis=1)
+        return np.diff(self.totals.cum_pos, axis=1), self.totals.d_neg
+
+    def slot_counts(self) -> tuple[np.ndarray, np.ndarray]:
+        """The multiplicities by draw slot ([n_pos, B], [n_neg, B]): a slot's replicates in one row,
+        so that putting slots into another order (:func:`reordered`) moves whole rows."""
+        if self._slots is None:
+            cp, cn = self.counts()
+            self._slots = np.ascontiguousarray(cp.T), np.ascontiguousarray(cn.T)
+        return self._slots
+
+
+def reordered(slot_pos: np.ndarray, slot_neg: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> Totals:
+    """:class:`Totals` of the draw slots ``pos`` / ``neg`` taken in that order (rows of
+    :meth:`_Draws.slot_counts`), [B, n + 1] views of running totals kept slot-major."""
+    def running(slots, order):
+        out = np.zeros((order.size + 1, slots.shape[1]), dtype=np.int32)
+        np.cumsum(slots[order], axis=0, out=out[1:])
+        return out.T
+    return Totals(running(slot_pos, pos), running(slot_neg, neg), slot_neg[neg].T)
 
 
 _DRAWS: OrderedDict[tuple, _Draws] = OrderedDict()
-_DRAWS_BYTES = 256 * 2 ** 20  # a job's targets × subsets at the CPU protocols' sizes fit several times over
+_DRAWS_BYTES = 256 * 2 ** 20  # a 16-target job's draws at the CPU protocols' sizes (~180 MB) fit
 
 
 def bootstrap_draws(n_pos: int, n_neg: int, n_boot: int, seed: int) -> _Draws:
@@ -237,9 +319,9 @@ def attack_metrics(
     out["n_nonmembers"] = n_neg
     if n_bootstrap and n_bootstrap > 0:
         d = bootstrap_draws(n_pos, n_neg, int(n_bootstrap), seed)  # draw slot i = the i-th member in sorted order
-        reps = replicate_metrics(ss, d.cum_pos, d.cum_neg, fprs)
+        reps = replicate_metrics(ss, d.totals, fprs)
         out["n_bootstrap"] = int(n_bootstrap)
-        out["ci"] = {k: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] for k, v in reps.items()}
+        out["ci"] = percentile_ci(reps)
     return out
 
 

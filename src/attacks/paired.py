@@ -16,16 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from .metrics import (DEFAULT_FPRS, _point_metrics, _SortedScores, bootstrap_draws, cumulative,
+from .metrics import (DEFAULT_FPRS, _point_metrics, _SortedScores, bootstrap_draws, percentile_ci, reordered,
                       replicate_metrics, t_quantile_975)
 
 PAIRED_METRICS = ("auc",)  # plus tpr_at_fpr_<α> for every α
-
-
-def _sorted_counts(ss: _SortedScores, rank: np.ndarray, counts_pos: np.ndarray, counts_neg: np.ndarray):
-    """Replicates' multiplicities [B, n] (columns by member / non-member rank in example order) as
-    running totals in this score set's sorted order, for :func:`replicate_metrics`."""
-    return cumulative(counts_pos[:, rank[ss.order[ss.pos_idx]]]), cumulative(counts_neg[:, rank[ss.order[ss.neg_idx]]])
 
 
 def paired_bootstrap(scores_q: np.ndarray, scores_fp: np.ndarray, is_member: np.ndarray,
@@ -45,13 +39,13 @@ def paired_bootstrap(scores_q: np.ndarray, scores_fp: np.ndarray, is_member: np.
     rank[mem], rank[non] = np.arange(mem.size), np.arange(non.size)
     # the same draws as attack_metrics(seed) makes; here slot i is the i-th member in example order,
     # so both score sets weight the same examples alike
-    cp, cn = bootstrap_draws(mem.size, non.size, int(n_bootstrap), seed).counts()
-    a = replicate_metrics(q, *_sorted_counts(q, rank, cp, cn), fprs)
-    c = replicate_metrics(fp, *_sorted_counts(fp, rank, cp, cn), fprs)
+    slots = bootstrap_draws(mem.size, non.size, int(n_bootstrap), seed).slot_counts()
+    a, c = (replicate_metrics(ss, reordered(*slots, rank[ss.order[ss.pos_idx]], rank[ss.order[ss.neg_idx]]), fprs)
+            for ss in (q, fp))
+    ci = percentile_ci({k: a[k] - c[k] for k in keys})
     out = {}
     for k in keys:
-        reps = a[k] - c[k]
-        lo, hi = float(np.percentile(reps, 2.5)), float(np.percentile(reps, 97.5))
+        lo, hi = ci[k]
         out[k] = {"delta": delta[k], "ci": [lo, hi], "significant": bool(lo > 0 or hi < 0)}
     return out
 

@@ -43,6 +43,9 @@ def _summarise(per_target: list[dict]) -> dict:
 def subset_metrics(scores: dict, keep: np.ndarray, calib: dict, name: str, fprs, n_boot: int, seed: int) -> dict:
     """``calib``: {target: (source, indices)}. Metrics per subset, averaged over targets."""
     subsets: dict[str, list] = {}
+    # over ≥ 2 targets the interval is the t-interval over targets (aggregate), which reads no
+    # per-target bootstrap interval: draw replicates only for a single target
+    n_boot = n_boot if len(calib) == 1 else 0
     for t, (source, idx) in calib.items():
         if source not in ("members", "nonmembers") or len(idx) == 0:
             return {}
