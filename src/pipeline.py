@@ -413,9 +413,11 @@ def bit_overrides(cfg) -> Overrides:
     return Overrides.of(cfg.get("bitwidth"))
 
 
-def quant_key(cfg, pool_model_key: dict, layer_bits: dict | None = None) -> dict:
-    """``layer_bits``: the resolved precision per layer; keyed only when ``bitwidth`` overrides are set,
-    so jobs without overrides keep the keys they always had."""
+def quant_key(cfg, pool_model_key: dict, layer_bits: dict | None = None, policy_bits: dict | None = None) -> dict:
+    """``layer_bits``: the resolved precision per layer; keyed only when ``bitwidth`` overrides are set
+    and change the policy's own map ``policy_bits``, so jobs without overrides keep the keys they always
+    had and an override that resolves to the policy's map (``bitwidth.last=8`` under ``paper`` at 1.58
+    bits) reuses that job's quantization: the method sees the same map either way."""
     spec = QUANTIZERS[cfg.quant.name]
     # keys that do not change the quantized model: speed/display, and the embedded default's shared
     # budget (conf/experiment/default.yaml) where the method has no such budget
@@ -434,8 +436,18 @@ def quant_key(cfg, pool_model_key: dict, layer_bits: dict | None = None) -> dict
     if not control and bit_overrides(cfg).active():
         if layer_bits is None:
             raise ValueError("quant_key: bitwidth overrides are set; pass the resolved layer_bits")
-        key["layer_bits"] = {n: layer_bits[n] for n in sorted(layer_bits)}
+        if layer_bits != policy_bits:
+            key["layer_bits"] = {n: layer_bits[n] for n in sorted(layer_bits)}
     return versioned(key, spec.version)
+
+
+def job_layer_bits(cfg, fp_model: nn.Module) -> tuple[dict, dict]:
+    """The job's resolved per-layer precision, and the policy's map without the overrides."""
+    policy = resolve_layer_bits(fp_model, float(cfg.bits), cfg.bitwidth.policy, cfg.dataset.name, Overrides())
+    overrides = bit_overrides(cfg)
+    if not overrides.active():
+        return policy, policy
+    return resolve_layer_bits(fp_model, float(cfg.bits), cfg.bitwidth.policy, cfg.dataset.name, overrides), policy
 
 
 def _quantized_artifact(cfg, data: ImageData, keep: np.ndarray, index: int, fp_model: nn.Module, device: str,
@@ -479,9 +491,7 @@ def quantize_targets(cfg, data: ImageData, keep: np.ndarray, targets: list[int],
         todo = {}
         for t in targets:
             fp_model, info = get_pool_model(cfg, data, keep, t, store, device, digest)
-            resolved = resolve_layer_bits(fp_model, float(cfg.bits), cfg.bitwidth.policy, cfg.dataset.name,
-                                          bit_overrides(cfg))
-            key = quant_key(cfg, info["key"], resolved)
+            key = quant_key(cfg, info["key"], *job_layer_bits(cfg, fp_model))
             if not store.exists("quantized", cache_key(key)):
                 todo[t] = key
         workers = cpu_workers(cfg, device, len(todo), fast_path_counts=False)
@@ -522,8 +532,7 @@ def quantize_pool_model(cfg, data: ImageData, keep: np.ndarray, index: int, stor
         phi = get_scores(cfg, data, info["key"], lambda: fp_model, store, device)
         return QuantTarget(index, fp_model, phi, info["test_acc"], info["train_acc"], {}, 0.0, np.array([], int), {})
     overrides = bit_overrides(cfg)
-    resolved = resolve_layer_bits(fp_model, float(cfg.bits), cfg.bitwidth.policy, cfg.dataset.name, overrides)
-    key = quant_key(cfg, info["key"], resolved)
+    key = quant_key(cfg, info["key"], *job_layer_bits(cfg, fp_model))
 
     art, _ = store.get_or_create("quantized", key,
                                  lambda: _quantized_artifact(cfg, data, keep, index, fp_model, device, overrides))

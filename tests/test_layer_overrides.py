@@ -197,6 +197,24 @@ def test_jobs_record_layer_bits_and_key_the_cache_apart(tiny_cfg, run_job, tmp_p
         P.quant_key(tiny_cfg("quant=rtn", "bits=2", "bitwidth.last=4"), {"m": 0})
 
 
+def test_override_that_resolves_to_the_policy_map_reuses_the_quantization(tiny_cfg, run_job, tmp_path):
+    """``paper`` puts the classifier at 8 bits below 2 bits, so ``bitwidth.last=8`` at 1.58 bits asks for
+    the very map the job without overrides ran: same cache entry, same numbers. ``last=4`` is a new map."""
+    import src.pipeline as P
+
+    plain, _ = run_job(tiny_cfg("quant=rtn", "bits=1.58", "bitwidth=paper"), "plain")
+    same, _ = run_job(tiny_cfg("quant=rtn", "bits=1.58", "bitwidth=paper", "bitwidth.last=8"), "last_8")
+    assert plain["quant"]["layer_bits"]["fc"] == 8.0
+    assert same["quant"]["layer_bits"] == plain["quant"]["layer_bits"]
+    assert same["job"]["layers"] == "last 8"
+    assert same["utility"]["test_acc"] == plain["utility"]["test_acc"]
+    assert len(list((tmp_path / "cache" / "quantized").glob("*.json"))) == 1
+    policy = {"conv": 1.58, "fc": 8.0}
+    cfg = tiny_cfg("quant=rtn", "bits=1.58", "bitwidth=paper", "bitwidth.last=4")
+    assert "layer_bits" not in P.quant_key(cfg, {"m": 0}, dict(policy), policy)
+    assert P.quant_key(cfg, {"m": 0}, {**policy, "fc": 4.0}, policy)["layer_bits"] == {"conv": 1.58, "fc": 4.0}
+
+
 # -------------------------------------------------------------------------------------- summaries
 
 def _result(quant: str, layers: str | None, bits: float = 1.58, acc: float = 0.8) -> dict:
