@@ -302,3 +302,39 @@ def test_ablation_report_orders_and_labels_points(tmp_path):
     assert [ln.split("|")[1].strip() for ln in paths["table"].read_text().splitlines()
             if ln.startswith("| ") and "part" not in ln] == ["conv1", "conv1", "layer1.0.conv1", "layer1.0.conv1",
                                                              "fc", "fc"]
+
+
+def test_ablation_report_adds_the_pooled_roc_with_several_targets(tmp_path):
+    """With pooled blocks (several targets) the table carries the pooled TPR@0.1 %FPR with its interval
+    and false positives, and the pooled paired Δ; the TPR panel switches to the pooled TPR; a named
+    attack other than the default writes its own pair of files."""
+    from src.report import ablation as A
+
+    def pooled(r, tpr, n_fp, delta):
+        for block in ("attacks", "fp_attacks"):
+            r[block]["lira_online_fixed"] = m = json.loads(json.dumps(r[block]["lira_online"]))
+            m["pooled"] = {TPR_KEY: tpr, "ci": {TPR_KEY: [tpr / 2, 2 * tpr]}, "fp_at_fpr_1e-3": n_fp,
+                           "n_nonmembers": 32000, "n_targets": 16}
+            if block == "attacks":
+                m["paired_pooled"] = {TPR_KEY: {"delta": delta, "ci": [delta - 0.01, delta + 0.01],
+                                                "significant": True}}
+        return r
+
+    sweep = tmp_path / "last"
+    for n, v in enumerate([1.58, "fp"]):
+        r = pooled(_job("obc", {"conv1": 1.58, "fc": v}), 0.02 + 0.01 * n, 32, -0.02 + 0.01 * n)
+        (sweep / str(n)).mkdir(parents=True)
+        (sweep / str(n) / "results.json").write_text(json.dumps(r))
+    paths = A.last_layer(sweep, "lira_online_fixed")
+    assert paths["table"].name == "ablation_last_layer_lira_online_fixed.md" and paths["figure"].exists()
+    text = paths["table"].read_text()
+    assert "32,000 non-member trials" in text
+    rows = [ln for ln in text.splitlines() if ln.startswith("| ") and "method" not in ln]
+    assert rows[0].rstrip().endswith("| 2.00 [1.00, 4.00] (32 FP) | – |")  # FP: its own pooled TPR
+    assert rows[1].rstrip().endswith("| 2.00 [1.00, 4.00] (32 FP) | -2.00 [-3.00, -1.00]* |")
+    assert rows[2].rstrip().endswith("| 3.00 [1.50, 6.00] (32 FP) | -1.00 [-2.00, +0.00]* |")
+    points = A.last_layer_points(A.collect(sweep), "lira_online_fixed")
+    assert A._all_pooled(points, A._fp_point(A.collect(sweep), "lira_online_fixed"))
+    assert not A._all_pooled(A.last_layer_points(A.collect(sweep), "lira_online"), None)
+    assert A.last_layer(sweep)["table"].name == "ablation_last_layer.md"  # the default attack, no pooled column
+    assert "pooled" not in (sweep / "ablation_last_layer.md").read_text()

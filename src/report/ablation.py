@@ -6,6 +6,9 @@ precision gives fine-grained control of the privacy–utility trade-off). Jobs d
 axis, as the study's teaser) and AUC against test accuracy, each point labelled with the last
 layer's precision, the FP target a star. The table beside it gives the paired ΔAUC and
 ΔTPR@0.1 %FPR against the FP target (results.json ``paired`` blocks: mean over targets, t-interval).
+With several targets the TPR panel draws the pooled ROC's TPR (one ROC over every target's members
+and non-members, ``pooled`` blocks), and the table adds it with the pooled paired Δ
+(``paired_pooled``): at 0.1 % FPR a per-target mean rests on a couple of false positives per target.
 
 ``attribution``: jobs differ in ``bitwidth.only`` (one layer quantized, the rest FP) and ``bits``;
 bars of ΔAUC (paired) and Δ test accuracy (per-target differences, t-interval over targets) per
@@ -14,7 +17,7 @@ layer in forward order, one bar per bit-width.
 ``layers``: the model's quantizable layers for a set of Hydra overrides, comma-separated (for a
 sweep over ``bitwidth.only``).
 
-    python -m src.report.ablation last-layer SWEEP_DIR [--attack lira_online]
+    python -m src.report.ablation last-layer SWEEP_DIR [--attack lira_online_fixed]   # _<attack> files
     python -m src.report.ablation attribution SWEEP_DIR [--attack lira_online]
     python -m src.report.ablation layers experiment=cifar10_cpu
 """
@@ -55,10 +58,20 @@ def _attack(results: list[dict], attack: str | None) -> str:
     return sorted(names)[0]
 
 
-def _paired(block: dict, metric: str) -> tuple[float | None, float | None, float | None, bool | None]:
-    p = (block.get("paired") or {}).get(metric) or {}
+def _paired(block: dict, metric: str, kind: str = "paired") -> tuple[float | None, float | None, float | None,
+                                                                     bool | None]:
+    p = (block.get(kind) or {}).get(metric) or {}
     lo, hi = (p.get("ci") or [None, None])[:2]
     return p.get("delta"), lo, hi, p.get("significant")
+
+
+def _pooled(block: dict) -> dict:
+    """The pooled ROC's TPR@0.1 %FPR, its interval and the trials behind it; empty with one target."""
+    p = block.get("pooled") or {}
+    if p.get(TPR) is None:
+        return {}
+    return {"pooled_tpr": p[TPR], "pooled_tpr_ci": (p.get("ci") or {}).get(TPR),
+            "pooled_fp": p.get(f"fp_at_fpr_{TPR[len('tpr_at_fpr_'):]}"), "pooled_n_neg": p.get("n_nonmembers")}
 
 
 def _acc_delta(result: dict) -> tuple[float, float | None, float | None]:
@@ -107,6 +120,7 @@ def last_layer_points(results: list[dict], attack: str) -> list[dict]:
             "test_acc": r["utility"]["test_acc"], "auc": m["auc"], "tpr": m.get(TPR),
             "auc_ci": ci.get("auc"), "tpr_ci": ci.get(TPR),
             "d_auc": _paired(m, "auc"), "d_tpr": _paired(m, TPR), "d_acc": _acc_delta(r),
+            "d_pooled_tpr": _paired(m, TPR, "paired_pooled"), **_pooled(m),
             "n_targets": m.get("n_targets"), "job_dir": r.get("job_dir"),
         })
     order = {p: i for i, p in enumerate(PRECISION_ORDER)}
@@ -119,7 +133,7 @@ def _fp_point(results: list[dict], attack: str) -> dict | None:
         if attack in block:
             m = block[attack]
             return {"test_acc": r["utility"]["fp_test_acc"], "auc": m["auc"], "tpr": m.get(TPR),
-                    "auc_ci": (m.get("ci") or {}).get("auc"), "tpr_ci": (m.get("ci") or {}).get(TPR)}
+                    "auc_ci": (m.get("ci") or {}).get("auc"), "tpr_ci": (m.get("ci") or {}).get(TPR), **_pooled(m)}
     return None
 
 
@@ -140,7 +154,9 @@ def last_layer_figure(points: list[dict], fp: dict | None, attack: str, path: Pa
 
     any_zero = False
     labels = {ax: [] for ax in axes}
-    for ax, key, ci_key, log in ((axes[0], "tpr", "tpr_ci", True), (axes[1], "auc", "auc_ci", False)):
+    pooled = _all_pooled(points, fp)
+    tpr_key = "pooled_tpr" if pooled else "tpr"
+    for ax, key, ci_key, log in ((axes[0], tpr_key, tpr_key + "_ci", True), (axes[1], "auc", "auc_ci", False)):
         for i, method in enumerate(methods):
             mp = [p for p in points if p["quant"] == method and p[key] is not None]
             xs = [p["test_acc"] for p in mp]
@@ -167,7 +183,7 @@ def last_layer_figure(points: list[dict], fp: dict | None, attack: str, path: Pa
                             xytext=(0, 3), textcoords="offset points", fontsize=7, color="grey")
         ax.set_xlabel("test accuracy (%)")
         plots._pct_axis(ax.xaxis, False)
-        ax.set_ylabel("TPR @ 0.1 % FPR (%)" if log else "AUC")
+        ax.set_ylabel(("pooled " if pooled else "") + "TPR @ 0.1 % FPR (%)" if log else "AUC")
         if log:
             plots._pct_axis(ax.yaxis, True)
         ax.margins(x=0.1, y=0.1)
@@ -176,26 +192,51 @@ def last_layer_figure(points: list[dict], fp: dict | None, attack: str, path: Pa
     n = points[0]["n_targets"] if points else None
     from src.report.labels import attack_display
 
+    ci_text = _ci_kind(n)
+    if pooled:
+        ci_text = (f"TPR: one ROC pooled over {n} targets ({points[0]['pooled_n_neg']:,} non-member trials), "
+                   f"95 % CI over targets and examples; AUC: {ci_text}")
     fig.suptitle(title or f"{attack_display(attack)}: last layer's precision (point labels), rest of the net at "
-                          f"{_fmt_precision(points[0]['bits']) if points else '?'} bits\n{_ci_kind(n)}",
+                          f"{_fmt_precision(points[0]['bits']) if points else '?'} bits\n{ci_text}",
                  fontsize=10)
     return plots._finish(fig, path, labels)
 
 
+def _all_pooled(points: list[dict], fp: dict | None) -> bool:
+    return bool(points) and all("pooled_tpr" in p for p in points + ([fp] if fp else []))
+
+
+def _pooled_text(p: dict) -> str:
+    lo, hi = p.get("pooled_tpr_ci") or (None, None)
+    s = f"{100 * p['pooled_tpr']:.2f}"
+    if lo is not None:
+        s += f" [{100 * lo:.2f}, {100 * hi:.2f}]"
+    return s + f" ({p['pooled_fp']} FP)"
+
+
 def last_layer_table(points: list[dict], fp: dict | None, attack: str) -> str:
-    lines = [f"attack: {attack}; {_ci_kind(points[0]['n_targets'] if points else None)}; "
-             "Δ = quantized − FP on the same examples; * = CI excludes 0", "",
+    """One row per point; with several targets two more columns: the pooled TPR@0.1 %FPR with its
+    interval and the false positives at that threshold, and the pooled paired Δ."""
+    pooled = _all_pooled(points, fp)
+    head = f"attack: {attack}; {_ci_kind(points[0]['n_targets'] if points else None)}; "
+    if pooled:
+        head += (f"pooled: one ROC over the targets' {points[0]['pooled_n_neg']:,} non-member trials, 95 % CI with "
+                 "targets resampled and deleted and examples reweighted (paired for Δ); ")
+    lines = [head + "Δ = quantized − FP on the same examples; * = CI excludes 0", "",
              "| method | bits | last layer | test acc (%) | AUC | TPR@0.1%FPR (%) | ΔAUC [95% CI] | "
-             "ΔTPR@0.1%FPR (pp) [95% CI] | Δ test acc (pp) [95% CI] |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "ΔTPR@0.1%FPR (pp) [95% CI] | Δ test acc (pp) [95% CI] |"
+             + (" pooled TPR@0.1%FPR (%) [95% CI] | pooled ΔTPR@0.1%FPR (pp) [95% CI] |" if pooled else ""),
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if pooled else "")]
     if fp is not None:
         lines.append(f"| FP | 32 | fp | {100 * fp['test_acc']:.2f} | {fp['auc']:.4f} | "
-                     f"{100 * fp['tpr']:.2f} | – | – | – |")
+                     f"{100 * fp['tpr']:.2f} | – | – | – |" + (f" {_pooled_text(fp)} | – |" if pooled else ""))
     for p in points:
         lines.append(f"| {p['quant']} | {_fmt_precision(p['bits'])} | {p['last']} | {100 * p['test_acc']:.2f} | "
                      f"{p['auc']:.4f} | {100 * (p['tpr'] or 0):.2f} | {_ci_text(*p['d_auc'])} | "
                      f"{_ci_text(*p['d_tpr'], scale=100, digits=2)} | "
-                     f"{_ci_text(*p['d_acc'], None, scale=100, digits=2)} |")
+                     f"{_ci_text(*p['d_acc'], None, scale=100, digits=2)} |"
+                     + (f" {_pooled_text(p)} | {_ci_text(*p['d_pooled_tpr'], scale=100, digits=2)} |"
+                        if pooled else ""))
     return "\n".join(lines) + "\n"
 
 
@@ -203,9 +244,11 @@ def last_layer(sweep: Path, attack: str | None = None) -> dict[str, Path]:
     results = collect(sweep)
     if not results:
         raise ValueError(f"no */results.json under {sweep}")
+    default = _attack(results, None)
     attack = _attack(results, attack)
     points, fp = last_layer_points(results, attack), _fp_point(results, attack)
-    paths = {"figure": sweep / "ablation_last_layer.png", "table": sweep / "ablation_last_layer.md"}
+    stem = "ablation_last_layer" + ("" if attack == default else f"_{attack}")  # one pair of files per attack
+    paths = {"figure": sweep / f"{stem}.png", "table": sweep / f"{stem}.md"}
     last_layer_figure(points, fp, attack, paths["figure"])
     paths["table"].write_text(last_layer_table(points, fp, attack))
     return paths
