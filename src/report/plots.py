@@ -17,7 +17,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 from matplotlib.transforms import Bbox  # noqa: E402
 
 from src.report.labels import (attack_display, dataset_display, interval_text, metric_label, model_display,  # noqa: E402
@@ -41,6 +41,8 @@ def _axes(n: int, size: tuple[float, float] = (6.4, 5.0)):
 
 def _pct_axis(axis, log: bool) -> None:
     if log:
+        # 1, 2, 5 per decade: a TPR axis often spans less than one decade, where 10^k alone labels one tick
+        axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
         axis.set_major_formatter(FuncFormatter(lambda v, _: pct_text(v).replace(" %", "%")))
         axis.set_minor_formatter(NullFormatter())
     else:
