@@ -266,7 +266,7 @@ def test_percentile_ci_and_reordered_totals_equal_the_plain_computation():
     d = bootstrap_draws(37, 23, 50, 4)
     cp, cn = d.counts()
     pos, neg = rng.permutation(37), rng.permutation(23)
-    t = reordered(*d.slot_counts(), pos, neg)
+    t = reordered(cp, cn, pos, neg)
     np.testing.assert_array_equal(t.cum_pos, cumulative(cp[:, pos]))
     np.testing.assert_array_equal(t.cum_neg, cumulative(cn[:, neg]))
     np.testing.assert_array_equal(t.d_neg, cn[:, neg])

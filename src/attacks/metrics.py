@@ -113,20 +113,35 @@ class Totals:
     replicates' totals, the non-members' multiplicities, each non-member's FPR + 1 (balanced
     accuracy) and the non-members each α allows above the threshold (TPR at FPR). With one draw slot
     per sorted member / non-member (:func:`attack_metrics`) every attack on the same (members,
-    non-members) reads the same totals, so these are made once per draws, when first read."""
+    non-members) reads the same totals, so these are made once per draws, when first read.
 
-    def __init__(self, cum_pos: np.ndarray, cum_neg: np.ndarray, d_neg: np.ndarray | None = None) -> None:
-        self.cum_pos, self.cum_neg = cum_pos, cum_neg
+    Given the non-members' multiplicities ``d_neg`` instead of ``cum_neg``, their running totals are
+    made only when read in full (ties among non-members, balanced accuracy): AUC reads the
+    multiplicities and TPR at FPR only the first running totals."""
+
+    def __init__(self, cum_pos: np.ndarray, cum_neg: np.ndarray | None = None, d_neg: np.ndarray | None = None) -> None:
+        if cum_neg is None and d_neg is None:
+            raise ValueError("Totals: need the non-members' running totals or their multiplicities")
+        self.cum_pos, self._cum_neg = cum_pos, cum_neg
+        self.n_neg = cum_neg.shape[1] - 1 if cum_neg is not None else d_neg.shape[1]
         self.tp_all = cum_pos[:, -1].astype(np.float64)
-        self.fp_all = cum_neg[:, -1].astype(np.float64)
+        # every replicate's total (a sum of integers: the same float either way)
+        self.fp_all = (cum_neg[:, -1] if cum_neg is not None else d_neg.sum(axis=1)).astype(np.float64)
         self._d_neg, self._rate1 = d_neg, None
         self._allowed: dict[tuple, list[np.ndarray]] = {}
+
+    @property
+    def cum_neg(self) -> np.ndarray:
+        """[B, n_neg + 1] the non-members' running totals, in sorted order."""
+        if self._cum_neg is None:
+            self._cum_neg = cumulative(self._d_neg)
+        return self._cum_neg
 
     @property
     def d_neg(self) -> np.ndarray:
         """[B, n_neg] the non-members' multiplicities, in sorted order."""
         if self._d_neg is None:
-            self._d_neg = np.diff(self.cum_neg, axis=1)
+            self._d_neg = np.diff(self._cum_neg, axis=1)
         return self._d_neg
 
     @property
@@ -136,26 +151,32 @@ class Totals:
             self._rate1 = self.cum_neg[:, :-1] / self.fp_all[:, None] + 1.0
         return self._rate1
 
+    def _cum_neg_head(self, top: int) -> np.ndarray:
+        """The first ``top`` columns of :attr:`cum_neg`, without making the rest."""
+        return self._cum_neg[:, :top] if self._cum_neg is not None else cumulative(self._d_neg[:, :top - 1])
+
     def allowed(self, fprs: tuple[float, ...]) -> list[np.ndarray]:
         """Per α, [B] the non-members ranked above each replicate's threshold: the last running
         total with FPR ≤ α (FPR is non-decreasing). Read on the first columns only, unless some
         replicate has not passed the largest α there."""
         if fprs not in self._allowed:
-            cum_neg, fp_all = self.cum_neg, self.fp_all
-            top = min(cum_neg.shape[1], int(2 * max(fprs, default=0) * fp_all.max()) + 16)
-            fpr = cum_neg[:, :top] / fp_all[:, None]
-            if top < cum_neg.shape[1] and not np.all(fpr[:, -1] > max(fprs)):
-                fpr = cum_neg / fp_all[:, None]
+            fp_all = self.fp_all
+            top = min(self.n_neg + 1, int(2 * max(fprs, default=0) * fp_all.max()) + 16)
+            fpr = self._cum_neg_head(top) / fp_all[:, None]
+            if top < self.n_neg + 1 and not np.all(fpr[:, -1] > max(fprs)):
+                fpr = self.cum_neg / fp_all[:, None]
             self._allowed[fprs] = [(fpr <= a).sum(axis=1) - 1 for a in fprs]
         return self._allowed[fprs]
 
     @property
     def nbytes(self) -> int:
-        return sum(x.nbytes for x in (self.cum_pos, self.cum_neg, self._d_neg, self._rate1) if x is not None)
+        return sum(x.nbytes for x in (self.cum_pos, self._cum_neg, self._d_neg, self._rate1) if x is not None)
 
 
-def replicate_metrics(ss: _SortedScores, totals: Totals, fprs: Sequence[float]) -> dict[str, np.ndarray]:
-    """The metrics of :func:`_point_metrics` for B bootstrap replicates at once, [B] each.
+def replicate_metrics(ss: _SortedScores, totals: Totals, fprs: Sequence[float],
+                      balanced: bool = True) -> dict[str, np.ndarray]:
+    """The metrics of :func:`_point_metrics` for B bootstrap replicates at once, [B] each
+    (without balanced accuracy when ``balanced`` is False: its reads span every non-member).
 
     ``totals``: running totals of the replicates' multiplicities of the members / non-members in
     ``ss``'s sorted order. The same numbers as the replicates' ROC curves read one by one: AUC by the
@@ -163,23 +184,25 @@ def replicate_metrics(ss: _SortedScores, totals: Totals, fprs: Sequence[float]) 
     TPR at FPR from the ROC points just before each non-member group, where the maximum and the step
     read lie (member-only groups between them only raise the TPR at the same FPR)."""
     fprs = tuple(float(a) for a in fprs)
-    cum_pos, cum_neg, tp_all, fp_all = totals.cum_pos, totals.cum_neg, totals.tp_all, totals.fp_all
-    above = cum_pos[:, ss.b_lo].astype(np.float64)  # members ranked above each non-member group
-    # sums of integer products < 2**53: exact in float64 whatever the summation order
+    cum_pos, tp_all, fp_all = totals.cum_pos, totals.tp_all, totals.fp_all
+    # members ranked above each non-member group; np.take keeps the copy C-ordered (cum_pos[:, idx]
+    # need not be), which the row-wise reads below run through several times faster
+    above = np.take(cum_pos, ss.b_lo, axis=1)
+    # sums of integer products: exact in int64, and so in float64 too (< 2**53) whatever the order
     if ss.b_simple:  # one non-member per group: ΔFP is its multiplicity, TP = TP_prev
-        rate1 = totals.rate1
-        area = 2.0 * np.einsum("bg,bg->b", totals.d_neg, above)
+        area = 2.0 * np.einsum("bg,bg->b", totals.d_neg, above, dtype=np.int64)
     else:
-        through = cum_pos[:, ss.b_hi].astype(np.float64)
-        n_lo, n_hi = cum_neg[:, ss.b_nlo].astype(np.float64), cum_neg[:, ss.b_nhi].astype(np.float64)
-        area = np.einsum("bg,bg->b", n_hi - n_lo, above + through)
-        rate1 = n_lo / fp_all[:, None] + 1.0
+        cum_neg = totals.cum_neg
+        n_lo, n_hi = np.take(cum_neg, ss.b_nlo, axis=1), np.take(cum_neg, ss.b_nhi, axis=1)
+        area = np.einsum("bg,bg->b", n_hi - n_lo, above + np.take(cum_pos, ss.b_hi, axis=1), dtype=np.int64)
     out = {"auc": area / (2.0 * tp_all * fp_all)}
-    # the float expression of balanced_accuracy(), 1 − (FPR + 1 − TPR)/2, maximised: y ↦ 1 − y/2 is
-    # non-increasing in floating point too, so its maximum is its value at the smallest y
-    y = np.divide(above, tp_all[:, None], out=above)
-    np.subtract(rate1, y, out=y)
-    out["balanced_accuracy"] = np.maximum(1.0 - y.min(axis=1) / 2.0, 0.5)  # (0, 0) and (1, 1) give 1/2
+    if balanced:
+        # the float expression of balanced_accuracy(), 1 − (FPR + 1 − TPR)/2, maximised: y ↦ 1 − y/2 is
+        # non-increasing in floating point too, so its maximum is its value at the smallest y
+        rate1 = totals.rate1 if ss.b_simple else n_lo / fp_all[:, None] + 1.0
+        y = np.divide(above, tp_all[:, None])
+        np.subtract(rate1, y, out=y)
+        out["balanced_accuracy"] = np.maximum(1.0 - y.min(axis=1) / 2.0, 0.5)  # (0, 0) and (1, 1) give 1/2
     rows = np.arange(cum_pos.shape[0])
     for a, j in zip(fprs, totals.allowed(fprs)):
         out[f"tpr_at_fpr_{alpha_key(a)}"] = cum_pos[rows, ss.lo_ext[j]] / tp_all
@@ -196,8 +219,8 @@ def percentile_ci(reps: dict[str, np.ndarray]) -> dict[str, list[float]]:
 class _Draws:
     """The bootstrap's multiplicities of one (members, non-members, replicates, seed): replicate b
     resamples n_pos members and then n_neg non-members with replacement, b = 0, 1, … from one
-    seeded generator. Kept as running totals ([B, n + 1] int32, :class:`Totals`) for
-    :func:`replicate_metrics`."""
+    seeded generator. Kept as multiplicities per draw slot ([B, n] int32, :meth:`counts`) and as
+    their running totals in slot order (:class:`Totals`) for :func:`replicate_metrics`."""
 
     def __init__(self, n_pos: int, n_neg: int, n_boot: int, seed: int) -> None:
         rng = np.random.default_rng(seed)
@@ -206,34 +229,24 @@ class _Draws:
         for b in range(n_boot):
             cp[b] = np.bincount(rng.integers(0, n_pos, n_pos), minlength=n_pos)
             cn[b] = np.bincount(rng.integers(0, n_neg, n_neg), minlength=n_neg)
+        self._counts = cp, cn
         self.totals = Totals(cumulative(cp), cumulative(cn), cn)
-        self._slots: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
     def nbytes(self) -> int:
-        return self.totals.nbytes + sum(x.nbytes for x in self._slots or ())
+        return self.totals.nbytes + self._counts[0].nbytes  # the non-members' counts are the totals' d_neg
 
     def counts(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per-replicate multiplicities of member i / non-member i (their i-th draw slot)."""
-        return np.diff(self.totals.cum_pos, axis=1), self.totals.d_neg
-
-    def slot_counts(self) -> tuple[np.ndarray, np.ndarray]:
-        """The multiplicities by draw slot ([n_pos, B], [n_neg, B]): a slot's replicates in one row,
-        so that putting slots into another order (:func:`reordered`) moves whole rows."""
-        if self._slots is None:
-            cp, cn = self.counts()
-            self._slots = np.ascontiguousarray(cp.T), np.ascontiguousarray(cn.T)
-        return self._slots
+        """Per-replicate multiplicities of member i / non-member i (their i-th draw slot), [B, n]."""
+        return self._counts
 
 
-def reordered(slot_pos: np.ndarray, slot_neg: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> Totals:
-    """:class:`Totals` of the draw slots ``pos`` / ``neg`` taken in that order (rows of
-    :meth:`_Draws.slot_counts`), [B, n + 1] views of running totals kept slot-major."""
-    def running(slots, order):
-        out = np.zeros((order.size + 1, slots.shape[1]), dtype=np.int32)
-        np.cumsum(slots[order], axis=0, out=out[1:])
-        return out.T
-    return Totals(running(slot_pos, pos), running(slot_neg, neg), slot_neg[neg].T)
+def reordered(counts_pos: np.ndarray, counts_neg: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> Totals:
+    """:class:`Totals` of the draw slots ``pos`` / ``neg`` taken in that order (columns of
+    :meth:`_Draws.counts`). The non-members' running totals are left to be made when read in full
+    (the paired Δ reads AUC and TPR at FPR, which need only their first columns)."""
+    # np.take gives C-ordered copies (counts[:, idx] may not), which the running totals read fast
+    return Totals(cumulative(np.take(counts_pos, pos, axis=1)), d_neg=np.take(counts_neg, neg, axis=1))
 
 
 _DRAWS: OrderedDict[tuple, _Draws] = OrderedDict()

@@ -39,9 +39,9 @@ def paired_bootstrap(scores_q: np.ndarray, scores_fp: np.ndarray, is_member: np.
     rank[mem], rank[non] = np.arange(mem.size), np.arange(non.size)
     # the same draws as attack_metrics(seed) makes; here slot i is the i-th member in example order,
     # so both score sets weight the same examples alike
-    slots = bootstrap_draws(mem.size, non.size, int(n_bootstrap), seed).slot_counts()
-    a, c = (replicate_metrics(ss, reordered(*slots, rank[ss.order[ss.pos_idx]], rank[ss.order[ss.neg_idx]]), fprs)
-            for ss in (q, fp))
+    counts = bootstrap_draws(mem.size, non.size, int(n_bootstrap), seed).counts()
+    a, c = (replicate_metrics(ss, reordered(*counts, rank[ss.order[ss.pos_idx]], rank[ss.order[ss.neg_idx]]), fprs,
+                              balanced=False) for ss in (q, fp))
     ci = percentile_ci({k: a[k] - c[k] for k in keys})
     out = {}
     for k in keys:
