@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -623,29 +624,58 @@ def attack_scores(cfg, keep: np.ndarray, pool: Pool, quantized: list[QuantTarget
                 fp_scores[q.index] = prepared.scores(names, pool.phi[q.index])
         if q.index not in fp_scores:
             fp_scores[q.index] = attack_target(cfg, keep, pool.phi, q.index, pool.phi[q.index])
-    ref_out = {kind: {q.index: reference_out_scores(cfg, keep, phi, q.index) for q in quantized}
+    ref_out = {kind: pseudo_target_scores(cfg, keep, phi, [q.index for q in quantized])
                for kind, phi in {"fp": pool.phi, **refs}.items()}
     return scores, fp_scores, ref_out
 
 
-def reference_out_scores(cfg, keep: np.ndarray, ref_phi: np.ndarray, target: int) -> dict[str, np.ndarray] | None:
+def _pseudo_targets(cfg, keep: np.ndarray, target: int) -> list[tuple[int, tuple[int, ...]]]:
+    """(pseudo-target, the models that attack it) for ``target``: each of its first
+    ``attack.threshold_refs`` references, attacked by the remaining references."""
+    refs = reference_models(cfg, keep, target)
+    return [(r, tuple(m for m in refs if m != r)) for r in refs[:int(cfg.attack.get("threshold_refs", 4))]]
+
+
+def reference_out_scores(cfg, keep: np.ndarray, ref_phi: np.ndarray, target: int,
+                         prepared: dict | None = None) -> dict[str, np.ndarray] | None:
     """Attack scores of the non-members of a few pseudo-targets, for a threshold fixed without the
     target's labels (src/attacks/threshold.py): each of the first ``attack.threshold_refs`` references
     is attacked by the remaining references, as the target is. None when the pool is too small for
-    the attacks once two models (target and pseudo-target) are left out."""
-    from src.attacks import run_attacks
+    the attacks once two models (target and pseudo-target) are left out. ``prepared``: {models:
+    References} to take references from and leave them in (:func:`pseudo_target_scores`)."""
+    from src.attacks import References
 
-    refs = reference_models(cfg, keep, target)
-    out: dict[str, list[np.ndarray]] = {name: [] for name in cfg.attack.names}
-    for r in refs[:int(cfg.attack.get("threshold_refs", 4))]:
-        others = np.array([m for m in refs if m != r])
+    names = list(cfg.attack.names)
+    out: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    pairs = _pseudo_targets(cfg, keep, target)
+    prepared = {} if prepared is None else prepared
+    for r, others in pairs:
         try:
-            s = run_attacks(list(cfg.attack.names), ref_phi[others], keep[others], ref_phi[r], cfg.attack)
+            if others not in prepared:
+                prepared[others] = References(ref_phi[list(others)], keep[list(others)], cfg.attack)
+            s = prepared[others].scores(names, ref_phi[r])
         except ValueError:  # some example lacks an IN or OUT reference among the others
             return None
         for name, v in s.items():
             out[name].append(v[~keep[r]])
-    return {name: np.concatenate(v) for name, v in out.items()} if refs else None
+    return {name: np.concatenate(v) for name, v in out.items()} if pairs else None
+
+
+def pseudo_target_scores(cfg, keep: np.ndarray, ref_phi: np.ndarray, targets: list[int]) -> dict:
+    """:func:`reference_out_scores` of every target. Two targets that are each other's pseudo-targets
+    leave out the same two models (independent targets share all their references), so references
+    prepared for one set of models serve every pseudo-target it attacks; each is kept until its last
+    use."""
+    uses = Counter(others for t in targets for _, others in _pseudo_targets(cfg, keep, t))
+    prepared: dict = {}
+    out = {}
+    for t in targets:
+        out[t] = reference_out_scores(cfg, keep, ref_phi, t, prepared)
+        for _, others in _pseudo_targets(cfg, keep, t):
+            uses[others] -= 1
+            if not uses[others]:
+                prepared.pop(others, None)
+    return out
 
 
 def result_warnings(results: dict) -> list[str]:
