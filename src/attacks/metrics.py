@@ -55,11 +55,15 @@ class _SortedScores:
     Bootstrap replicates are read from it without re-sorting (:func:`replicate_metrics`): a
     replicate's ROC changes only at the non-members' tie groups, so it needs, per such group, how
     many members and non-members rank above it and through it (``b_*``, indices into cumulative
-    counts), and per non-member the members ranked above its group (``lo_ext``, for TPR at FPR)."""
+    counts), and per non-member the members ranked above its group (``lo_ext``, for TPR at FPR).
+    ``order``: the scores' :func:`descending_order`, if already made (:class:`ScoreOrders`)."""
 
-    def __init__(self, scores: np.ndarray, is_member: np.ndarray) -> None:
+    def __init__(self, scores: np.ndarray, is_member: np.ndarray, order: np.ndarray | None = None) -> None:
         s, y = _check(scores, is_member)
-        order = np.argsort(-s, kind="mergesort")
+        if order is None:
+            order = descending_order(s)
+        elif order.shape != s.shape:
+            raise ValueError(f"order {order.shape} and scores {s.shape} differ in length")
         self.order = order  # sorted position → example index
         srt = s[order]
         self.ends = np.flatnonzero(np.append(srt[1:] != srt[:-1], True))  # last index of each tie group
@@ -91,6 +95,33 @@ class _SortedScores:
         tp = np.cumsum(wp)[self.ends]
         fp = np.cumsum(wn)[self.ends]
         return np.concatenate(([0.0], fp / fp[-1])), np.concatenate(([0.0], tp / tp[-1]))
+
+
+def descending_order(scores: np.ndarray) -> np.ndarray:
+    """Example indices by descending score, tied scores in index order (a stable sort)."""
+    return np.argsort(-np.asarray(scores, dtype=np.float64).ravel(), kind="mergesort")
+
+
+def subset_order(order: np.ndarray, subset: np.ndarray) -> np.ndarray:
+    """The :func:`descending_order` of ``scores[subset]`` (boolean mask) read off ``order``, that of
+    ``scores``: the sorted examples in the subset keep their sequence (ties too, as index order
+    within the subset is index order), renumbered as positions in the subset."""
+    position = np.cumsum(subset) - 1  # example index → its position in the subset
+    return position[order[subset[order]]]
+
+
+class ScoreOrders:
+    """Each score array's :func:`descending_order`, made once and read by every metric on it: per
+    target, the paired Δ and, through :func:`subset_order`, the calibration subsets. It keeps the
+    arrays it has sorted, so that an array's id names that array for as long as the orders are kept."""
+
+    def __init__(self) -> None:
+        self._orders: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def of(self, scores: np.ndarray) -> np.ndarray:
+        if id(scores) not in self._orders:
+            self._orders[id(scores)] = (scores, descending_order(scores))
+        return self._orders[id(scores)][1]
 
 
 def _running_count(mask: np.ndarray) -> np.ndarray:
@@ -314,15 +345,16 @@ def attack_metrics(
     fprs: Sequence[float] = DEFAULT_FPRS,
     n_bootstrap: int = 0,
     seed: int = 0,
+    order: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """Metrics of one attack on one target.
+    """Metrics of one attack on one target (``order``: the scores' :func:`descending_order`, if made).
 
     Keys: auc, balanced_accuracy, tpr_at_fpr_<α>, fp_at_fpr_<α> (false positives that α allows),
     n_members, n_nonmembers; with ``n_bootstrap`` > 0 also n_bootstrap and
     ci = {metric: [lo, hi]} (95 % percentile bootstrap, members/non-members resampled separately).
     """
     fprs = tuple(float(a) for a in fprs)
-    ss = _SortedScores(scores, is_member)
+    ss = _SortedScores(scores, is_member, order)
     fpr, tpr = ss.roc()
     n_pos, n_neg = int(ss.pos_idx.size), int(ss.neg_idx.size)
     out: dict[str, Any] = _point_metrics(fpr, tpr, fprs)

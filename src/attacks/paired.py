@@ -23,12 +23,14 @@ PAIRED_METRICS = ("auc",)  # plus tpr_at_fpr_<α> for every α
 
 
 def paired_bootstrap(scores_q: np.ndarray, scores_fp: np.ndarray, is_member: np.ndarray,
-                     fprs: Sequence[float] = DEFAULT_FPRS, n_bootstrap: int = 200, seed: int = 0) -> dict[str, Any]:
+                     fprs: Sequence[float] = DEFAULT_FPRS, n_bootstrap: int = 200, seed: int = 0,
+                     orders: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
     """{metric: {"delta", "ci": [lo, hi], "significant"}} for AUC and TPR at each FPR, one target.
 
-    With ``n_bootstrap`` = 0 the CI is [Δ, Δ] and ``significant`` is None (no noise estimate)."""
+    With ``n_bootstrap`` = 0 the CI is [Δ, Δ] and ``significant`` is None (no noise estimate).
+    ``orders``: the two score sets' descending orders, if already made (src/attacks/metrics.py)."""
     y = np.asarray(is_member, dtype=bool).ravel()
-    q, fp = _SortedScores(scores_q, y), _SortedScores(scores_fp, y)
+    q, fp = (_SortedScores(s, y, o) for s, o in zip((scores_q, scores_fp), orders or (None, None)))
     keys = [k for k in _point_metrics(*q.roc(), fprs) if k == "auc" or k.startswith("tpr_at_fpr_")]
     mq, mfp = _point_metrics(*q.roc(), fprs), _point_metrics(*fp.roc(), fprs)
     delta = {k: mq[k] - mfp[k] for k in keys}
