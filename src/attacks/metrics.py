@@ -9,7 +9,8 @@ distinct score value (tied scores enter together, as one point), from (0, 0) to 
   interpolation between points). α is backed by floor(α·n_nonmembers) false positives
   (``fp_at_fpr_*``; 0.1 % of 25,000 is 25); when that is 0 the read is "TPR at zero false positives".
 * Bootstrap CIs (percentile, 95 %): members and non-members resampled separately with replacement.
-  Scores are sorted once; a replicate only re-weights the sorted examples (exactly equivalent to
+  Scores are sorted once (their order kept for the paired Δ and the calibration subsets:
+  :class:`ScoreOrders`); a replicate only re-weights the sorted examples (exactly equivalent to
   re-sorting the resampled set), and all replicates are read at once from running totals of their
   multiplicities, drawn once per (members, non-members, seed) and shared by every attack.
 * Across targets: mean and a t-based 95 % CI (df = T − 1); with one target the bootstrap CI if any.
