@@ -114,7 +114,8 @@ def subset_order(order: np.ndarray, subset: np.ndarray) -> np.ndarray:
 class ScoreOrders:
     """Each score array's :func:`descending_order`, made once and read by every metric on it: per
     target, the paired Δ and, through :func:`subset_order`, the calibration subsets. It keeps the
-    arrays it has sorted, so that an array's id names that array for as long as the orders are kept."""
+    arrays it has sorted, so that an array's id names that array for as long as the orders are kept
+    (the arrays are read, never changed, meanwhile: a job's scores once computed)."""
 
     def __init__(self) -> None:
         self._orders: dict[int, tuple[np.ndarray, np.ndarray]] = {}
