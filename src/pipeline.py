@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections import Counter
+from functools import partial
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -593,13 +595,13 @@ def check_resemblance(cfg, keep: np.ndarray, pool: Pool, targets: list[int], war
     return check
 
 
-def prepared_references(cfg, keep: np.ndarray, ref_phi: np.ndarray, target: int):
+def prepared_references(cfg, keep: np.ndarray, ref_phi: np.ndarray, target: int, log_p=None):
     """The references of ``target`` (every other pool model), prepared once for every φ scored
-    against them (src/attacks/registry.py)."""
+    against them (src/attacks/registry.py); ``log_p``: the PoolLogProb of ``ref_phi``, if kept."""
     from src.attacks import References
 
     refs = np.array(reference_models(cfg, keep, target))
-    return References(ref_phi[refs], keep[refs], cfg.attack)
+    return References(ref_phi[refs], keep[refs], cfg.attack, log_p=None if log_p is None else partial(log_p.rows, refs))
 
 
 def attack_target(cfg, keep: np.ndarray, ref_phi: np.ndarray, target: int, target_phi: np.ndarray) -> dict:
@@ -611,41 +613,79 @@ def attack_scores(cfg, keep: np.ndarray, pool: Pool, quantized: list[QuantTarget
     """Every attack's scores: (``scores`` {reference kind: {target: {attack: [N]}}} of the quantized
     targets, ``fp_scores`` {target: …} of their FP originals, ``ref_out`` {kind: {target: pseudo-target
     non-member scores}} for the reference-calibrated threshold). With FP references a quantized
-    target and its FP original are scored against the same prepared references."""
+    target and its FP original are scored against the same prepared references; every set of
+    references taken from a pool reads the pool's log sigmoid(φ), made once."""
+    from src.attacks import PoolLogProb
+
     names = list(cfg.attack.names)
+    phis = {"fp": pool.phi, **refs}
+    log_p = {kind: PoolLogProb(phi) for kind, phi in phis.items()}
     scores: dict[str, dict] = {kind: {} for kind in refs}
     fp_scores = {}
     for q in quantized:
         for kind, phi in refs.items():
-            prepared = prepared_references(cfg, keep, phi, q.index)
+            prepared = prepared_references(cfg, keep, phi, q.index, log_p[kind])
             scores[kind][q.index] = prepared.scores(names, q.phi)
             if kind == "fp":
                 fp_scores[q.index] = prepared.scores(names, pool.phi[q.index])
         if q.index not in fp_scores:
-            fp_scores[q.index] = attack_target(cfg, keep, pool.phi, q.index, pool.phi[q.index])
-    ref_out = {kind: {q.index: reference_out_scores(cfg, keep, phi, q.index) for q in quantized}
-               for kind, phi in {"fp": pool.phi, **refs}.items()}
+            prepared = prepared_references(cfg, keep, pool.phi, q.index, log_p["fp"])
+            fp_scores[q.index] = prepared.scores(names, pool.phi[q.index])
+    ref_out = {kind: pseudo_target_scores(cfg, keep, phi, [q.index for q in quantized], log_p[kind])
+               for kind, phi in phis.items()}
     return scores, fp_scores, ref_out
 
 
-def reference_out_scores(cfg, keep: np.ndarray, ref_phi: np.ndarray, target: int) -> dict[str, np.ndarray] | None:
+def _pseudo_targets(cfg, keep: np.ndarray, target: int) -> list[tuple[int, tuple[int, ...]]]:
+    """(pseudo-target, the models that attack it) for ``target``: each of its first
+    ``attack.threshold_refs`` references, attacked by the remaining references."""
+    refs = reference_models(cfg, keep, target)
+    return [(r, tuple(m for m in refs if m != r)) for r in refs[:int(cfg.attack.get("threshold_refs", 4))]]
+
+
+def reference_out_scores(cfg, keep: np.ndarray, ref_phi: np.ndarray, target: int, prepared: dict | None = None,
+                         log_p=None) -> dict[str, np.ndarray] | None:
     """Attack scores of the non-members of a few pseudo-targets, for a threshold fixed without the
     target's labels (src/attacks/threshold.py): each of the first ``attack.threshold_refs`` references
     is attacked by the remaining references, as the target is. None when the pool is too small for
-    the attacks once two models (target and pseudo-target) are left out."""
-    from src.attacks import run_attacks
+    the attacks once two models (target and pseudo-target) are left out. ``prepared``: {models:
+    References} to take references from and leave them in (:func:`pseudo_target_scores`); ``log_p``:
+    the PoolLogProb of ``ref_phi``, if kept."""
+    from src.attacks import References
 
-    refs = reference_models(cfg, keep, target)
-    out: dict[str, list[np.ndarray]] = {name: [] for name in cfg.attack.names}
-    for r in refs[:int(cfg.attack.get("threshold_refs", 4))]:
-        others = np.array([m for m in refs if m != r])
+    names = list(cfg.attack.names)
+    out: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    pairs = _pseudo_targets(cfg, keep, target)
+    prepared = {} if prepared is None else prepared
+    for r, others in pairs:
         try:
-            s = run_attacks(list(cfg.attack.names), ref_phi[others], keep[others], ref_phi[r], cfg.attack)
+            if others not in prepared:
+                rows = list(others)
+                prepared[others] = References(ref_phi[rows], keep[rows], cfg.attack,
+                                              log_p=None if log_p is None else partial(log_p.rows, rows))
+            s = prepared[others].scores(names, ref_phi[r])
         except ValueError:  # some example lacks an IN or OUT reference among the others
             return None
         for name, v in s.items():
             out[name].append(v[~keep[r]])
-    return {name: np.concatenate(v) for name, v in out.items()} if refs else None
+    return {name: np.concatenate(v) for name, v in out.items()} if pairs else None
+
+
+def pseudo_target_scores(cfg, keep: np.ndarray, ref_phi: np.ndarray, targets: list[int], log_p=None) -> dict:
+    """:func:`reference_out_scores` of every target. Two targets that are each other's pseudo-targets
+    leave out the same two models (independent targets share all their references), so references
+    prepared for one set of models serve every pseudo-target it attacks; each is kept until its last
+    use."""
+    uses = Counter(others for t in targets for _, others in _pseudo_targets(cfg, keep, t))
+    prepared: dict = {}
+    out = {}
+    for t in targets:
+        out[t] = reference_out_scores(cfg, keep, ref_phi, t, prepared, log_p)
+        for _, others in _pseudo_targets(cfg, keep, t):
+            uses[others] -= 1
+            if not uses[others]:
+                prepared.pop(others, None)
+    return out
 
 
 def result_warnings(results: dict) -> list[str]:

@@ -173,3 +173,34 @@ def test_subset_metrics_equal_each_subset_evaluated_on_its_own(n_targets):
             stats_ = aggregate(per)
             assert got[part][kind] == {**{k: v["mean"] for k, v in stats_.items()},
                                        "ci": {k: v["ci"] for k, v in stats_.items()}}, (part, kind)
+
+
+def test_pseudo_target_scores_equal_each_pseudo_target_attacked_on_its_own(tiny_cfg):
+    """Targets 0–4 are each other's pseudo-targets (their first four references), so references are
+    prepared once per pair and read by both, and with the pool's log sigmoid(φ) made once (PoolLogProb)
+    each reads its rows of it; every target's pseudo-target scores must still be exactly those of each
+    pseudo-target attacked by the remaining references on its own (run_attacks), non-members only, in
+    reference order."""
+    from src.attacks import PoolLogProb, run_attacks
+    from src.pipeline import pseudo_target_scores
+
+    cfg = tiny_cfg("n_models=8", "attack.names=[lira_online,lira_offline_fixed,rmia,rmia_offline,loss]")
+    rng = np.random.default_rng(0)
+    keep = np.zeros((8, 300), bool)
+    for i in range(300):  # each example in half of the pool
+        keep[rng.permutation(8)[:4], i] = True
+    phi = rng.normal(1.0, 1.0, (1, 300, 2)) + 0.7 * keep[:, :, None] + rng.normal(0, 0.4, (8, 300, 2))
+    targets = [0, 1, 2, 3, 4, 6]
+    names = list(cfg.attack.names)
+    runs = (pseudo_target_scores(cfg, keep, phi, targets), pseudo_target_scores(cfg, keep, phi, targets, PoolLogProb(phi)))
+    for t in targets:
+        refs = [m for m in range(8) if m != t]
+        want = {n: [] for n in names}
+        for r in refs[:4]:
+            others = [m for m in refs if m != r]
+            for n, v in run_attacks(names, phi[others], keep[others], phi[r], cfg.attack).items():
+                want[n].append(v[~keep[r]])
+        for got in runs:
+            assert set(got[t]) == set(names)
+            for n in names:
+                np.testing.assert_array_equal(got[t][n], np.concatenate(want[n]))

@@ -266,7 +266,68 @@ def test_percentile_ci_and_reordered_totals_equal_the_plain_computation():
     d = bootstrap_draws(37, 23, 50, 4)
     cp, cn = d.counts()
     pos, neg = rng.permutation(37), rng.permutation(23)
-    t = reordered(*d.slot_counts(), pos, neg)
+    t = reordered(cp, cn, pos, neg)
     np.testing.assert_array_equal(t.cum_pos, cumulative(cp[:, pos]))
     np.testing.assert_array_equal(t.cum_neg, cumulative(cn[:, neg]))
     np.testing.assert_array_equal(t.d_neg, cn[:, neg])
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_shared_orders_give_what_sorting_again_gives(ties):
+    """A subset's order read off the whole set's (subset_order) must be the stable descending sort of
+    the subset itself, ties in index order; metrics and paired Δ given the kept orders
+    (ScoreOrders) must be exactly those computed by sorting again (the same integers: equal)."""
+    from src.attacks.metrics import ScoreOrders, descending_order, subset_order
+    from src.attacks.paired import paired_bootstrap
+
+    s, y = data(n=600, seed=8, ties=ties)
+    s2 = np.round(s * 0.5 + np.random.default_rng(1).normal(size=s.size)) if ties else s + 0.3 * (~y)
+    rng = np.random.default_rng(2)
+    for sel in (rng.random(s.size) < 0.3, y | (rng.random(s.size) < 0.5), np.ones(s.size, bool)):
+        np.testing.assert_array_equal(subset_order(descending_order(s), sel),
+                                      np.argsort(-s[sel], kind="stable"))
+    orders = ScoreOrders()
+    assert orders.of(s) is orders.of(s)
+    np.testing.assert_array_equal(orders.of(s), np.argsort(-s, kind="stable"))
+    for order in (orders.of(s), None):
+        m = attack_metrics(s, y, fprs=(1e-2, 0.1), n_bootstrap=30, seed=1, order=order)
+        assert m == attack_metrics(s, y, fprs=(1e-2, 0.1), n_bootstrap=30, seed=1)
+    sel = y | (rng.random(s.size) < 0.5)
+    assert (attack_metrics(s[sel], y[sel], n_bootstrap=30, order=subset_order(orders.of(s), sel))
+            == attack_metrics(s[sel], y[sel], n_bootstrap=30))
+    assert (paired_bootstrap(s2, s, y, n_bootstrap=30, seed=2, orders=(orders.of(s2), orders.of(s)))
+            == paired_bootstrap(s2, s, y, n_bootstrap=30, seed=2))
+    with pytest.raises(ValueError, match="order"):
+        attack_metrics(s, y, order=orders.of(s)[:-1])
+
+
+def test_totals_from_multiplicities_read_like_running_totals():
+    """Totals given the non-members' multiplicities (the paired Δ's) must read what Totals given their
+    running totals reads: the replicates' totals, the non-members each α allows (also where a
+    replicate has not passed α within the first columns, so the full totals are needed) and every
+    replicate metric; without balanced accuracy the other metrics are unchanged (integers: equal)."""
+    from src.attacks.metrics import Totals, _SortedScores, cumulative, replicate_metrics
+
+    rng = np.random.default_rng(3)
+    s, y = data(n=240, seed=5)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    cp = rng.poisson(1.0, (6, n_pos)).astype(np.int32)
+    cn = rng.poisson(1.0, (6, n_neg)).astype(np.int32)
+    cn[0, :60] = 0  # replicate 0 has no false positive among the first 60 non-members
+    fprs = (0.05, 0.01)
+    full, lazy = Totals(cumulative(cp), cumulative(cn)), Totals(cumulative(cp), d_neg=cn)
+    np.testing.assert_array_equal(lazy.fp_all, full.fp_all)
+    for a, b in zip(lazy.allowed(fprs), full.allowed(fprs)):
+        np.testing.assert_array_equal(a, b)
+    assert lazy.allowed(fprs)[0][0] >= 60
+    ss = _SortedScores(s, y)
+    r_full = replicate_metrics(ss, full, fprs)
+    r_lazy = replicate_metrics(ss, Totals(cumulative(cp), d_neg=cn), fprs)
+    r_part = replicate_metrics(ss, Totals(cumulative(cp), d_neg=cn), fprs, balanced=False)
+    assert list(r_lazy) == list(r_full) and set(r_full) - set(r_part) == {"balanced_accuracy"}
+    for k in r_full:
+        np.testing.assert_array_equal(r_lazy[k], r_full[k])
+        if k != "balanced_accuracy":
+            np.testing.assert_array_equal(r_part[k], r_full[k])
+    with pytest.raises(ValueError, match="multiplicities"):
+        Totals(cumulative(cp))

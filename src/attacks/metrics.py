@@ -9,7 +9,8 @@ distinct score value (tied scores enter together, as one point), from (0, 0) to 
   interpolation between points). α is backed by floor(α·n_nonmembers) false positives
   (``fp_at_fpr_*``; 0.1 % of 25,000 is 25); when that is 0 the read is "TPR at zero false positives".
 * Bootstrap CIs (percentile, 95 %): members and non-members resampled separately with replacement.
-  Scores are sorted once; a replicate only re-weights the sorted examples (exactly equivalent to
+  Scores are sorted once (their order kept for the paired Δ and the calibration subsets:
+  :class:`ScoreOrders`); a replicate only re-weights the sorted examples (exactly equivalent to
   re-sorting the resampled set), and all replicates are read at once from running totals of their
   multiplicities, drawn once per (members, non-members, seed) and shared by every attack.
 * Across targets: mean and a t-based 95 % CI (df = T − 1); with one target the bootstrap CI if any.
@@ -55,11 +56,15 @@ class _SortedScores:
     Bootstrap replicates are read from it without re-sorting (:func:`replicate_metrics`): a
     replicate's ROC changes only at the non-members' tie groups, so it needs, per such group, how
     many members and non-members rank above it and through it (``b_*``, indices into cumulative
-    counts), and per non-member the members ranked above its group (``lo_ext``, for TPR at FPR)."""
+    counts), and per non-member the members ranked above its group (``lo_ext``, for TPR at FPR).
+    ``order``: the scores' :func:`descending_order`, if already made (:class:`ScoreOrders`)."""
 
-    def __init__(self, scores: np.ndarray, is_member: np.ndarray) -> None:
+    def __init__(self, scores: np.ndarray, is_member: np.ndarray, order: np.ndarray | None = None) -> None:
         s, y = _check(scores, is_member)
-        order = np.argsort(-s, kind="mergesort")
+        if order is None:
+            order = descending_order(s)
+        elif order.shape != s.shape:
+            raise ValueError(f"order {order.shape} and scores {s.shape} differ in length")
         self.order = order  # sorted position → example index
         srt = s[order]
         self.ends = np.flatnonzero(np.append(srt[1:] != srt[:-1], True))  # last index of each tie group
@@ -93,6 +98,34 @@ class _SortedScores:
         return np.concatenate(([0.0], fp / fp[-1])), np.concatenate(([0.0], tp / tp[-1]))
 
 
+def descending_order(scores: np.ndarray) -> np.ndarray:
+    """Example indices by descending score, tied scores in index order (a stable sort)."""
+    return np.argsort(-np.asarray(scores, dtype=np.float64).ravel(), kind="mergesort")
+
+
+def subset_order(order: np.ndarray, subset: np.ndarray) -> np.ndarray:
+    """The :func:`descending_order` of ``scores[subset]`` (boolean mask) read off ``order``, that of
+    ``scores``: the sorted examples in the subset keep their sequence (ties too, as index order
+    within the subset is index order), renumbered as positions in the subset."""
+    position = np.cumsum(subset) - 1  # example index → its position in the subset
+    return position[order[subset[order]]]
+
+
+class ScoreOrders:
+    """Each score array's :func:`descending_order`, made once and read by every metric on it: per
+    target, the paired Δ and, through :func:`subset_order`, the calibration subsets. It keeps the
+    arrays it has sorted, so that an array's id names that array for as long as the orders are kept
+    (the arrays are read, never changed, meanwhile: a job's scores once computed)."""
+
+    def __init__(self) -> None:
+        self._orders: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def of(self, scores: np.ndarray) -> np.ndarray:
+        if id(scores) not in self._orders:
+            self._orders[id(scores)] = (scores, descending_order(scores))
+        return self._orders[id(scores)][1]
+
+
 def _running_count(mask: np.ndarray) -> np.ndarray:
     """[n] bool → [n + 1] int64: how many are True before each position (0 first)."""
     out = np.zeros(mask.size + 1, dtype=np.int64)
@@ -113,20 +146,35 @@ class Totals:
     replicates' totals, the non-members' multiplicities, each non-member's FPR + 1 (balanced
     accuracy) and the non-members each α allows above the threshold (TPR at FPR). With one draw slot
     per sorted member / non-member (:func:`attack_metrics`) every attack on the same (members,
-    non-members) reads the same totals, so these are made once per draws, when first read."""
+    non-members) reads the same totals, so these are made once per draws, when first read.
 
-    def __init__(self, cum_pos: np.ndarray, cum_neg: np.ndarray, d_neg: np.ndarray | None = None) -> None:
-        self.cum_pos, self.cum_neg = cum_pos, cum_neg
+    Given the non-members' multiplicities ``d_neg`` instead of ``cum_neg``, their running totals are
+    made only when read in full (ties among non-members, balanced accuracy): AUC reads the
+    multiplicities and TPR at FPR only the first running totals."""
+
+    def __init__(self, cum_pos: np.ndarray, cum_neg: np.ndarray | None = None, d_neg: np.ndarray | None = None) -> None:
+        if cum_neg is None and d_neg is None:
+            raise ValueError("Totals: need the non-members' running totals or their multiplicities")
+        self.cum_pos, self._cum_neg = cum_pos, cum_neg
+        self.n_neg = cum_neg.shape[1] - 1 if cum_neg is not None else d_neg.shape[1]
         self.tp_all = cum_pos[:, -1].astype(np.float64)
-        self.fp_all = cum_neg[:, -1].astype(np.float64)
+        # every replicate's total (a sum of integers: the same float either way)
+        self.fp_all = (cum_neg[:, -1] if cum_neg is not None else d_neg.sum(axis=1)).astype(np.float64)
         self._d_neg, self._rate1 = d_neg, None
         self._allowed: dict[tuple, list[np.ndarray]] = {}
+
+    @property
+    def cum_neg(self) -> np.ndarray:
+        """[B, n_neg + 1] the non-members' running totals, in sorted order."""
+        if self._cum_neg is None:
+            self._cum_neg = cumulative(self._d_neg)
+        return self._cum_neg
 
     @property
     def d_neg(self) -> np.ndarray:
         """[B, n_neg] the non-members' multiplicities, in sorted order."""
         if self._d_neg is None:
-            self._d_neg = np.diff(self.cum_neg, axis=1)
+            self._d_neg = np.diff(self._cum_neg, axis=1)
         return self._d_neg
 
     @property
@@ -136,26 +184,32 @@ class Totals:
             self._rate1 = self.cum_neg[:, :-1] / self.fp_all[:, None] + 1.0
         return self._rate1
 
+    def _cum_neg_head(self, top: int) -> np.ndarray:
+        """The first ``top`` columns of :attr:`cum_neg`, without making the rest."""
+        return self._cum_neg[:, :top] if self._cum_neg is not None else cumulative(self._d_neg[:, :top - 1])
+
     def allowed(self, fprs: tuple[float, ...]) -> list[np.ndarray]:
         """Per α, [B] the non-members ranked above each replicate's threshold: the last running
         total with FPR ≤ α (FPR is non-decreasing). Read on the first columns only, unless some
         replicate has not passed the largest α there."""
         if fprs not in self._allowed:
-            cum_neg, fp_all = self.cum_neg, self.fp_all
-            top = min(cum_neg.shape[1], int(2 * max(fprs, default=0) * fp_all.max()) + 16)
-            fpr = cum_neg[:, :top] / fp_all[:, None]
-            if top < cum_neg.shape[1] and not np.all(fpr[:, -1] > max(fprs)):
-                fpr = cum_neg / fp_all[:, None]
+            fp_all = self.fp_all
+            top = min(self.n_neg + 1, int(2 * max(fprs, default=0) * fp_all.max()) + 16)
+            fpr = self._cum_neg_head(top) / fp_all[:, None]
+            if top < self.n_neg + 1 and not np.all(fpr[:, -1] > max(fprs)):
+                fpr = self.cum_neg / fp_all[:, None]
             self._allowed[fprs] = [(fpr <= a).sum(axis=1) - 1 for a in fprs]
         return self._allowed[fprs]
 
     @property
     def nbytes(self) -> int:
-        return sum(x.nbytes for x in (self.cum_pos, self.cum_neg, self._d_neg, self._rate1) if x is not None)
+        return sum(x.nbytes for x in (self.cum_pos, self._cum_neg, self._d_neg, self._rate1) if x is not None)
 
 
-def replicate_metrics(ss: _SortedScores, totals: Totals, fprs: Sequence[float]) -> dict[str, np.ndarray]:
-    """The metrics of :func:`_point_metrics` for B bootstrap replicates at once, [B] each.
+def replicate_metrics(ss: _SortedScores, totals: Totals, fprs: Sequence[float],
+                      balanced: bool = True) -> dict[str, np.ndarray]:
+    """The metrics of :func:`_point_metrics` for B bootstrap replicates at once, [B] each
+    (without balanced accuracy when ``balanced`` is False: its reads span every non-member).
 
     ``totals``: running totals of the replicates' multiplicities of the members / non-members in
     ``ss``'s sorted order. The same numbers as the replicates' ROC curves read one by one: AUC by the
@@ -163,23 +217,25 @@ def replicate_metrics(ss: _SortedScores, totals: Totals, fprs: Sequence[float]) 
     TPR at FPR from the ROC points just before each non-member group, where the maximum and the step
     read lie (member-only groups between them only raise the TPR at the same FPR)."""
     fprs = tuple(float(a) for a in fprs)
-    cum_pos, cum_neg, tp_all, fp_all = totals.cum_pos, totals.cum_neg, totals.tp_all, totals.fp_all
-    above = cum_pos[:, ss.b_lo].astype(np.float64)  # members ranked above each non-member group
-    # sums of integer products < 2**53: exact in float64 whatever the summation order
+    cum_pos, tp_all, fp_all = totals.cum_pos, totals.tp_all, totals.fp_all
+    # members ranked above each non-member group; np.take keeps the copy C-ordered (cum_pos[:, idx]
+    # need not be), which the row-wise reads below run through several times faster
+    above = np.take(cum_pos, ss.b_lo, axis=1)
+    # sums of integer products: exact in int64, and so in float64 too (< 2**53) whatever the order
     if ss.b_simple:  # one non-member per group: ΔFP is its multiplicity, TP = TP_prev
-        rate1 = totals.rate1
-        area = 2.0 * np.einsum("bg,bg->b", totals.d_neg, above)
+        area = 2.0 * np.einsum("bg,bg->b", totals.d_neg, above, dtype=np.int64)
     else:
-        through = cum_pos[:, ss.b_hi].astype(np.float64)
-        n_lo, n_hi = cum_neg[:, ss.b_nlo].astype(np.float64), cum_neg[:, ss.b_nhi].astype(np.float64)
-        area = np.einsum("bg,bg->b", n_hi - n_lo, above + through)
-        rate1 = n_lo / fp_all[:, None] + 1.0
+        cum_neg = totals.cum_neg
+        n_lo, n_hi = np.take(cum_neg, ss.b_nlo, axis=1), np.take(cum_neg, ss.b_nhi, axis=1)
+        area = np.einsum("bg,bg->b", n_hi - n_lo, above + np.take(cum_pos, ss.b_hi, axis=1), dtype=np.int64)
     out = {"auc": area / (2.0 * tp_all * fp_all)}
-    # the float expression of balanced_accuracy(), 1 − (FPR + 1 − TPR)/2, maximised: y ↦ 1 − y/2 is
-    # non-increasing in floating point too, so its maximum is its value at the smallest y
-    y = np.divide(above, tp_all[:, None], out=above)
-    np.subtract(rate1, y, out=y)
-    out["balanced_accuracy"] = np.maximum(1.0 - y.min(axis=1) / 2.0, 0.5)  # (0, 0) and (1, 1) give 1/2
+    if balanced:
+        # the float expression of balanced_accuracy(), 1 − (FPR + 1 − TPR)/2, maximised: y ↦ 1 − y/2 is
+        # non-increasing in floating point too, so its maximum is its value at the smallest y
+        rate1 = totals.rate1 if ss.b_simple else n_lo / fp_all[:, None] + 1.0
+        y = np.divide(above, tp_all[:, None])
+        np.subtract(rate1, y, out=y)
+        out["balanced_accuracy"] = np.maximum(1.0 - y.min(axis=1) / 2.0, 0.5)  # (0, 0) and (1, 1) give 1/2
     rows = np.arange(cum_pos.shape[0])
     for a, j in zip(fprs, totals.allowed(fprs)):
         out[f"tpr_at_fpr_{alpha_key(a)}"] = cum_pos[rows, ss.lo_ext[j]] / tp_all
@@ -196,8 +252,8 @@ def percentile_ci(reps: dict[str, np.ndarray]) -> dict[str, list[float]]:
 class _Draws:
     """The bootstrap's multiplicities of one (members, non-members, replicates, seed): replicate b
     resamples n_pos members and then n_neg non-members with replacement, b = 0, 1, … from one
-    seeded generator. Kept as running totals ([B, n + 1] int32, :class:`Totals`) for
-    :func:`replicate_metrics`."""
+    seeded generator. Kept as multiplicities per draw slot ([B, n] int32, :meth:`counts`) and as
+    their running totals in slot order (:class:`Totals`) for :func:`replicate_metrics`."""
 
     def __init__(self, n_pos: int, n_neg: int, n_boot: int, seed: int) -> None:
         rng = np.random.default_rng(seed)
@@ -206,34 +262,24 @@ class _Draws:
         for b in range(n_boot):
             cp[b] = np.bincount(rng.integers(0, n_pos, n_pos), minlength=n_pos)
             cn[b] = np.bincount(rng.integers(0, n_neg, n_neg), minlength=n_neg)
+        self._counts = cp, cn
         self.totals = Totals(cumulative(cp), cumulative(cn), cn)
-        self._slots: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
     def nbytes(self) -> int:
-        return self.totals.nbytes + sum(x.nbytes for x in self._slots or ())
+        return self.totals.nbytes + self._counts[0].nbytes  # the non-members' counts are the totals' d_neg
 
     def counts(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per-replicate multiplicities of member i / non-member i (their i-th draw slot)."""
-        return np.diff(self.totals.cum_pos, axis=1), self.totals.d_neg
-
-    def slot_counts(self) -> tuple[np.ndarray, np.ndarray]:
-        """The multiplicities by draw slot ([n_pos, B], [n_neg, B]): a slot's replicates in one row,
-        so that putting slots into another order (:func:`reordered`) moves whole rows."""
-        if self._slots is None:
-            cp, cn = self.counts()
-            self._slots = np.ascontiguousarray(cp.T), np.ascontiguousarray(cn.T)
-        return self._slots
+        """Per-replicate multiplicities of member i / non-member i (their i-th draw slot), [B, n]."""
+        return self._counts
 
 
-def reordered(slot_pos: np.ndarray, slot_neg: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> Totals:
-    """:class:`Totals` of the draw slots ``pos`` / ``neg`` taken in that order (rows of
-    :meth:`_Draws.slot_counts`), [B, n + 1] views of running totals kept slot-major."""
-    def running(slots, order):
-        out = np.zeros((order.size + 1, slots.shape[1]), dtype=np.int32)
-        np.cumsum(slots[order], axis=0, out=out[1:])
-        return out.T
-    return Totals(running(slot_pos, pos), running(slot_neg, neg), slot_neg[neg].T)
+def reordered(counts_pos: np.ndarray, counts_neg: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> Totals:
+    """:class:`Totals` of the draw slots ``pos`` / ``neg`` taken in that order (columns of
+    :meth:`_Draws.counts`). The non-members' running totals are left to be made when read in full
+    (the paired Δ reads AUC and TPR at FPR, which need only their first columns)."""
+    # np.take gives C-ordered copies (counts[:, idx] may not), which the running totals read fast
+    return Totals(cumulative(np.take(counts_pos, pos, axis=1)), d_neg=np.take(counts_neg, neg, axis=1))
 
 
 _DRAWS: OrderedDict[tuple, _Draws] = OrderedDict()
@@ -301,15 +347,16 @@ def attack_metrics(
     fprs: Sequence[float] = DEFAULT_FPRS,
     n_bootstrap: int = 0,
     seed: int = 0,
+    order: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """Metrics of one attack on one target.
+    """Metrics of one attack on one target (``order``: the scores' :func:`descending_order`, if made).
 
     Keys: auc, balanced_accuracy, tpr_at_fpr_<α>, fp_at_fpr_<α> (false positives that α allows),
     n_members, n_nonmembers; with ``n_bootstrap`` > 0 also n_bootstrap and
     ci = {metric: [lo, hi]} (95 % percentile bootstrap, members/non-members resampled separately).
     """
     fprs = tuple(float(a) for a in fprs)
-    ss = _SortedScores(scores, is_member)
+    ss = _SortedScores(scores, is_member, order)
     fpr, tpr = ss.roc()
     n_pos, n_neg = int(ss.pos_idx.size), int(ss.neg_idx.size)
     out: dict[str, Any] = _point_metrics(fpr, tpr, fprs)

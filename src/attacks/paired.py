@@ -23,12 +23,14 @@ PAIRED_METRICS = ("auc",)  # plus tpr_at_fpr_<α> for every α
 
 
 def paired_bootstrap(scores_q: np.ndarray, scores_fp: np.ndarray, is_member: np.ndarray,
-                     fprs: Sequence[float] = DEFAULT_FPRS, n_bootstrap: int = 200, seed: int = 0) -> dict[str, Any]:
+                     fprs: Sequence[float] = DEFAULT_FPRS, n_bootstrap: int = 200, seed: int = 0,
+                     orders: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
     """{metric: {"delta", "ci": [lo, hi], "significant"}} for AUC and TPR at each FPR, one target.
 
-    With ``n_bootstrap`` = 0 the CI is [Δ, Δ] and ``significant`` is None (no noise estimate)."""
+    With ``n_bootstrap`` = 0 the CI is [Δ, Δ] and ``significant`` is None (no noise estimate).
+    ``orders``: the two score sets' descending orders, if already made (src/attacks/metrics.py)."""
     y = np.asarray(is_member, dtype=bool).ravel()
-    q, fp = _SortedScores(scores_q, y), _SortedScores(scores_fp, y)
+    q, fp = (_SortedScores(s, y, o) for s, o in zip((scores_q, scores_fp), orders or (None, None)))
     keys = [k for k in _point_metrics(*q.roc(), fprs) if k == "auc" or k.startswith("tpr_at_fpr_")]
     mq, mfp = _point_metrics(*q.roc(), fprs), _point_metrics(*fp.roc(), fprs)
     delta = {k: mq[k] - mfp[k] for k in keys}
@@ -39,9 +41,9 @@ def paired_bootstrap(scores_q: np.ndarray, scores_fp: np.ndarray, is_member: np.
     rank[mem], rank[non] = np.arange(mem.size), np.arange(non.size)
     # the same draws as attack_metrics(seed) makes; here slot i is the i-th member in example order,
     # so both score sets weight the same examples alike
-    slots = bootstrap_draws(mem.size, non.size, int(n_bootstrap), seed).slot_counts()
-    a, c = (replicate_metrics(ss, reordered(*slots, rank[ss.order[ss.pos_idx]], rank[ss.order[ss.neg_idx]]), fprs)
-            for ss in (q, fp))
+    counts = bootstrap_draws(mem.size, non.size, int(n_bootstrap), seed).counts()
+    a, c = (replicate_metrics(ss, reordered(*counts, rank[ss.order[ss.pos_idx]], rank[ss.order[ss.neg_idx]]), fprs,
+                              balanced=False) for ss in (q, fp))
     ci = percentile_ci({k: a[k] - c[k] for k in keys})
     out = {}
     for k in keys:

@@ -166,17 +166,33 @@ def _as_arrays(phi_ref, keep_ref, phi_target, what: str = "") -> tuple[np.ndarra
     return phi_ref, keep_ref, phi_target
 
 
+class PoolLogProb:
+    """log sigmoid(φ) of every model of a pool ([M, N, Q]), made at first read: RMIA's reference
+    probabilities, elementwise in φ, so each set of references taken from the pool (a target's, a
+    pseudo-target's) reads its rows instead of computing its own."""
+
+    def __init__(self, phi: np.ndarray) -> None:
+        self.phi, self._value = phi, None
+
+    def rows(self, models) -> np.ndarray:
+        if self._value is None:
+            self._value = log_sigmoid(self.phi)
+        return self._value[models]
+
+
 class References:
     """One target's reference models, prepared once for every attack and every φ scored against
     them: the reference selection, and each statistic an attack reads (LiRA's per-example Gaussian
     fits, RMIA's mean reference probability), computed at first use and kept. The per-example and
     fixed-variance LiRA variants read the same fits; offline LiRA reads the OUT fit of online LiRA
     when its mask is the same (the balanced split: k = k_out); a quantized target and its FP
-    original share their references (src/pipeline.py)."""
+    original share their references (src/pipeline.py). ``log_p``: gives log sigmoid(``phi_ref``) when
+    first needed, if it can be read rather than computed (the references' rows of a :class:`PoolLogProb`)."""
 
     def __init__(self, phi_ref: np.ndarray, keep_ref: np.ndarray, cfg: Mapping[str, Any] | None = None,
-                 population: Population | None = None) -> None:
+                 population: Population | None = None, log_p: Callable[[], np.ndarray] | None = None) -> None:
         self.p = _params(cfg)
+        self._pool_log_p = log_p
         self.phi_ref, self.keep_ref, _ = _as_arrays(phi_ref, keep_ref, None)
         self.sel = select_references(self.keep_ref, self.p["equal_counts"])
         self._stats: dict[str, Any] = {}
@@ -213,7 +229,7 @@ class References:
     def log_ref_prob(self, which: str) -> np.ndarray:
         if which not in self._log_ref:
             if "log_p" not in self._log_ref:  # log sigmoid(φ) of every reference, shared by both masks
-                self._log_ref["log_p"] = log_sigmoid(self.phi_ref)
+                self._log_ref["log_p"] = log_sigmoid(self.phi_ref) if self._pool_log_p is None else self._pool_log_p()
             self._log_ref[which] = _log_mean_ref_prob(self.phi_ref, self.mask(which), self._log_ref["log_p"])
         return self._log_ref[which]
 

@@ -7,10 +7,11 @@ import numpy as np
 
 
 def evaluate_attacks(cfg, keep: np.ndarray, scores: dict[int, dict[str, np.ndarray]], weights=None,
-                     views: dict | None = None, names=None) -> dict:
+                     views: dict | None = None, names=None, orders=None) -> dict:
     """Every attack's metrics (``names``, default the job's attacks) per target, across targets and
     pooled; ``views`` (if given) receives each attack's pooled view {attack: PooledScores}, whose reads
-    the pooled paired Δ reuses."""
+    the pooled paired Δ reuses; ``orders`` (a ScoreOrders, if given) keeps each target's sorted
+    scores for the evidence that reads them again."""
     from src.attacks.metrics import aggregate, alpha_key, attack_metrics, roc_points
     from src.attacks.pooled import PooledScores, pooled_metrics
 
@@ -18,7 +19,8 @@ def evaluate_attacks(cfg, keep: np.ndarray, scores: dict[int, dict[str, np.ndarr
     n_boot = int(cfg.attack.get("bootstrap", 200))
     out = {}
     for name in (names or cfg.attack.names):
-        per_target = [attack_metrics(s[name], keep[t], fprs=fprs, n_bootstrap=n_boot, seed=int(cfg.seed))
+        per_target = [attack_metrics(s[name], keep[t], fprs=fprs, n_bootstrap=n_boot, seed=int(cfg.seed),
+                                     order=None if orders is None else orders.of(s[name]))
                       for t, s in scores.items()]
         stats = aggregate(per_target)  # {metric: {mean, std, ci, n, values}}
         agg = {k: v["mean"] for k, v in stats.items()}

@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from src.attacks.epsilon import eps_lower_bound, eps_max_over_thresholds, eps_over_targets
-from src.attacks.metrics import aggregate, attack_metrics
+from src.attacks.metrics import ScoreOrders, aggregate, attack_metrics, subset_order
 from src.attacks.paired import aggregate_paired, paired_bootstrap
 from src.attacks.shifts import per_example_shift
 from src.attacks.threshold import PRIORS, reference_quantile, threshold_metrics
@@ -40,8 +40,11 @@ def _summarise(per_target: list[dict]) -> dict:
     return out
 
 
-def subset_metrics(scores: dict, keep: np.ndarray, calib: dict, name: str, fprs, n_boot: int, seed: int) -> dict:
-    """``calib``: {target: (source, indices)}. Metrics per subset, averaged over targets."""
+def subset_metrics(scores: dict, keep: np.ndarray, calib: dict, name: str, fprs, n_boot: int, seed: int,
+                   orders: ScoreOrders | None = None) -> dict:
+    """``calib``: {target: (source, indices)}. Metrics per subset, averaged over targets; a subset's
+    scores are ordered by reading the whole set's order (``orders``) instead of sorting again."""
+    orders = orders or ScoreOrders()
     subsets: dict[str, list] = {}
     # over ≥ 2 targets the interval is the t-interval over targets (aggregate), which reads no
     # per-target bootstrap interval: draw replicates only for a single target
@@ -61,7 +64,8 @@ def subset_metrics(scores: dict, keep: np.ndarray, calib: dict, name: str, fprs,
         for part, pos in parts.items():
             sel = pos | negatives
             subsets.setdefault(part, []).append(
-                {kind: attack_metrics(s[sel], pos[sel], fprs=fprs, n_bootstrap=n_boot, seed=seed)
+                {kind: attack_metrics(s[sel], pos[sel], fprs=fprs, n_bootstrap=n_boot, seed=seed,
+                                      order=subset_order(orders.of(s), sel))
                  for kind, s in (("quantized", scores[t]["q"][name]), ("fp", scores[t]["fp"][name]))})
     return {part: {kind: _summarise([p[kind] for p in per]) for kind in ("quantized", "fp")}
             for part, per in subsets.items()}
@@ -95,21 +99,25 @@ def epsilon_summary(scores: dict, keep: np.ndarray, name: str, seed: int) -> dic
             "eps_lower_bound_per_target": per_target}
 
 
-def quantized_evidence(cfg, keep: np.ndarray, q_scores: dict, fp_scores: dict, q_out: dict, calib: dict) -> dict:
+def quantized_evidence(cfg, keep: np.ndarray, q_scores: dict, fp_scores: dict, q_out: dict, calib: dict,
+                       orders: ScoreOrders | None = None) -> dict:
     """{attack: extra keys} for a block of quantized-target scores ``q_scores`` {t: {attack: [N]}};
-    ``fp_scores`` the FP targets' scores, ``q_out`` {t: pseudo-target non-member scores or None}."""
+    ``fp_scores`` the FP targets' scores, ``q_out`` {t: pseudo-target non-member scores or None};
+    ``orders``: the scores' sorted orders, kept from their metrics (src/report/evaluate.py)."""
     fprs = tuple(float(f) for f in cfg.attack.get("fprs", (1e-2, 1e-3, 1e-4)))
     n_boot, seed = int(cfg.attack.get("bootstrap", 200)), int(cfg.seed)
     alpha = float(cfg.attack.get("threshold_fpr", 0.01))
     both = {t: {"q": q_scores[t], "fp": fp_scores[t]} for t in q_scores}
+    orders = orders or ScoreOrders()
     out = {}
     for name in cfg.attack.names:
-        paired = [paired_bootstrap(q_scores[t][name], fp_scores[t][name], keep[t], fprs, n_boot, seed)
+        paired = [paired_bootstrap(q_scores[t][name], fp_scores[t][name], keep[t], fprs, n_boot, seed,
+                                   orders=(orders.of(q_scores[t][name]), orders.of(fp_scores[t][name])))
                   for t in q_scores]
         shifts = [per_example_shift(fp_scores[t][name], q_scores[t][name], keep[t]) for t in q_scores]
         out[name] = {
             "paired": aggregate_paired(paired),
-            "subsets": subset_metrics(both, keep, calib, name, fprs, n_boot, seed),
+            "subsets": subset_metrics(both, keep, calib, name, fprs, n_boot, seed, orders),
             **epsilon_summary(q_scores, keep, name, seed),
             "per_example": {k: _mean([s[k] for s in shifts]) for k in shifts[0]} | {"per_target": shifts},
             "reference_threshold": _threshold_summary(

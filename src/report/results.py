@@ -76,6 +76,7 @@ def build_results(cfg, data, pool, quantized, scores, fp_scores, refs, ref_out=N
     one also fills ``attacks_matched``. ``ref_out`` {kind: {target: pseudo-target non-member scores}}
     feeds the reference-calibrated thresholds (src/report/evidence.py). ``releases``: the joint
     attack over released versions (src/releases.py), or None."""
+    from src.attacks.metrics import ScoreOrders
     from src.attacks.pooled import example_weights
 
     kinds = list(scores)
@@ -85,6 +86,7 @@ def build_results(cfg, data, pool, quantized, scores, fp_scores, refs, ref_out=N
     # one draw of bootstrap weights for every attack, quantized and FP alike (pairs the pooled Δ)
     weights = example_weights([keep[t] for t in tids], int(cfg.attack.get("bootstrap", 200)), int(cfg.seed))
     views: dict[str, dict] = {"fp": {}, "fp_attacks": {}, "matched": {}}
+    orders = ScoreOrders()  # every score array sorted once: its metrics, paired Δ and subsets read it
     fp_test = float(np.mean([pool.test_acc[t] for t in tids]))
     q_test = float(np.mean([q.test_acc for q in quantized]))
     utility = {"fp_test_acc": fp_test, "test_acc": q_test,
@@ -119,8 +121,8 @@ def build_results(cfg, data, pool, quantized, scores, fp_scores, refs, ref_out=N
         "config": OmegaConf.to_container(cfg, resolve=True),
         "job": job,
         "utility": utility,
-        "attacks": _evaluate(cfg, keep, primary, weights, views[kinds[0]]),
-        "fp_attacks": _evaluate(cfg, keep, fp_scores, weights, views["fp_attacks"]),
+        "attacks": _evaluate(cfg, keep, primary, weights, views[kinds[0]], orders=orders),
+        "fp_attacks": _evaluate(cfg, keep, fp_scores, weights, views["fp_attacks"], orders=orders),
         # which pool: cache keys of its models (their manifests are in paths.cache_dir/models/)
         "pool": {"data": pool.model_keys[0]["data"] if pool.model_keys else None,
                  "model_keys": [cache_key(k) for k in pool.model_keys]},
@@ -137,8 +139,9 @@ def build_results(cfg, data, pool, quantized, scores, fp_scores, refs, ref_out=N
     if "matched" in refs:
         arrays["ref_phi"] = refs["matched"].astype(np.float32)
     if len(kinds) > 1:
-        results["attacks_matched"] = _evaluate(cfg, keep, scores["matched"], weights, views["matched"])
-    _add_evidence(cfg, keep, quantized, results, scores, fp_scores, ref_out or {}, weights, views)
+        results["attacks_matched"] = _evaluate(cfg, keep, scores["matched"], weights, views["matched"],
+                                               orders=orders)
+    _add_evidence(cfg, keep, quantized, results, scores, fp_scores, ref_out or {}, weights, views, orders)
     for name in cfg.attack.names:
         arrays[f"attack_{name}"] = np.stack([primary[t][name] for t in tids]).astype(np.float64)
         if len(kinds) > 1:
@@ -165,7 +168,8 @@ def _convergence(cfg, quantized) -> dict:
     return {"convergence": {"summary": convergence_summary(named), "per_target": per_target}}
 
 
-def _add_evidence(cfg, keep, quantized, results, scores, fp_scores, ref_out, weights=None, views=None) -> None:
+def _add_evidence(cfg, keep, quantized, results, scores, fp_scores, ref_out, weights=None, views=None,
+                  orders=None) -> None:
     """Paired Δ (per target and pooled), calibration subsets, ε lower bound, per-example shifts,
     reference thresholds."""
     from src.attacks.pooled import pooled_paired
@@ -177,7 +181,7 @@ def _add_evidence(cfg, keep, quantized, results, scores, fp_scores, ref_out, wei
     kinds = list(scores)
     blocks = [("attacks", kinds[0])] + ([("attacks_matched", "matched")] if len(kinds) > 1 else [])
     for block, kind in blocks:
-        extra = quantized_evidence(cfg, keep, scores[kind], fp_scores, ref_out.get(kind, {}), calib)
+        extra = quantized_evidence(cfg, keep, scores[kind], fp_scores, ref_out.get(kind, {}), calib, orders)
         for name, e in extra.items():
             results[block][name].update(e)
             tids = list(scores[kind])
