@@ -76,7 +76,13 @@ def test_two_processes_build_once(tmp_path):
         for p in procs:
             p.start()
         for p in procs:
-            p.join(60)
+            # a hang guard only: two spawned interpreters import torch, which takes a minute or more on
+            # a loaded 2-core machine
+            p.join(600)
+        alive = [p for p in procs if p.is_alive()]
+        for p in alive:
+            p.kill()
+        assert not alive, f"{lock}: a worker still running after 600 s"
         assert all(p.exitcode == 0 for p in procs)
         assert Path(log_path).read_text().count("built") == 1, lock
 
