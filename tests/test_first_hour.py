@@ -168,7 +168,9 @@ def test_cached_job_logs_its_table_and_where_it_wrote(tmp_path):
 
 def test_ctrl_c_says_what_is_saved_and_rerun_resumes(tmp_path):
     run_dir = tmp_path / "run"
-    over = merge(TINY, ["train.epochs=10"])
+    # 200 epochs: each of the 4 models trains for seconds, so the interrupt lands inside the pool's
+    # training even when a loaded machine wakes this poll late (at 10 epochs the window was < 1 s)
+    over = merge(TINY, ["train.epochs=200"])
     proc = subprocess.Popen(command(over, tmp_path / "cache", run_dir), cwd=REPO, env=env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
