@@ -171,8 +171,11 @@ def test_ctrl_c_says_what_is_saved_and_rerun_resumes(tmp_path):
     # 200 epochs: each of the 4 models trains for seconds, so the interrupt lands inside the pool's
     # training even when a loaded machine wakes this poll late (at 10 epochs the window was < 1 s)
     over = merge(TINY, ["train.epochs=200"])
+    # SIGINT back to its default in the child: a test run started in the background of a
+    # non-interactive shell inherits it ignored, and Python then installs no KeyboardInterrupt handler
     proc = subprocess.Popen(command(over, tmp_path / "cache", run_dir), cwd=REPO, env=env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 240
     while time.time() < deadline and not manifests(tmp_path / "cache", "models"):
         time.sleep(0.2)
